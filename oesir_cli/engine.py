@@ -1,0 +1,102 @@
+"""The detect/embed engine: one photo in, its objects, embeddings and local features out.
+
+This is the paper's pipeline for one photo (detector boxes + the whole image,
+ROIAlign on the teacher's maps, PCA whitening) plus RootSIFT local features for
+the verification stage. Its `version` names everything that changes the stored
+vectors, so an index built with other settings is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .detector import Detector
+from .embed import Whitening, region_descriptors
+from .local import extract
+from .registry import DEFAULT_TEACHER, WeightsError, verified_path
+from .store import PhotoData
+from .teacher import Teacher
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings that change what is stored for a photo."""
+
+    teacher: str = DEFAULT_TEACHER
+    long_side: int = 512
+    max_objects: int = 8
+    min_score: float = 0.05
+    local_keypoints: int = 1000
+    extra: dict = field(default_factory=dict)
+
+    def whitening_file(self) -> str:
+        return f"whitening_{self.teacher.replace('efficientnet-', '')}_{self.long_side}.npz"
+
+
+class Engine:
+    """Loads the models once; `describe` a photo, `describe_query` adds its mirror image."""
+
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.detector = Detector()
+        self.teacher = Teacher(self.config.teacher, self.config.long_side)
+        self.whitening = Whitening.load(_whitening_path(self.config.whitening_file()))
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.whitening.dim
+
+    @property
+    def version(self) -> str:
+        c = self.config
+        return (
+            f"{self.detector.model.version}+{self.teacher.version}+{c.whitening_file()}"
+            f"/k{c.max_objects}/s{c.min_score}/sift{c.local_keypoints}"
+        )
+
+    def boxes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The whole-image box first, then up to k detector boxes (class-agnostic NMS)."""
+        h, w = rgb.shape[:2]
+        det = self.detector.detect(rgb, min_score=self.config.min_score, limit=self.config.max_objects, class_agnostic=True)
+        boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), det.boxes]).astype(np.float32)
+        scores = np.concatenate([[1.0], det.scores]).astype(np.float32)
+        classes = np.concatenate([[0], det.classes]).astype(np.int64)
+        return boxes, scores, classes
+
+    def embed(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Whitened, L2-normalised embedding per box."""
+        return self.whitening.apply(region_descriptors(self.teacher.features(rgb), boxes))
+
+    def describe(self, rgb: np.ndarray) -> PhotoData:
+        boxes, scores, classes = self.boxes(rgb)
+        local = extract(rgb, self.config.local_keypoints)
+        return PhotoData(boxes, scores, classes, self.embed(rgb, boxes), local.keypoints, local.descriptors)
+
+
+def _whitening_path(name: str) -> Path:
+    try:
+        return verified_path_file(name)
+    except WeightsError:
+        raise
+
+
+def verified_path_file(file_name: str) -> Path:
+    """A non-ONNX weights file (e.g. whitening), checked against the manifest."""
+    from .registry import read_manifest, sha256_file, weights_dir
+
+    d = weights_dir()
+    entry = read_manifest(d).get("files", {}).get(file_name)
+    path = d / file_name
+    if entry is None:
+        raise WeightsError(f"weights file {path} is not listed in the manifest (build it with `oesir weights whiten`)")
+    if not path.is_file():
+        raise WeightsError(f"weights file missing: {path}")
+    if sha256_file(path) != entry["sha256"]:
+        raise WeightsError(f"weights file altered: {path}")
+    return path
+
+
+__all__ = ["Engine", "EngineConfig", "verified_path"]

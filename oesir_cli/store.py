@@ -1,0 +1,307 @@
+"""The index on disk: SQLite is the source of truth, hnswlib graphs are derived.
+
+Layout of an index folder:
+    oesir.sqlite        images, objects, embeddings and local descriptors (WAL mode)
+    objects.hnsw(.json) hnswlib graph over object embeddings + its stamp
+    local.hnsw(.json)   hnswlib graph over local descriptors + its stamp
+    lock                held (flock) by the one writer
+
+Every change is a SQLite transaction, so a crash or kill loses at most the
+photos of the batch in flight. The graphs carry the `generation` of the data
+they were built from and are rebuilt when it differs; they are written to a
+temporary file, fsync'ed and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1
+DB_NAME = "oesir.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    indexed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    x1 REAL, y1 REAL, x2 REAL, y2 REAL,
+    score REAL, class INTEGER,
+    PRIMARY KEY (image_id, idx)
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    embeddings BLOB NOT NULL,
+    keypoints BLOB NOT NULL,
+    descriptors BLOB NOT NULL
+);
+"""
+
+
+class IndexError_(RuntimeError):
+    """The index cannot be used as asked (other model, locked, damaged); one-line message."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PhotoData:
+    """What is stored for one photo besides its record."""
+
+    boxes: np.ndarray  # [K, 4] float32, photo pixels
+    scores: np.ndarray  # [K]
+    classes: np.ndarray  # [K]
+    embeddings: np.ndarray  # [K, D] float32
+    keypoints: np.ndarray  # [N, 4] float32
+    descriptors: np.ndarray  # [N, 128] uint8
+
+
+def default_index_dir() -> Path:
+    """`$OESIR_INDEX`, else `./.oesir`."""
+    return Path(os.environ.get("OESIR_INDEX", ".oesir"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file, fsync, rename: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Open index folder. Readers need no lock; `writer()` takes the folder's lock."""
+
+    def __init__(self, directory: Path, create: bool = False):
+        self.dir = Path(directory)
+        db_path = self.dir / DB_NAME
+        if not db_path.exists():
+            if not create:
+                raise IndexError_(f"no index at {self.dir} (run `oesir index PATH --index {self.dir}` first)")
+            self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA) if create else None
+            self.db.execute("SELECT count(*) FROM images").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
+        self._lock_fd: int | None = None
+
+    # -- meta -------------------------------------------------------------
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta("generation", "0") or 0)
+
+    def check_model(self, model_version: str, create: bool) -> None:
+        """Refuse an index built by another model version (or set it on a new index)."""
+        have = self.meta("model_version")
+        if have is None:
+            if not create:
+                raise IndexError_(f"index at {self.dir} has no model version; rebuild it with `oesir index --rebuild`")
+            with self.transaction():
+                self.set_meta("model_version", model_version)
+                self.set_meta("format", str(FORMAT))
+        elif have != model_version:
+            raise IndexError_(
+                f"index at {self.dir} was built with {have}, this oesir uses {model_version}; "
+                "re-index with `oesir index --rebuild`"
+            )
+
+    # -- locking ----------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self, wait: bool = False) -> Iterator[None]:
+        """Hold the folder's writer lock (a second writer gets a clear error, or waits)."""
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise IndexError_(f"index at {self.dir} is being written by another oesir process") from None
+                raise
+            self._lock_fd = fd
+            yield
+        finally:
+            self._lock_fd = None
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '1')")
+            self.db.execute("COMMIT")
+
+    # -- records ----------------------------------------------------------
+    def images(self) -> dict[str, ImageRecord]:
+        rows = self.db.execute("SELECT id, path, sha256, size, mtime_ns, width, height FROM images")
+        return {r[1]: ImageRecord(*r) for r in rows}
+
+    def count(self) -> tuple[int, int]:
+        photos = self.db.execute("SELECT count(*) FROM images").fetchone()[0]
+        objects = self.db.execute("SELECT count(*) FROM objects").fetchone()[0]
+        return photos, objects
+
+    def put(self, db: sqlite3.Connection, rec: ImageRecord, data: PhotoData) -> None:
+        """Insert or replace one photo (call inside `transaction()`)."""
+        db.execute("DELETE FROM images WHERE path=?", (rec.path,))
+        cur = db.execute(
+            "INSERT INTO images(path, sha256, size, mtime_ns, width, height, indexed_at) VALUES (?,?,?,?,?,?,?)",
+            (rec.path, rec.sha256, rec.size, rec.mtime_ns, rec.width, rec.height, time.time()),
+        )
+        image_id = cur.lastrowid
+        db.executemany(
+            "INSERT INTO objects(image_id, idx, x1, y1, x2, y2, score, class) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (image_id, i, *map(float, b), float(s), int(c))
+                for i, (b, s, c) in enumerate(zip(data.boxes, data.scores, data.classes))
+            ],
+        )
+        db.execute(
+            "INSERT INTO vectors(image_id, embeddings, keypoints, descriptors) VALUES (?,?,?,?)",
+            (
+                image_id,
+                np.ascontiguousarray(data.embeddings, np.float32).tobytes(),
+                np.ascontiguousarray(data.keypoints, np.float32).tobytes(),
+                np.ascontiguousarray(data.descriptors, np.uint8).tobytes(),
+            ),
+        )
+
+    def delete(self, db: sqlite3.Connection, paths: list[str]) -> None:
+        db.executemany("DELETE FROM images WHERE path=?", [(p,) for p in paths])
+
+    def embedding_dim(self) -> int:
+        return int(self.meta("embedding_dim", "0") or 0)
+
+    def load_all(self) -> Catalogue:
+        """Everything search needs, as flat arrays (one pass over SQLite)."""
+        dim = self.embedding_dim()
+        ids, paths, sizes = [], [], []
+        obj_img, obj_idx, boxes, embs = [], [], [], []
+        kp_img, kps, descs = [], [], []
+        box_rows = self.db.execute("SELECT image_id, idx, x1, y1, x2, y2 FROM objects ORDER BY image_id, idx").fetchall()
+        box_map: dict[int, list] = {}
+        for r in box_rows:
+            box_map.setdefault(r[0], []).append(r[2:])
+        q = "SELECT i.id, i.path, i.width, i.height, v.embeddings, v.keypoints, v.descriptors FROM images i JOIN vectors v ON v.image_id = i.id ORDER BY i.id"
+        for image_id, path, w, h, e, k, d in self.db.execute(q):
+            ids.append(image_id)
+            paths.append(path)
+            sizes.append((w, h))
+            emb = np.frombuffer(e, np.float32).reshape(-1, dim)
+            embs.append(emb)
+            boxes.append(np.asarray(box_map.get(image_id, []), np.float32).reshape(-1, 4))
+            obj_img.append(np.full(len(emb), len(ids) - 1, np.int32))
+            obj_idx.append(np.arange(len(emb), dtype=np.int32))
+            kp = np.frombuffer(k, np.float32).reshape(-1, 4)
+            kps.append(kp)
+            descs.append(np.frombuffer(d, np.uint8).reshape(-1, 128))
+            kp_img.append(np.full(len(kp), len(ids) - 1, np.int32))
+
+        def cat(parts: list, shape: tuple, dtype) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(shape, dtype)
+
+        return Catalogue(
+            image_ids=np.asarray(ids, np.int64),
+            paths=paths,
+            sizes=np.asarray(sizes, np.int32).reshape(-1, 2),
+            object_image=cat(obj_img, (0,), np.int32),
+            object_index=cat(obj_idx, (0,), np.int32),
+            object_boxes=cat(boxes, (0, 4), np.float32),
+            embeddings=cat(embs, (0, dim), np.float32),
+            keypoint_image=cat(kp_img, (0,), np.int32),
+            keypoints=cat(kps, (0, 4), np.float32),
+            descriptors=cat(descs, (0, 128), np.uint8),
+            generation=self.generation,
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class Catalogue:
+    """The whole index in memory, rows aligned: photo i is `paths[i]`."""
+
+    image_ids: np.ndarray
+    paths: list[str]
+    sizes: np.ndarray
+    object_image: np.ndarray
+    object_index: np.ndarray
+    object_boxes: np.ndarray
+    embeddings: np.ndarray
+    keypoint_image: np.ndarray
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    generation: int
+
+
+def write_stamp(path: Path, stamp: dict) -> None:
+    atomic_write_bytes(path, json.dumps(stamp).encode())
+
+
+def read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
