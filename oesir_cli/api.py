@@ -157,3 +157,41 @@ def learn_whitening_file(
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.move(tmp, d / "manifest.json")
     return path
+
+
+def localize_paths(
+    query: str | os.PathLike,
+    original: str | os.PathLike,
+    threshold: float | None = None,
+    use_features: bool = True,
+    relation: str | None = None,
+):
+    """Localize the change in `query` given `original` (see `oesir_cli.localize.localize`).
+
+    Keypoint alignment first; when it fails, the best-matching object pair
+    (the paper's Eq. 8) aligns the two, so a heavily edited donor still gets a map.
+    """
+    from .localize import DEFAULT_THRESHOLD, AlignmentError, localize
+    from .search import squared_l2
+
+    from .teacher import Teacher
+
+    q, o = load_rgb(query), load_rgb(original)
+    teacher = Teacher() if use_features else None
+    th = DEFAULT_THRESHOLD if threshold is None else threshold
+    try:
+        return localize(q, o, threshold=th, teacher=teacher, relation=relation)
+    except AlignmentError:
+        eng = engine()
+        qb, _, _ = eng.boxes(q)
+        ob, _, _ = eng.boxes(o)
+        if len(qb) < 2 or len(ob) < 2:
+            raise
+        d = squared_l2(eng.embed(q, qb)[1:], eng.embed(o, ob)[1:])  # object pairs, whole images excluded
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        if d[i, j] > OBJECT_PAIR_MAX_DISTANCE:
+            raise
+        return localize(q, o, threshold=th, teacher=teacher, object_pair=(qb[1 + i], ob[1 + j]), relation=relation)
+
+
+OBJECT_PAIR_MAX_DISTANCE = 0.8  # squared L2 between unit embeddings: closer pairs are taken as the same object

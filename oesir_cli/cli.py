@@ -36,7 +36,7 @@ weights_app = typer.Typer(help="Model files in weights/: verify them, learn the 
 app.add_typer(weights_app, name="weights")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 IndexOpt = Annotated[
     Path | None,
@@ -172,6 +172,57 @@ def _print_matches(query: str, matches: list) -> None:
         db = ",".join(f"{v:.0f}" for v in m.db_box)
         table.add_row(str(r), m.image, f"{m.score:.4f}", str(m.votes), f"{m.distance:.3f}", f"[{qb}] → [{db}]")
     out.print(table)
+
+
+@app.command()
+def localize(
+    query: Annotated[Path, typer.Argument(help="The suspect photo.")],
+    original: Annotated[Path, typer.Argument(help="An authentic photo it was made from (host or donor).")],
+    out_mask: Annotated[Path | None, typer.Option("--out", "-o", help="Write the binary mask PNG (255 = manipulated).")] = None,
+    heatmap: Annotated[Path | None, typer.Option("--heatmap", help="Write the 0..255 score map PNG.")] = None,
+    overlay: Annotated[Path | None, typer.Option("--overlay", help="Write the query with the region tinted and outlined.")] = None,
+    threshold: Annotated[float, typer.Option(help="Score (0..1) above which a pixel is manipulated.")] = 0.5,
+    relation: Annotated[str, typer.Option(help="auto, host or donor.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the evidence as JSON.")] = False,
+) -> None:
+    """Show where QUERY was changed, given ORIGINAL: mask, heatmap, overlay.
+
+    The relation is detected: if ORIGINAL explains most of QUERY it is the host
+    and the manipulated region is where they differ; otherwise it is a donor
+    and the region is the part of QUERY that matches it.
+    """
+    from .localize import AlignmentError
+    from .render import overlay_image, write_png
+
+    if relation not in ("auto", "host", "donor"):
+        raise _fail(f"unknown --relation {relation!r} (auto, host, donor)", EXIT_USAGE)
+    if not 0.0 < threshold < 1.0:
+        raise _fail("--threshold must be between 0 and 1", EXIT_USAGE)
+    try:
+        result = api.localize_paths(query, original, threshold=threshold, relation=None if relation == "auto" else relation)
+        if out_mask:
+            write_png(out_mask, result.mask)
+        if heatmap:
+            write_png(heatmap, result.heatmap)
+        if overlay:
+            from .imageio import load_rgb
+
+            write_png(overlay, overlay_image(load_rgb(query), result.mask))
+    except ImageError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except AlignmentError as exc:
+        raise _fail(f"{query} vs {original}: {exc}", EXIT_ERROR) from None
+    except (WeightsError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    info = {"query": str(query), "original": str(original), **result.as_dict()}
+    if as_json:
+        print(json.dumps(info))
+    else:
+        out.print(
+            f"{query}: {result.relation} relation, {result.alignment.inliers} inliers ({result.alignment.method}"
+            f"{', mirrored' if result.alignment.mirrored else ''}), changed {100 * result.changed_share:.1f}% of the photo",
+            highlight=False,
+        )
 
 
 @app.command()
