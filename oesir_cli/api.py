@@ -31,10 +31,9 @@ _ENGINES: dict[EngineConfig, Engine] = {}
 def engine(config: EngineConfig | None = None) -> Engine:
     """A shared engine per configuration (models load once per process)."""
     config = config or EngineConfig()
-    key = EngineConfig(**{**config.__dict__, "extra": {}})
-    if key not in _ENGINES:
-        _ENGINES[key] = Engine(config)
-    return _ENGINES[key]
+    if config not in _ENGINES:
+        _ENGINES[config] = Engine(config)
+    return _ENGINES[config]
 
 
 def _config_of(store: Store) -> EngineConfig:
@@ -66,7 +65,7 @@ def index(
             store.check_model(eng.version, create=True)
             if have is None:
                 with store.transaction():
-                    store.set_meta("engine_config", json.dumps({k: v for k, v in config.__dict__.items() if k != "extra"}))
+                    store.set_meta("engine_config", json.dumps(config.as_dict()))
                     store.set_meta("embedding_dim", str(eng.embedding_dim))
             return index_paths(store, eng, paths, keep_missing=keep_missing, max_pixels=max_pixels, progress=progress, on_error=on_error)
     finally:

@@ -286,3 +286,8 @@ def main() -> None:
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if os.environ.get("OESIR_DEBUG"):
+            raise
+        err.print(f"oesir: internal error: {type(exc).__name__}: {exc} (set OESIR_DEBUG=1 for the traceback)", highlight=False)
+        sys.exit(EXIT_ERROR)

@@ -8,7 +8,7 @@ vectors, so an index built with other settings is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from .detector import Detector
 from .embed import Whitening, region_descriptors
 from .local import extract
-from .registry import DEFAULT_TEACHER, WeightsError, verified_path
+from .registry import DEFAULT_TEACHER, WeightsError, read_manifest, sha256_file, weights_dir
 from .store import PhotoData
 from .teacher import Teacher
 
@@ -30,7 +30,9 @@ class EngineConfig:
     max_objects: int = 8
     min_score: float = 0.05
     local_keypoints: int = 1000
-    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     def whitening_file(self) -> str:
         return f"whitening_{self.teacher.replace('efficientnet-', '')}_{self.long_side}.npz"
@@ -77,16 +79,11 @@ class Engine:
 
 
 def _whitening_path(name: str) -> Path:
-    try:
-        return verified_path_file(name)
-    except WeightsError:
-        raise
+    return verified_path_file(name)
 
 
 def verified_path_file(file_name: str) -> Path:
     """A non-ONNX weights file (e.g. whitening), checked against the manifest."""
-    from .registry import read_manifest, sha256_file, weights_dir
-
     d = weights_dir()
     entry = read_manifest(d).get("files", {}).get(file_name)
     path = d / file_name
@@ -99,4 +96,3 @@ def verified_path_file(file_name: str) -> Path:
     return path
 
 
-__all__ = ["Engine", "EngineConfig", "verified_path"]

@@ -152,11 +152,10 @@ def test_detector_onnx_matches_cv2_dnn_on_frozen_graph():
         assert len(mine.scores) == len(cv)
         order = np.argsort(-cv[:, 2], kind="stable")
         np.testing.assert_allclose(mine.scores, cv[order, 2], atol=1e-4)
-        np.testing.assert_allclose(mine.boxes, cv[order, 3:7], atol=1e-4)
+        np.testing.assert_allclose(mine.boxes, np.clip(cv[order, 3:7], 0, 1), atol=1e-4)  # oesir clips to the photo
         np.testing.assert_array_equal(mine.classes, cv[order, 1].astype(int))
 
 
-torch = pytest.importorskip if False else None  # placeholder to keep names explicit below
 
 
 @pytest.mark.skipif(

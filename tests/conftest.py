@@ -1,0 +1,40 @@
+"""Shared fixtures: small photo sets made from the bundled public-domain examples."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"
+
+
+def synthetic_photo(seed: int, size: tuple[int, int] = (320, 240)) -> np.ndarray:
+    """A textured BGR photo with shapes (distinct per seed) so it has objects and keypoints."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = cv2.resize(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(12):
+        c = tuple(int(v) for v in rng.integers(0, 255, 3))
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        if rng.random() < 0.5:
+            cv2.circle(img, (x, y), int(rng.integers(8, 40)), c, -1)
+        else:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(10, 60)), y + int(rng.integers(10, 60))), c, -1)
+        cv2.putText(img, str(seed), (int(rng.integers(0, w - 40)), int(rng.integers(20, h))), cv2.FONT_HERSHEY_SIMPLEX, 1.0, c, 2)
+    return img
+
+
+@pytest.fixture()
+def photo_dir(tmp_path: Path) -> Path:
+    """Four example photos + three synthetic ones."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for p in EXAMPLES.iterdir():
+        shutil.copy(p, d / p.name)
+    for i in range(3):
+        cv2.imwrite(str(d / f"synthetic_{i}.png"), synthetic_photo(i))
+    return d

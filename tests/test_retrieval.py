@@ -1,0 +1,150 @@
+"""Index and search: incremental updates, stdin, JSON, Eq. 7 against brute force, splices."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from oesir_cli import api
+from oesir_cli.cli import app
+from oesir_cli.search import squared_l2
+from oesir_cli.store import IndexError_, Store
+
+runner = CliRunner()
+
+
+def _names(matches) -> list[str]:
+    return [Path(m.image).name for m in matches]
+
+
+def test_incremental_index_add_modify_delete(photo_dir, tmp_path):
+    idx = tmp_path / "idx"
+    s1 = api.index([photo_dir], index_dir=idx)
+    assert (s1.added, s1.updated, s1.removed, len(s1.failed)) == (7, 0, 0, 0)
+    s2 = api.index([photo_dir], index_dir=idx)
+    assert (s2.added, s2.updated, s2.unchanged) == (0, 0, 7)
+    # modify one, touch one (same bytes), delete one, add one
+    img = cv2.imread(str(photo_dir / "synthetic_0.png"))
+    cv2.imwrite(str(photo_dir / "synthetic_0.png"), 255 - img)
+    os.utime(photo_dir / "coffee.jpg", None)
+    (photo_dir / "synthetic_1.png").unlink()
+    shutil.copy(photo_dir / "rocket.jpg", photo_dir / "rocket_copy.jpg")
+    s3 = api.index([photo_dir], index_dir=idx)
+    assert (s3.added, s3.updated, s3.removed) == (1, 1, 1)
+    assert s3.photos == 7
+    names = {Path(p).name for p in Store(idx).images()}
+    assert "synthetic_1.png" not in names and "rocket_copy.jpg" in names
+
+
+def test_keep_missing(photo_dir, tmp_path):
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx)
+    (photo_dir / "synthetic_2.png").unlink()
+    s = api.index([photo_dir], index_dir=idx, keep_missing=True)
+    assert s.removed == 0 and s.photos == 7
+
+
+def test_eq7_ranking_matches_bruteforce(photo_dir, tmp_path):
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx)
+    searcher = api.open_searcher(idx)
+    from oesir_cli.imageio import load_rgb
+
+    rgb = load_rgb(photo_dir.parent.parent / "q.jpg") if False else load_rgb(Path(__file__).parent.parent / "examples" / "spliced.jpg")
+    boxes, _, _ = searcher.engine.boxes(rgb)
+    q = searcher.engine.embed(rgb, boxes)
+    cat = searcher.cat
+    # brute force Eq. 7: min over all pairs of squared L2, per photo
+    ref = np.array([((q[:, None, :] - cat.embeddings[cat.object_image == p][None]) ** 2).sum(-1).min() for p in range(len(cat.paths))])
+    got = searcher.search_rgb(rgb, top=len(cat.paths), mode="objects")
+    assert [m.image for m in got] == [cat.paths[i] for i in np.argsort(ref, kind="stable")]
+    np.testing.assert_allclose([m.distance for m in got], np.sort(ref), atol=1e-4)
+    np.testing.assert_allclose(squared_l2(q, q).diagonal(), 0, atol=1e-5)
+
+
+def test_spliced_query_retrieves_host_and_donor(photo_dir, tmp_path):
+    """A splice built here: a region of photo A pasted into photo B; both come back in the top 2."""
+    host = cv2.imread(str(photo_dir / "astronaut.jpg"))
+    donor = cv2.imread(str(photo_dir / "coffee.jpg"))
+    patch = cv2.resize(donor[10:260, 165:415], (150, 150))
+    q = host.copy()
+    q[300:450, 330:480] = patch
+    qpath = tmp_path / "query.jpg"
+    cv2.imwrite(str(qpath), q, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx)
+    searcher = api.open_searcher(idx)
+    for mode in ("fused", "local"):
+        top2 = _names(api.search_path(searcher, qpath, top=2, mode=mode))
+        assert set(top2) == {"astronaut.jpg", "coffee.jpg"}, (mode, top2)
+        assert top2[0] == "astronaut.jpg", "the host ranks first"
+
+
+def test_cli_json_schema_and_stdin(photo_dir, tmp_path):
+    idx = tmp_path / "idx"
+    r = runner.invoke(app, ["index", "-", "--index", str(idx), "--json"], input=f"{photo_dir / 'rocket.jpg'}\n{photo_dir / 'chelsea.jpg'}\n")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["added"] == 2 and summary["photos"] == 2
+    queries = f"{photo_dir / 'rocket.jpg'}\n{photo_dir / 'chelsea.jpg'}\n"
+    r = runner.invoke(app, ["search", "-", "--index", str(idx), "--json", "--top", "2"], input=queries)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert len(lines) == 2
+    for line, name in zip(lines, ("rocket.jpg", "chelsea.jpg")):
+        assert set(line) == {"query", "matches"}
+        assert Path(line["matches"][0]["image"]).name == name
+        for m in line["matches"]:
+            assert {"image", "distance", "query_box", "db_box", "score", "votes"} <= set(m)
+            assert len(m["query_box"]) == 4 and len(m["db_box"]) == 4
+            assert isinstance(m["distance"], float)
+
+
+def test_refuses_index_from_other_model_version(photo_dir, tmp_path):
+    idx = tmp_path / "idx"
+    api.index([photo_dir / "rocket.jpg"], index_dir=idx)
+    db = sqlite3.connect(idx / "oesir.sqlite")
+    db.execute("UPDATE meta SET value='other-model@123' WHERE key='model_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(IndexError_, match="other-model@123"):
+        api.open_searcher(idx)
+    r = runner.invoke(app, ["search", str(photo_dir / "rocket.jpg"), "--index", str(idx)])
+    assert r.exit_code == 1 and "--rebuild" in r.output
+
+
+def test_corrupt_jpeg_skipped_with_warning(photo_dir, tmp_path):
+    data = (photo_dir / "rocket.jpg").read_bytes()
+    (photo_dir / "broken.jpg").write_bytes(data[: len(data) // 3])
+    (photo_dir / "empty.jpg").write_bytes(b"")
+    (photo_dir / "notes.png").write_text("not a photo")
+    idx = tmp_path / "idx"
+    r = runner.invoke(app, ["index", str(photo_dir), "--index", str(idx), "--json"])
+    assert r.exit_code == 3, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    failed = {Path(f["path"]).name for f in summary["failed"]}
+    assert failed == {"broken.jpg", "empty.jpg", "notes.png"}
+    assert summary["photos"] == 7
+    assert "skipped" in r.stderr
+
+
+def test_search_bad_query_is_one_line_error(photo_dir, tmp_path):
+    idx = tmp_path / "idx"
+    api.index([photo_dir / "rocket.jpg"], index_dir=idx)
+    (tmp_path / "x.jpg").write_text("nope")
+    r = runner.invoke(app, ["search", str(tmp_path / "x.jpg"), "--index", str(idx)])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output and "not an image" in r.stderr
+
+
+def test_no_index_is_clear_error(tmp_path):
+    r = runner.invoke(app, ["search", "whatever.jpg", "--index", str(tmp_path / "none")])
+    assert r.exit_code == 1 and "no index" in r.stderr
