@@ -54,7 +54,9 @@ def run(method: str, items, out: Path, teacher: Teacher) -> float:
             if method == "pixel-diff":
                 d = np.clip(colour_difference(qi, oi) / 50.0, 0, 1)
             else:  # feature difference only (Eq. 9), no alignment
-                d = np.clip(feature_difference(teacher.features(qi).s16, teacher.features(oi).s16, (qi.shape[1], qi.shape[0])), 0, 1)
+                d = np.clip(
+                    feature_difference(teacher.features(qi).s16, teacher.features(oi).s16, (qi.shape[1], qi.shape[0])), 0, 1
+                )
             heat = (d * 255).astype(np.uint8)
             mask = ((d >= 0.5) * 255).astype(np.uint8)
         cv2.imwrite(str(out / "mask" / f"{stem}.png"), mask)
@@ -69,7 +71,12 @@ def score(score_py: Path, items, pred: Path, work: Path) -> dict:
     if not masks.exists():
         masks.symlink_to(items[0][0].parent.parent / "masks")
     (truth / "truth.jsonl").write_text("".join(json.dumps(t) + "\n" for *_, t in items))
-    res = subprocess.run([sys.executable, str(score_py), "localization", str(truth / "truth.jsonl"), str(pred)], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, str(score_py), "localization", str(truth / "truth.jsonl"), str(pred)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(res.stdout)
 
 
@@ -95,12 +102,28 @@ def main() -> None:
             secs = run(method, items, work, teacher)
             m = score(score_py, items, work / "mask", work)
             h = score(score_py, items, work / "heat", work)
-            rows.append((f"{name} vs {role}", method, len(items), m["F1@128"], m["MCC@128"], h["F1@best"], h["best_threshold"], secs, m["missing"]))
-            print(f"| {rows[-1][0]} | {method} | {len(items)} | {m['F1@128']:.3f} | {m['MCC@128']:.3f} | {h['F1@best']:.3f} @ {h['best_threshold']} | {secs:.2f} | {m['missing']} |", flush=True)
+            rows.append(
+                (
+                    f"{name} vs {role}",
+                    method,
+                    len(items),
+                    m["F1@128"],
+                    m["MCC@128"],
+                    h["F1@best"],
+                    h["best_threshold"],
+                    secs,
+                    m["missing"],
+                )
+            )
+            print(_fmt(rows[-1]), flush=True)
     print("\n| set | method | pairs | mask F1@128 | mask MCC@128 | heatmap F1@best | s/pair | no output |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} @ {r[6]} | {r[7]:.2f} | {r[8]} |")
+        print(_fmt(r))
+
+
+def _fmt(r: tuple) -> str:
+    return f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} @ {r[6]} | {r[7]:.2f} | {r[8]} |"
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ SETS = ("casia-sir", "casia-wild", "small-splice")
 
 
 def score(score_py: Path, truth: Path, results: Path) -> dict:
-    res = subprocess.run([sys.executable, str(score_py), "retrieval", str(truth), str(results)], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, str(score_py), "retrieval", str(truth), str(results)], capture_output=True, text=True, check=True
+    )
     return json.loads(res.stdout)
 
 
@@ -126,7 +128,15 @@ def _row(name: str, cols: dict, index_secs: float, size) -> str:
     for s in SETS:
         r, secs = cols[s]
         sp, cm = r["splice"], r.get("copy-move")
-        cells += [sp["host@1"], sp["host@10"], sp["donor@1"], sp["donor@10"], sp["both@10"], cm["host@1"] if cm else "–", f"{secs:.3f}" if secs else "–"]
+        cells += [
+            sp["host@1"],
+            sp["host@10"],
+            sp["donor@1"],
+            sp["donor@10"],
+            sp["both@10"],
+            cm["host@1"] if cm else "–",
+            f"{secs:.3f}" if secs else "–",
+        ]
     cells += [f"{index_secs:.3f}", str(size) if size else "–"]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 

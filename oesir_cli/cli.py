@@ -79,10 +79,14 @@ def _read_paths(paths: list[str], null: bool) -> list[str]:
 def index(
     paths: Annotated[list[str], typer.Argument(help="Photos or folders (recursive); `-` reads paths from stdin.")],
     index_dir: IndexOpt = None,
-    max_objects: Annotated[int, typer.Option("--max-objects", "-k", help="Detected objects per photo, plus the whole image.")] = 8,
+    max_objects: Annotated[
+        int, typer.Option("--max-objects", "-k", help="Detected objects per photo, plus the whole image.")
+    ] = 8,
     keep_missing: Annotated[bool, typer.Option("--keep-missing", help="Keep entries whose files disappeared.")] = False,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the index over (e.g. after a model change).")] = False,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")
+    ] = DEFAULT_MAX_PIXELS,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -165,7 +169,14 @@ def search(
 
 def _print_matches(query: str, matches: list) -> None:
     table = Table(title=query, title_justify="left", show_lines=False)
-    for col, just in (("rank", "right"), ("photo", "left"), ("score", "right"), ("votes", "right"), ("distance", "right"), ("query box → db box", "left")):
+    for col, just in (
+        ("rank", "right"),
+        ("photo", "left"),
+        ("score", "right"),
+        ("votes", "right"),
+        ("distance", "right"),
+        ("query box → db box", "left"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r, m in enumerate(matches, 1):
         qb = ",".join(f"{v:.0f}" for v in m.query_box)
@@ -180,9 +191,14 @@ def localize(
     original: Annotated[Path, typer.Argument(help="An authentic photo it was made from (host or donor).")],
     out_mask: Annotated[Path | None, typer.Option("--out", "-o", help="Write the binary mask PNG (255 = manipulated).")] = None,
     heatmap: Annotated[Path | None, typer.Option("--heatmap", help="Write the 0..255 score map PNG.")] = None,
-    overlay: Annotated[Path | None, typer.Option("--overlay", help="Write the query with the region tinted and outlined.")] = None,
+    overlay: Annotated[
+        Path | None, typer.Option("--overlay", help="Write the query with the region tinted and outlined.")
+    ] = None,
     threshold: Annotated[float, typer.Option(help="Score (0..1) above which a pixel is manipulated.")] = 0.5,
     relation: Annotated[str, typer.Option(help="auto, host or donor.")] = "auto",
+    object_fallback: Annotated[
+        bool, typer.Option("--object-fallback", help="When keypoints fail, align by the best object pair (Eq. 8); may be wrong.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evidence as JSON.")] = False,
 ) -> None:
     """Show where QUERY was changed, given ORIGINAL: mask, heatmap, overlay.
@@ -199,7 +215,13 @@ def localize(
     if not 0.0 < threshold < 1.0:
         raise _fail("--threshold must be between 0 and 1", EXIT_USAGE)
     try:
-        result = api.localize_paths(query, original, threshold=threshold, relation=None if relation == "auto" else relation)
+        result = api.localize_paths(
+            query,
+            original,
+            threshold=threshold,
+            relation=None if relation == "auto" else relation,
+            object_fallback=object_fallback,
+        )
         if out_mask:
             write_png(out_mask, result.mask)
         if heatmap:

@@ -44,9 +44,7 @@ def ssd_anchors() -> np.ndarray:
         centres = (np.arange(size) + 0.5) / size
         cy, cx = np.meshgrid(centres, centres, indexing="ij")
         grid = np.stack([cy.ravel(), cx.ravel()], 1)
-        layer_anchors = np.concatenate(
-            [np.repeat(grid, len(shapes), 0), np.tile(hw, (size * size, 1))], 1
-        )
+        layer_anchors = np.concatenate([np.repeat(grid, len(shapes), 0), np.tile(hw, (size * size, 1))], 1)
         out.append(layer_anchors)
     return np.concatenate(out).astype(np.float32)
 
@@ -124,9 +122,7 @@ def postprocess(
         else:
             sel_boxes, sel_scores, sel_cls = np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)
     scale = np.array([width, height, width, height], np.float32)
-    return Detections(
-        (sel_boxes * scale).astype(np.float32), sel_scores.astype(np.float32), (sel_cls + 1).astype(np.int64)
-    )
+    return Detections((sel_boxes * scale).astype(np.float32), sel_scores.astype(np.float32), (sel_cls + 1).astype(np.int64))
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:

@@ -94,5 +94,3 @@ def verified_path_file(file_name: str) -> Path:
     if sha256_file(path) != entry["sha256"]:
         raise WeightsError(f"weights file altered: {path}")
     return path
-
-

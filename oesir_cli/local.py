@@ -56,8 +56,8 @@ def extract(rgb: np.ndarray, max_keypoints: int = 1000, mirror: bool = False) ->
     if desc is None or not kps:
         return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
     kp = np.array([(k.pt[0] / s, k.pt[1] / s, k.size / s, k.angle) for k in kps], np.float32)
-    desc = desc[: max_keypoints]
-    kp = kp[: max_keypoints]
+    desc = desc[:max_keypoints]
+    kp = kp[:max_keypoints]
     return LocalFeatures(kp, rootsift(desc))
 
 

@@ -36,9 +36,21 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("ssd-mobilenet-v2-coco", "ssd_mobilenet_v2_coco.onnx", "detector", "COCO SSD-MobileNetV2, 300x300, heads + F2/F3/F4"),
-        ModelSpec("efficientnet-lite0", "efficientnet_lite0_teacher.onnx", "teacher", "ImageNet EfficientNet-Lite0, dynamic H/W (multiples of 32)"),
-        ModelSpec("efficientnet-lite2", "efficientnet_lite2_teacher.onnx", "teacher", "ImageNet EfficientNet-Lite2, dynamic H/W (multiples of 32)"),
+        ModelSpec(
+            "ssd-mobilenet-v2-coco", "ssd_mobilenet_v2_coco.onnx", "detector", "COCO SSD-MobileNetV2, 300x300, heads + F2/F3/F4"
+        ),
+        ModelSpec(
+            "efficientnet-lite0",
+            "efficientnet_lite0_teacher.onnx",
+            "teacher",
+            "ImageNet EfficientNet-Lite0, dynamic H/W (multiples of 32)",
+        ),
+        ModelSpec(
+            "efficientnet-lite2",
+            "efficientnet_lite2_teacher.onnx",
+            "teacher",
+            "ImageNet EfficientNet-Lite2, dynamic H/W (multiples of 32)",
+        ),
     )
 }
 DEFAULT_TEACHER = "efficientnet-lite0"

@@ -125,7 +125,9 @@ class Searcher:
             owner = self.cat.keypoint_image[rows]  # [N, k]
             ok = dists < VOTE_MAX_DIST
             # one vote per query keypoint per photo
-            pairs = np.unique(np.stack([np.repeat(np.arange(len(f)), owner.shape[1])[ok.ravel()], owner.ravel()[ok.ravel()]], 1), axis=0)
+            pairs = np.unique(
+                np.stack([np.repeat(np.arange(len(f)), owner.shape[1])[ok.ravel()], owner.ravel()[ok.ravel()]], 1), axis=0
+            )
             v = np.bincount(pairs[:, 1], minlength=self.n_photos).astype(np.float32)
             better = v > votes
             if better.any():

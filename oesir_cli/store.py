@@ -243,7 +243,10 @@ class Store:
         box_map: dict[int, list] = {}
         for r in box_rows:
             box_map.setdefault(r[0], []).append(r[2:])
-        q = "SELECT i.id, i.path, i.width, i.height, v.embeddings, v.keypoints, v.descriptors FROM images i JOIN vectors v ON v.image_id = i.id ORDER BY i.id"
+        q = (
+            "SELECT i.id, i.path, i.width, i.height, v.embeddings, v.keypoints, v.descriptors "
+            "FROM images i JOIN vectors v ON v.image_id = i.id ORDER BY i.id"
+        )
         for image_id, path, w, h, e, k, d in self.db.execute(q):
             ids.append(image_id)
             paths.append(path)

@@ -58,12 +58,18 @@ def test_eq7_ranking_matches_bruteforce(photo_dir, tmp_path):
     searcher = api.open_searcher(idx)
     from oesir_cli.imageio import load_rgb
 
-    rgb = load_rgb(photo_dir.parent.parent / "q.jpg") if False else load_rgb(Path(__file__).parent.parent / "examples" / "spliced.jpg")
+    rgb = (
+        load_rgb(photo_dir.parent.parent / "q.jpg")
+        if False
+        else load_rgb(Path(__file__).parent.parent / "examples" / "spliced.jpg")
+    )
     boxes, _, _ = searcher.engine.boxes(rgb)
     q = searcher.engine.embed(rgb, boxes)
     cat = searcher.cat
     # brute force Eq. 7: min over all pairs of squared L2, per photo
-    ref = np.array([((q[:, None, :] - cat.embeddings[cat.object_image == p][None]) ** 2).sum(-1).min() for p in range(len(cat.paths))])
+    ref = np.array(
+        [((q[:, None, :] - cat.embeddings[cat.object_image == p][None]) ** 2).sum(-1).min() for p in range(len(cat.paths))]
+    )
     got = searcher.search_rgb(rgb, top=len(cat.paths), mode="objects")
     assert [m.image for m in got] == [cat.paths[i] for i in np.argsort(ref, kind="stable")]
     np.testing.assert_allclose([m.distance for m in got], np.sort(ref), atol=1e-4)
@@ -90,7 +96,9 @@ def test_spliced_query_retrieves_host_and_donor(photo_dir, tmp_path):
 
 def test_cli_json_schema_and_stdin(photo_dir, tmp_path):
     idx = tmp_path / "idx"
-    r = runner.invoke(app, ["index", "-", "--index", str(idx), "--json"], input=f"{photo_dir / 'rocket.jpg'}\n{photo_dir / 'chelsea.jpg'}\n")
+    r = runner.invoke(
+        app, ["index", "-", "--index", str(idx), "--json"], input=f"{photo_dir / 'rocket.jpg'}\n{photo_dir / 'chelsea.jpg'}\n"
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["added"] == 2 and summary["photos"] == 2

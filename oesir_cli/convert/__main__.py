@@ -92,7 +92,10 @@ def build(out: Path, teachers: tuple[str, ...] = ("lite0", "lite2")) -> dict:
             "licence": "Apache-2.0",
             "converter": f"torch {md.version('torch')} torch.onnx.export (TorchScript exporter), opset 17",
             "preprocessing": TEACHER_PRE,
-            "outputs_meaning": {"s16": "stride-16 map (last block before the final stride-2 stage)", "features": "last conv map, stride 32"},
+            "outputs_meaning": {
+                "s16": "stride-16 map (last block before the final stride-2 stage)",
+                "features": "last conv map, stride 32",
+            },
         }
     for name, entry in files.items():
         path = out / name

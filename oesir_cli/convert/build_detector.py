@@ -54,7 +54,9 @@ def export(out: Path) -> Path:
             node.Clear()
             node.name, node.op = RESIZED, "Placeholder"
             node.attr["dtype"].type = types_pb2.DT_FLOAT
-            shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in (1, 300, 300, 3)])
+            shape = tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in (1, 300, 300, 3)]
+            )
             node.attr["shape"].shape.CopyFrom(shape)
     wanted = HEADS + list(FEATURES.values())
     graph = tf.compat.v1.graph_util.extract_sub_graph(graph, wanted)

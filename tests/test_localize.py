@@ -1,0 +1,125 @@
+"""Localization on synthetic pairs: host and donor relations, failure to align, output files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from oesir_cli import api
+from oesir_cli.cli import app
+from oesir_cli.geometry import box_similarity, transform_points
+from oesir_cli.localize import AlignmentError, clean_mask, localize
+
+from .conftest import EXAMPLES, synthetic_photo
+
+runner = CliRunner()
+
+
+def _make_pair(tmp_path: Path) -> tuple[Path, Path, Path, np.ndarray]:
+    """Paste the cup of coffee.jpg into astronaut.jpg, then rescale 0.8, rotate 4 degrees, JPEG 75."""
+    host = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
+    donor = cv2.imread(str(EXAMPLES / "coffee.jpg"))
+    patch = cv2.resize(donor[20:250, 175:405], (170, 170))
+    spliced = host.copy()
+    spliced[300:470, 320:490] = patch
+    truth = np.zeros(host.shape[:2], np.uint8)
+    truth[300:470, 320:490] = 255
+    h, w = host.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 4.0, 0.8)
+    size = (int(w * 0.8), int(h * 0.8))
+    m[:, 2] += (np.array(size) - np.array([w, h])) / 2
+    query = cv2.warpAffine(spliced, m, size, borderMode=cv2.BORDER_REFLECT)
+    truth = cv2.warpAffine(truth, m, size, flags=cv2.INTER_NEAREST)
+    q = tmp_path / "query.jpg"
+    cv2.imwrite(str(q), query, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    return q, EXAMPLES / "astronaut.jpg", EXAMPLES / "coffee.jpg", truth
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_host_relation_mask(tmp_path):
+    q, host, _, truth = _make_pair(tmp_path)
+    r = api.localize_paths(q, host)
+    assert r.relation == "host"
+    assert r.mask.shape == truth.shape
+    assert _iou(r.mask, truth) >= 0.7
+
+
+def test_donor_relation_mask(tmp_path):
+    q, _, donor, truth = _make_pair(tmp_path)
+    r = api.localize_paths(q, donor)
+    assert r.relation == "donor"
+    assert _iou(r.mask, truth) >= 0.7
+
+
+def test_unrelated_pair_fails_with_clear_error(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(a), synthetic_photo(11))
+    cv2.imwrite(str(b), synthetic_photo(12))
+    from oesir_cli.imageio import load_rgb
+
+    with pytest.raises(AlignmentError, match="could not align"):
+        localize(load_rgb(a), load_rgb(b))
+    out = tmp_path / "mask.png"
+    r = runner.invoke(app, ["localize", str(a), str(b), "--out", str(out)])
+    assert r.exit_code == 1
+    assert "could not align" in r.stderr and "Traceback" not in r.output
+    assert not out.exists(), "no garbage mask is written"
+
+
+def test_outputs_written_only_when_asked_and_json(tmp_path):
+    q, host, _, _ = _make_pair(tmp_path)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    r = runner.invoke(app, ["localize", str(q), str(host), "--json"])
+    assert r.exit_code == 0, r.output
+    assert list(outdir.iterdir()) == []
+    info = json.loads(r.stdout)
+    assert info["relation"] == "host" and info["inliers"] >= 12 and len(info["homography"]) == 3
+    r = runner.invoke(
+        app,
+        [
+            "localize",
+            str(q),
+            str(host),
+            "--out",
+            str(outdir / "m.png"),
+            "--heatmap",
+            str(outdir / "h.png"),
+            "--overlay",
+            str(outdir / "o.png"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in outdir.iterdir()) == ["h.png", "m.png", "o.png"], "no temporary files left"
+    m = cv2.imread(str(outdir / "m.png"), cv2.IMREAD_UNCHANGED)
+    assert m.ndim == 2 and set(np.unique(m)) <= {0, 255}
+
+
+def test_missing_output_folder_is_an_error(tmp_path):
+    q, host, _, _ = _make_pair(tmp_path)
+    r = runner.invoke(app, ["localize", str(q), str(host), "--out", str(tmp_path / "nope" / "m.png")])
+    assert r.exit_code == 1 and "does not exist" in r.stderr
+
+
+def test_box_similarity_maps_box_onto_box():
+    h = box_similarity(np.array([10, 10, 50, 30]), np.array([100, 200, 180, 240]))
+    pts = transform_points(h, np.array([[10, 10], [50, 30]], float))
+    np.testing.assert_allclose(pts, [[100, 200], [180, 240]], atol=1e-6)
+
+
+def test_clean_mask_drops_specks_and_fills_holes():
+    m = np.zeros((100, 100), np.uint8)
+    m[20:60, 20:60] = 1
+    m[35:40, 35:40] = 0  # hole
+    m[80, 80] = 1  # speck
+    c = clean_mask(m)
+    assert c[37, 37] == 255 and c[80, 80] == 0 and c[25, 25] == 255
