@@ -45,7 +45,9 @@ class Engine:
         self.config = config or EngineConfig()
         self.detector = Detector()
         self.teacher = Teacher(self.config.teacher, self.config.long_side)
-        self.whitening = Whitening.load(_whitening_path(self.config.whitening_file()))
+        path = _whitening_path(self.config.whitening_file())
+        self.whitening = Whitening.load(path)
+        self._whitening_sha = sha256_file(path)[:12]
 
     @property
     def embedding_dim(self) -> int:
@@ -55,7 +57,7 @@ class Engine:
     def version(self) -> str:
         c = self.config
         return (
-            f"{self.detector.model.version}+{self.teacher.version}+{c.whitening_file()}"
+            f"{self.detector.model.version}+{self.teacher.version}+{c.whitening_file()}@{self._whitening_sha}"
             f"/k{c.max_objects}/s{c.min_score}/sift{c.local_keypoints}"
         )
 

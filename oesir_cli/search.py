@@ -20,14 +20,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .ann import Graph, cached_graph
 from .engine import Engine
+from .imageio import ImageError, load_rgb
 from .local import LocalFeatures, extract, spread
+from .localize import colour_difference
 from .store import Catalogue, Store
 
 MODES = ("fused", "objects", "local")
+VOTE_K = 5  # neighbours per query keypoint
+VOTE_EF = 48  # hnswlib search breadth
+VOTE_RATIO = 0.7  # a neighbour votes if its distance < ratio x the k-th neighbour's (a ratio test)
+QUERY_KEYPOINTS = 1000
+HOST_MIN_VOTES = 5
+HOST_MARGIN = 0.05
+RRF_K = 10.0
+OBJECT_WEIGHT = 1.0
+LOCAL_GRAPH = {"m": 16, "ef_construction": 64}  # ~1M descriptors per 1,000 photos: build cost matters
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,9 @@ def refresh_graphs(store: Store) -> None:
     """Rebuild the derived hnswlib graphs if they are missing or stale (writer side)."""
     cat = store.load_all()
     cached_graph(store.dir / "objects.hnsw", cat.embeddings, graph_stamp(store, "objects"), writable=True, ef_construction=200)
-    cached_graph(store.dir / "local.hnsw", _desc_float(cat.descriptors), graph_stamp(store, "local"), writable=True)
+    cached_graph(
+        store.dir / "local.hnsw", _desc_float(cat.descriptors), graph_stamp(store, "local"), writable=True, **LOCAL_GRAPH
+    )
 
 
 def _desc_float(desc: np.ndarray) -> np.ndarray:
@@ -79,7 +93,7 @@ class Searcher:
             store.dir / "objects.hnsw", self.cat.embeddings, graph_stamp(store, "objects"), writable, ef_construction=200
         )
         self.local: Graph = cached_graph(
-            store.dir / "local.hnsw", _desc_float(self.cat.descriptors), graph_stamp(store, "local"), writable
+            store.dir / "local.hnsw", _desc_float(self.cat.descriptors), graph_stamp(store, "local"), writable, **LOCAL_GRAPH
         )
         self.n_photos = len(self.cat.paths)
 
@@ -112,79 +126,139 @@ class Searcher:
         row_of[owners[sel]] = cand_rows[sel]
         return dist, q_of, row_of
 
-    def local_votes(self, feats: list[LocalFeatures], width: int, height: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Votes per photo (max over the query and its mirror) and the spread of the voters."""
-        votes = np.zeros(self.n_photos, np.float32)
-        spreads = np.zeros(self.n_photos, np.float32)
+    def local_votes(self, feats: list[LocalFeatures], k: int = VOTE_K) -> list[Votes]:
+        """Votes of the query's keypoints (one set per orientation: as is, mirrored)."""
+        out = []
         if self.local.count == 0:
-            return votes, spreads
-        for mirrored, f in enumerate(feats):
+            return out
+        for f in feats:
             if len(f) == 0:
                 continue
-            rows, dists = self.local.knn(_desc_float(f.descriptors), k, ef=48)
-            owner = self.cat.keypoint_image[rows]  # [N, k]
-            ok = dists < VOTE_MAX_DIST
-            # one vote per query keypoint per photo
-            pairs = np.unique(
-                np.stack([np.repeat(np.arange(len(f)), owner.shape[1])[ok.ravel()], owner.ravel()[ok.ravel()]], 1), axis=0
-            )
-            v = np.bincount(pairs[:, 1], minlength=self.n_photos).astype(np.float32)
-            better = v > votes
-            if better.any():
-                pts = f.keypoints[:, :2].copy()
-                if mirrored:
-                    pts[:, 0] = width - pts[:, 0]
-                for p in np.flatnonzero(better & (v >= 3)):
-                    spreads[p] = spread(pts[pairs[pairs[:, 1] == p, 0]], width, height)
-                votes = np.maximum(votes, v)
-        return votes, spreads
+            rows, dists = self.local.knn(_desc_float(f.descriptors), k, ef=VOTE_EF)
+            out.append(Votes.from_knn(rows, dists, self.cat.keypoint_image, self.n_photos))
+        return out
+
+    def host_evidence(self, rgb: np.ndarray, photo: int, votes: list[Votes], feats: list[LocalFeatures]) -> float:
+        """Share of the query that photo `photo` explains (pixels agreeing after alignment).
+
+        A host explains most of the query; a donor only its pasted object. The
+        voting keypoint pairs give the alignment; the stored photo gives the
+        pixels. If the photo cannot be read, the spread of its voters is used.
+        """
+        h, w = rgb.shape[:2]
+        best = max(range(len(votes)), key=lambda i: votes[i].counts[photo])
+        v, f = votes[best], feats[best]
+        q_idx, db_rows = v.pairs_for(photo)
+        if len(q_idx) < 4:
+            return 0.0
+        q_pts = f.keypoints[q_idx, :2].astype(np.float64)
+        if best == 1:  # mirrored query: back to query coordinates
+            q_pts[:, 0] = w - q_pts[:, 0]
+        db_pts = self.cat.keypoints[db_rows, :2].astype(np.float64)
+        try:
+            original = load_rgb(self.cat.paths[photo])
+        except ImageError:
+            return spread(q_pts, w, h)
+        return explained_share(rgb, original, db_pts, q_pts)
 
     # -- ranking ----------------------------------------------------------
     def search_rgb(self, rgb: np.ndarray, top: int = 10, mode: str = "fused") -> list[Match]:
         """Ranked matches for one decoded query photo."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
-        h, w = rgb.shape[:2]
         boxes, _, _ = self.engine.boxes(rgb)
         emb = self.engine.embed(rgb, boxes)
         dist, q_of, row_of = self.object_distances(emb, top)
-        votes = np.zeros(self.n_photos, np.float32)
-        spreads = np.zeros(self.n_photos, np.float32)
-        if mode != "objects":
-            n = self.engine.config.local_keypoints
+        counts = np.zeros(self.n_photos, np.float64)
+        if mode == "objects":
+            score = np.where(np.isfinite(dist), -dist, -np.inf)
+        else:
+            n = QUERY_KEYPOINTS
             feats = [extract(rgb, n), extract(rgb, n, mirror=True)]
-            votes, spreads = self.local_votes(feats, w, h)
-        score = fuse(dist, votes, spreads, mode)
+            votes = self.local_votes(feats)
+            counts = np.max([v.counts for v in votes], axis=0) if votes else counts
+            if mode == "local":
+                score = counts + 1e-3 * np.where(np.isfinite(dist), -dist, -10.0)
+            else:
+                score = self.fused_scores(rgb, dist, votes, feats, counts)
         order = np.argsort(-score, kind="stable")[:top]
         order = order[np.isfinite(score[order])]
         out = []
         for p in order:
-            db_box = self.cat.object_boxes[row_of[p]] if np.isfinite(dist[p]) else np.zeros(4)
-            q_box = boxes[q_of[p]] if np.isfinite(dist[p]) else np.zeros(4)
-            out.append(Match(self.cat.paths[p], float(score[p]), float(dist[p]), int(votes[p]), q_box.tolist(), db_box.tolist()))
+            reached = np.isfinite(dist[p])
+            db_box = self.cat.object_boxes[row_of[p]] if reached else np.zeros(4)
+            q_box = boxes[q_of[p]] if reached else np.zeros(4)
+            out.append(Match(self.cat.paths[p], float(score[p]), float(dist[p]), int(counts[p]), q_box.tolist(), db_box.tolist()))
         return out
 
+    def fused_scores(
+        self, rgb: np.ndarray, dist: np.ndarray, votes: list[Votes], feats: list[LocalFeatures], counts: np.ndarray
+    ) -> np.ndarray:
+        """Host first (most votes, or the better-explaining of the top two), then donors.
 
-VOTE_MAX_DIST = 0.25  # squared L2 between RootSIFT (unit-norm) descriptors counted as a match
+        Donor candidates are ranked by reciprocal-rank fusion of (a) votes of the
+        query keypoints the host does not explain (the pasted region) and (b)
+        the object distance of Eq. 7.
+        """
+        if not votes or counts.max() <= 0:
+            return np.where(np.isfinite(dist), -dist, -np.inf)
+        order = np.argsort(-counts, kind="stable")
+        host = int(order[0])
+        if len(order) > 1 and counts[order[1]] >= HOST_MIN_VOTES:
+            a, b = host, int(order[1])
+            if self.host_evidence(rgb, b, votes, feats) > self.host_evidence(rgb, a, votes, feats) + HOST_MARGIN:
+                host = b
+        residual = np.max([v.residual_counts(host) for v in votes], axis=0).astype(np.float64)
+        residual[host] = -1
+        local_rank = _ranks(-(residual + 1e-3 * counts))
+        obj_rank = _ranks(np.where(np.isfinite(dist), dist, np.inf))
+        score = 1.0 / (RRF_K + local_rank) + OBJECT_WEIGHT / (RRF_K + obj_rank)
+        score[host] = 1.0  # above any fused score (at most 2 / RRF_K)
+        return score
 
 
-def fuse(dist: np.ndarray, votes: np.ndarray, spreads: np.ndarray, mode: str) -> np.ndarray:
-    """Higher is better. objects: -distance; local: votes; fused: RRF of both + host rule."""
-    if mode == "objects":
-        return np.where(np.isfinite(dist), -dist, -np.inf)
-    if mode == "local":
-        return votes + 1e-3 * np.where(np.isfinite(dist), -dist, -10.0)
-    r_obj = _ranks(np.where(np.isfinite(dist), dist, np.inf))
-    r_loc = _ranks(-votes)
-    score = 3.0 / (RRF_K + r_loc) + 1.0 / (RRF_K + r_obj)
-    # Host rule: among the two best, prefer the one whose matches spread over the query.
-    top2 = np.argsort(-score)[:2]
-    if len(top2) == 2 and spreads[top2[1]] > spreads[top2[0]] + 0.05 and votes[top2[1]] >= 10:
-        score[top2[1]], score[top2[0]] = score[top2[0]], score[top2[1]]
-    return score
+@dataclass(frozen=True)
+class Votes:
+    """Accepted (query keypoint, stored keypoint row) pairs and votes per photo."""
+
+    q_idx: np.ndarray
+    db_rows: np.ndarray
+    photos: np.ndarray
+    counts: np.ndarray  # distinct query keypoints per photo
+
+    @classmethod
+    def from_knn(cls, rows: np.ndarray, dists: np.ndarray, keypoint_image: np.ndarray, n_photos: int) -> Votes:
+        ok = dists < VOTE_RATIO * dists[:, -1:]
+        q_idx = np.repeat(np.arange(len(rows)), rows.shape[1])[ok.ravel()]
+        db_rows = rows.ravel()[ok.ravel()]
+        photos = keypoint_image[db_rows]
+        # one vote per query keypoint per photo: keep the first (nearest) pair
+        _, first = np.unique(q_idx.astype(np.int64) * n_photos + photos, return_index=True)
+        q_idx, db_rows, photos = q_idx[first], db_rows[first], photos[first]
+        return cls(q_idx, db_rows, photos, np.bincount(photos, minlength=n_photos))
+
+    def pairs_for(self, photo: int) -> tuple[np.ndarray, np.ndarray]:
+        m = self.photos == photo
+        return self.q_idx[m], self.db_rows[m]
+
+    def residual_counts(self, host: int) -> np.ndarray:
+        """Votes of the query keypoints that do not vote for `host`."""
+        explained = np.unique(self.q_idx[self.photos == host])
+        keep = ~np.isin(self.q_idx, explained)
+        return np.bincount(self.photos[keep], minlength=len(self.counts))
 
 
-RRF_K = 10.0
+def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:
+    """Share of the query whose pixels agree with `original` aligned by the pairs src -> dst."""
+    h, w = query.shape[:2]
+    cv2.setRNGSeed(7)
+    a, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=5.0)
+    if a is None or inl is None or inl.sum() < 4:
+        return 0.0
+    warped = cv2.warpAffine(original, a, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    inside = cv2.warpAffine(np.full(original.shape[:2], 255, np.uint8), a, (w, h), flags=cv2.INTER_NEAREST) > 0
+    diff = colour_difference(query, warped, sigma=2.0)
+    return float((inside & (diff < 12.0)).mean())
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
