@@ -177,7 +177,7 @@ def _print_matches(query: str, matches: list) -> None:
         ("distance", "right"),
         ("query box → db box", "left"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column(col, justify=just, overflow="fold", min_width=24 if col == "photo" else None)  # type: ignore[arg-type]
     for r, m in enumerate(matches, 1):
         qb = ",".join(f"{v:.0f}" for v in m.query_box)
         db = ",".join(f"{v:.0f}" for v in m.db_box)

@@ -121,7 +121,7 @@ def index_paths(
     t0 = time.perf_counter()
     summary = IndexSummary()
     walk_errors: list[tuple[str, str]] = []
-    files = sorted({str(p.absolute()) for p in walk(paths, walk_errors)})
+    files = sorted({os.path.abspath(p) for p in walk(paths, walk_errors)})
     for path, err in walk_errors:
         summary.failed.append((path, err))
         if on_error:

@@ -28,6 +28,9 @@ MIN_INLIERS = 12
 MIN_SIMILARITY_INLIERS = 6
 WORK_SIDE = 1024  # alignment and scoring run at most at this longer side
 DEFAULT_THRESHOLD = 0.5
+PIXEL_NOISE, PIXEL_RANGE = 4.0, 16.0  # Lab distance: below NOISE is recompression, NOISE+RANGE is a sure change
+CHANGE_BLUR = 2.0
+MIN_COMPONENT_SHARE = 0.0005
 
 
 class AlignmentError(RuntimeError):
@@ -155,8 +158,9 @@ def feature_difference(fa: np.ndarray, fb: np.ndarray, size: tuple[int, int]) ->
     return cv2.resize(d.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
 
 
-def clean_mask(binary: np.ndarray, min_share: float = 0.002) -> np.ndarray:
+def clean_mask(binary: np.ndarray, min_share: float | None = None) -> np.ndarray:
     """Open, close, drop small components, fill holes; uint8 0/255."""
+    min_share = MIN_COMPONENT_SHARE if min_share is None else min_share
     m = (binary > 0).astype(np.uint8)
     k3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     k7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
@@ -204,7 +208,7 @@ def localize(
     fp = footprint(al.homography, (o.shape[1], o.shape[0]), (qw, qh))
     fp = cv2.erode(fp, np.ones((5, 5), np.uint8)) > 0
     diff = colour_difference(q, warped)
-    pix = np.clip((diff - 6.0) / 24.0, 0.0, 1.0)  # ~0 for recompression noise, 1 for a real change
+    pix = np.clip((diff - PIXEL_NOISE) / PIXEL_RANGE, 0.0, 1.0)  # ~0 for recompression noise, 1 for a real change
     if teacher is not None:
         fq = teacher.features(q).s16
         fw = teacher.features(warped).s16
@@ -212,7 +216,7 @@ def localize(
         change = np.sqrt(pix * (0.25 + 0.75 * feat))
     else:
         change = pix
-    change = cv2.GaussianBlur(change.astype(np.float32), (0, 0), 2.0)
+    change = cv2.GaussianBlur(change.astype(np.float32), (0, 0), CHANGE_BLUR)
     agree = fp & (change < 0.5)
     explained = float(agree.mean())
     rel = relation or ("host" if explained >= 0.4 or hull_share(al.query_points, qw, qh) >= 0.35 else "donor")
@@ -225,9 +229,12 @@ def localize(
     if (qw, qh) != (qw0, qh0):
         heat = cv2.resize(heat, (qw0, qh0), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask, (qw0, qh0), interpolation=cv2.INTER_NEAREST)
-    heat_u8 = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
     changed = float((mask > 0).mean())
     score = float(heat[mask > 0].mean()) if changed > 0 else 0.0
+    # The written heatmap folds the cleaned mask in: at 128 it is exactly the mask; above,
+    # the surest core of it; below, also the raw evidence that the clean-up dropped.
+    heat = 0.5 * np.clip(heat, 0.0, 0.998) + 0.5 * (mask > 0)
+    heat_u8 = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return LocalizeResult(mask, heat_u8, al, rel, explained, changed, score)
 
 

@@ -35,7 +35,8 @@ VOTE_K = 5  # neighbours per query keypoint
 VOTE_EF = 48  # hnswlib search breadth
 VOTE_RATIO = 0.7  # a neighbour votes if its distance < ratio x the k-th neighbour's (a ratio test)
 QUERY_KEYPOINTS = 1000
-HOST_MIN_VOTES = 5
+HOST_CANDIDATES_VOTES = 3  # host candidates: the vote leaders ...
+HOST_CANDIDATES_IMAGE = 2  # ... and the nearest whole-image embeddings
 HOST_MARGIN = 0.05
 RRF_K = 10.0
 OBJECT_WEIGHT = 1.0
@@ -96,6 +97,7 @@ class Searcher:
             store.dir / "local.hnsw", _desc_float(self.cat.descriptors), graph_stamp(store, "local"), writable, **LOCAL_GRAPH
         )
         self.n_photos = len(self.cat.paths)
+        self.whole_rows = np.flatnonzero(self.cat.object_index == 0)
 
     # -- evidence ---------------------------------------------------------
     def object_distances(self, query_emb: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,28 +140,47 @@ class Searcher:
             out.append(Votes.from_knn(rows, dists, self.cat.keypoint_image, self.n_photos))
         return out
 
-    def host_evidence(self, rgb: np.ndarray, photo: int, votes: list[Votes], feats: list[LocalFeatures]) -> float:
+    def host_evidence(self, rgb: np.ndarray, photo: int, feats: list[LocalFeatures]) -> float:
         """Share of the query that photo `photo` explains (pixels agreeing after alignment).
 
         A host explains most of the query; a donor only its pasted object. The
-        voting keypoint pairs give the alignment; the stored photo gives the
-        pixels. If the photo cannot be read, the spread of its voters is used.
+        query's keypoints are matched directly against the photo's stored ones
+        (ratio test; far more matches than survive the global k-NN for a
+        plain host such as sea or sky), the stored photo gives the pixels. If
+        it cannot be read, the spread of the matches is used instead.
         """
         h, w = rgb.shape[:2]
-        best = max(range(len(votes)), key=lambda i: votes[i].counts[photo])
-        v, f = votes[best], feats[best]
-        q_idx, db_rows = v.pairs_for(photo)
-        if len(q_idx) < 4:
+        lo, hi = np.searchsorted(self.cat.keypoint_image, [photo, photo + 1])
+        db_desc = self.cat.descriptors[lo:hi].astype(np.float32)
+        db_pts = self.cat.keypoints[lo:hi, :2].astype(np.float64)
+        best_src, best_dst = np.zeros((0, 2)), np.zeros((0, 2))
+        for mirrored, f in enumerate(feats):
+            pairs = match_ratio(f.descriptors.astype(np.float32), db_desc)
+            if len(pairs) > len(best_src):
+                qi, di = pairs[:, 0], pairs[:, 1]
+                q_pts = f.keypoints[qi, :2].astype(np.float64)
+                if mirrored:
+                    q_pts[:, 0] = w - q_pts[:, 0]
+                best_src, best_dst = db_pts[di], q_pts
+        if len(best_src) < 4:
             return 0.0
-        q_pts = f.keypoints[q_idx, :2].astype(np.float64)
-        if best == 1:  # mirrored query: back to query coordinates
-            q_pts[:, 0] = w - q_pts[:, 0]
-        db_pts = self.cat.keypoints[db_rows, :2].astype(np.float64)
         try:
             original = load_rgb(self.cat.paths[photo])
         except ImageError:
-            return spread(q_pts, w, h)
-        return explained_share(rgb, original, db_pts, q_pts)
+            return spread(best_dst, w, h)
+        return explained_share(rgb, original, best_src, best_dst)
+
+    def pick_host(self, rgb: np.ndarray, counts: np.ndarray, dist0: np.ndarray, feats: list[LocalFeatures]) -> int:
+        """The photo that explains most of the query, among the vote leaders and the nearest whole images."""
+        by_votes = [int(p) for p in np.argsort(-counts, kind="stable")[:HOST_CANDIDATES_VOTES] if counts[p] > 0]
+        by_image = [int(p) for p in np.argsort(dist0, kind="stable")[:HOST_CANDIDATES_IMAGE] if np.isfinite(dist0[p])]
+        candidates = list(dict.fromkeys(by_votes + by_image))
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else int(np.argmax(counts))
+        shares = {p: self.host_evidence(rgb, p, feats) for p in candidates}
+        leader = by_votes[0] if by_votes else candidates[0]
+        best = max(candidates, key=lambda p: (shares[p], counts[p]))
+        return best if shares[best] > shares[leader] + HOST_MARGIN else leader
 
     # -- ranking ----------------------------------------------------------
     def search_rgb(self, rgb: np.ndarray, top: int = 10, mode: str = "fused") -> list[Match]:
@@ -180,7 +201,7 @@ class Searcher:
             if mode == "local":
                 score = counts + 1e-3 * np.where(np.isfinite(dist), -dist, -10.0)
             else:
-                score = self.fused_scores(rgb, dist, votes, feats, counts)
+                score = self.fused_scores(rgb, dist, votes, feats, counts, emb[:1])
         order = np.argsort(-score, kind="stable")[:top]
         order = order[np.isfinite(score[order])]
         out = []
@@ -191,8 +212,21 @@ class Searcher:
             out.append(Match(self.cat.paths[p], float(score[p]), float(dist[p]), int(counts[p]), q_box.tolist(), db_box.tolist()))
         return out
 
+    def whole_image_distances(self, emb0: np.ndarray) -> np.ndarray:
+        """Squared L2 between the query's whole-image embedding and every photo's (object 0)."""
+        rows = self.whole_rows
+        d = np.full(self.n_photos, np.inf)
+        d[self.cat.object_image[rows]] = squared_l2(emb0, self.cat.embeddings[rows])[0]
+        return d
+
     def fused_scores(
-        self, rgb: np.ndarray, dist: np.ndarray, votes: list[Votes], feats: list[LocalFeatures], counts: np.ndarray
+        self,
+        rgb: np.ndarray,
+        dist: np.ndarray,
+        votes: list[Votes],
+        feats: list[LocalFeatures],
+        counts: np.ndarray,
+        emb0: np.ndarray,
     ) -> np.ndarray:
         """Host first (most votes, or the better-explaining of the top two), then donors.
 
@@ -202,12 +236,7 @@ class Searcher:
         """
         if not votes or counts.max() <= 0:
             return np.where(np.isfinite(dist), -dist, -np.inf)
-        order = np.argsort(-counts, kind="stable")
-        host = int(order[0])
-        if len(order) > 1 and counts[order[1]] >= HOST_MIN_VOTES:
-            a, b = host, int(order[1])
-            if self.host_evidence(rgb, b, votes, feats) > self.host_evidence(rgb, a, votes, feats) + HOST_MARGIN:
-                host = b
+        host = self.pick_host(rgb, counts, self.whole_image_distances(emb0), feats)
         residual = np.max([v.residual_counts(host) for v in votes], axis=0).astype(np.float64)
         residual[host] = -1
         local_rank = _ranks(-(residual + 1e-3 * counts))
@@ -237,15 +266,20 @@ class Votes:
         q_idx, db_rows, photos = q_idx[first], db_rows[first], photos[first]
         return cls(q_idx, db_rows, photos, np.bincount(photos, minlength=n_photos))
 
-    def pairs_for(self, photo: int) -> tuple[np.ndarray, np.ndarray]:
-        m = self.photos == photo
-        return self.q_idx[m], self.db_rows[m]
-
     def residual_counts(self, host: int) -> np.ndarray:
         """Votes of the query keypoints that do not vote for `host`."""
         explained = np.unique(self.q_idx[self.photos == host])
         keep = ~np.isin(self.q_idx, explained)
         return np.bincount(self.photos[keep], minlength=len(self.counts))
+
+
+def match_ratio(a: np.ndarray, b: np.ndarray, ratio: float = 0.8) -> np.ndarray:
+    """[M, 2] index pairs (a, b) passing Lowe's ratio test."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros((0, 2), np.int64)
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a, b, k=2)
+    good = [(m.queryIdx, m.trainIdx) for p in knn if len(p) == 2 for m, n in [p] if m.distance < ratio * n.distance]
+    return np.asarray(good, np.int64).reshape(-1, 2)
 
 
 def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:
