@@ -8,13 +8,12 @@ graph whose stamp does not match is rebuilt, never trusted.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import hnswlib
 import numpy as np
 
-from .store import _fsync_dir, read_stamp, write_stamp
+from .store import atomic_write, read_stamp, write_stamp
 
 
 class Graph:
@@ -43,16 +42,7 @@ class Graph:
 
     def save(self, path: Path, stamp: dict) -> None:
         """Write graph then stamp, each atomically; a crash leaves a mismatch, hence a rebuild."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            self.index.save_index(str(tmp))
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        atomic_write(path, lambda tmp: self.index.save_index(str(tmp)))
         write_stamp(path.with_suffix(path.suffix + ".json"), {**stamp, "count": self.count})
 
     @classmethod

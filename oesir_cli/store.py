@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,19 +90,24 @@ def default_index_dir() -> Path:
     return Path(os.environ.get("OESIR_INDEX", ".oesir"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file, fsync, rename: readers see old or new, never half."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Have `write` fill a temporary file, fsync it, rename it over `path`: readers see old or new, never half."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write` of a bytes payload."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _fsync_dir(directory: Path) -> None:
