@@ -188,7 +188,7 @@ def _print_matches(query: str, matches: list) -> None:
 @app.command()
 def localize(
     query: Annotated[Path, typer.Argument(help="The suspect photo.")],
-    original: Annotated[Path, typer.Argument(help="An authentic photo it was made from (host or donor).")],
+    original: Annotated[Path | None, typer.Argument(help="An authentic photo it was made from (host or donor).")] = None,
     out_mask: Annotated[Path | None, typer.Option("--out", "-o", help="Write the binary mask PNG (255 = manipulated).")] = None,
     heatmap: Annotated[Path | None, typer.Option("--heatmap", help="Write the 0..255 score map PNG.")] = None,
     overlay: Annotated[
@@ -196,55 +196,88 @@ def localize(
     ] = None,
     threshold: Annotated[float, typer.Option(help="Score (0..1) above which a pixel is manipulated.")] = 0.5,
     relation: Annotated[str, typer.Option(help="auto, host or donor.")] = "auto",
+    auto: Annotated[
+        bool, typer.Option("--auto", help="No ORIGINAL: search the index, localize against the top host and donor.")
+    ] = False,
+    index_dir: IndexOpt = None,
     object_fallback: Annotated[
         bool, typer.Option("--object-fallback", help="When keypoints fail, align by the best object pair (Eq. 8); may be wrong.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the evidence as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the evidence as JSON (one line per original).")] = False,
 ) -> None:
     """Show where QUERY was changed, given ORIGINAL: mask, heatmap, overlay.
 
     The relation is detected: if ORIGINAL explains most of QUERY it is the host
     and the manipulated region is where they differ; otherwise it is a donor
-    and the region is the part of QUERY that matches it.
+    and the region is the part of QUERY that matches it. With --auto, the
+    index is searched and both the top host and donor are used; output names
+    get "-host" / "-donor" before their extension.
     """
     from .localize import AlignmentError
-    from .render import overlay_image, write_png
 
     if relation not in ("auto", "host", "donor"):
         raise _fail(f"unknown --relation {relation!r} (auto, host, donor)", EXIT_USAGE)
     if not 0.0 < threshold < 1.0:
         raise _fail("--threshold must be between 0 and 1", EXIT_USAGE)
+    if (original is None) == (not auto):
+        raise _fail("give either ORIGINAL or --auto", EXIT_USAGE)
     try:
-        result = api.localize_paths(
-            query,
-            original,
-            threshold=threshold,
-            relation=None if relation == "auto" else relation,
-            object_fallback=object_fallback,
-        )
-        if out_mask:
-            write_png(out_mask, result.mask)
-        if heatmap:
-            write_png(heatmap, result.heatmap)
-        if overlay:
-            from .imageio import load_rgb
-
-            write_png(overlay, overlay_image(load_rgb(query), result.mask))
+        if auto:
+            matches = api.search_path(api.open_searcher(index_dir), query, top=2)
+            jobs = [("host", Path(m.image)) for m in matches[:1]]
+            jobs += [("donor", Path(m.image)) for m in matches[1:2] if m.votes >= AUTO_DONOR_MIN_VOTES]
+            if not jobs:
+                raise _fail(f"{query}: no indexed photo matches it", EXIT_ERROR)
+        else:
+            jobs = [(None if relation == "auto" else relation, original)]
+        failures = 0
+        for role, orig in jobs:
+            try:
+                result = api.localize_paths(query, orig, threshold=threshold, relation=role, object_fallback=object_fallback)
+            except AlignmentError as exc:
+                failures += 1
+                err.print(f"[red]oesir: error:[/red] {query} vs {orig}: {exc}", highlight=False)
+                continue
+            _write_localize_outputs(query, result, out_mask, heatmap, overlay, role if auto else None)
+            _print_localize(query, orig, result, as_json)
     except ImageError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    except AlignmentError as exc:
-        raise _fail(f"{query} vs {original}: {exc}", EXIT_ERROR) from None
-    except (WeightsError, OSError) as exc:
+    except (IndexError_, WeightsError, OSError) as exc:
         raise _fail(str(exc)) from None
-    info = {"query": str(query), "original": str(original), **result.as_dict()}
+    if failures:
+        raise typer.Exit(EXIT_ERROR)
+
+
+AUTO_DONOR_MIN_VOTES = 3  # --auto: the second match is used as donor only with some keypoint evidence
+
+
+def _suffixed(path: Path | None, role: str | None) -> Path | None:
+    return None if path is None or role is None else path.with_name(f"{path.stem}-{role}{path.suffix}")
+
+
+def _write_localize_outputs(query: Path, result, mask: Path | None, heat: Path | None, overlay: Path | None, role) -> None:
+    from .imageio import load_rgb
+    from .render import overlay_image, write_png
+
+    mask, heat, overlay = ((_suffixed(p, role) if role else p) for p in (mask, heat, overlay))
+    if mask:
+        write_png(mask, result.mask)
+    if heat:
+        write_png(heat, result.heatmap)
+    if overlay:
+        write_png(overlay, overlay_image(load_rgb(query), result.mask))
+
+
+def _print_localize(query: Path, original: Path, result, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(info))
-    else:
-        out.print(
-            f"{query}: {result.relation} relation, {result.alignment.inliers} inliers ({result.alignment.method}"
-            f"{', mirrored' if result.alignment.mirrored else ''}), changed {100 * result.changed_share:.1f}% of the photo",
-            highlight=False,
-        )
+        print(json.dumps({"query": str(query), "original": str(original), **result.as_dict()}), flush=True)
+        return
+    a = result.alignment
+    out.print(
+        f"{query} vs {original}: {result.relation} relation, {a.inliers} inliers ({a.method}"
+        f"{', mirrored' if a.mirrored else ''}), changed {100 * result.changed_share:.1f}% of the photo",
+        highlight=False,
+    )
 
 
 @app.command()

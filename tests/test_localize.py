@@ -123,3 +123,19 @@ def test_clean_mask_drops_specks_and_fills_holes():
     m[80, 80] = 1  # speck
     c = clean_mask(m)
     assert c[37, 37] == 255 and c[80, 80] == 0 and c[25, 25] == 255
+
+
+def test_auto_localizes_against_searched_host_and_donor(tmp_path):
+    from oesir_cli import api as oesir_api
+
+    idx = tmp_path / "idx"
+    oesir_api.index([EXAMPLES], index_dir=idx)
+    spliced = EXAMPLES.parent / "spliced.jpg"
+    r = runner.invoke(app, ["localize", str(spliced), "--auto", "--index", str(idx), "--json", "--out", str(tmp_path / "m.png")])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [(Path(x["original"]).name, x["relation"]) for x in lines] == [("rocket.jpg", "host"), ("chelsea.jpg", "donor")]
+    truth = cv2.imread(str(EXAMPLES.parent / "spliced_mask.png"), cv2.IMREAD_GRAYSCALE)
+    for role in ("host", "donor"):
+        m = cv2.imread(str(tmp_path / f"m-{role}.png"), cv2.IMREAD_GRAYSCALE)
+        assert _iou(m, truth) >= 0.7, role
