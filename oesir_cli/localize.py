@@ -26,6 +26,7 @@ from .local import rootsift
 
 MIN_INLIERS = 12
 MIN_SIMILARITY_INLIERS = 6
+CONTRAST_THRESHOLDS = (0.04, 0.01)  # SIFT's default first; the low one only when nothing aligned
 WORK_SIDE = 1024  # alignment and scoring run at most at this longer side
 DEFAULT_THRESHOLD = 0.5
 PIXEL_NOISE, PIXEL_RANGE = 4.0, 16.0  # Lab distance: below NOISE is recompression, NOISE+RANGE is a sure change
@@ -76,8 +77,8 @@ class LocalizeResult:
         }
 
 
-def _sift_features(grey: np.ndarray, n: int = 4000) -> tuple[np.ndarray, np.ndarray]:
-    sift = cv2.SIFT_create(nfeatures=n)
+def _sift_features(grey: np.ndarray, n: int = 4000, contrast: float = 0.04) -> tuple[np.ndarray, np.ndarray]:
+    sift = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast)
     kps, desc = sift.detectAndCompute(grey, None)
     if desc is None or not kps:
         return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
@@ -106,15 +107,30 @@ def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray
 
     A homography needs MIN_INLIERS consistent matches; a small pasted object
     often yields fewer, so a similarity transform (4 degrees of freedom, far
-    harder to fit by chance) is accepted from MIN_SIMILARITY_INLIERS.
+    harder to fit by chance) is accepted from MIN_SIMILARITY_INLIERS. Flat
+    photos (sea, sky) have few keypoints at SIFT's usual contrast threshold, so
+    when nothing aligns the keypoints are taken again at a low threshold.
     """
     qg = cv2.cvtColor(query, cv2.COLOR_RGB2GRAY)
     og = cv2.cvtColor(original, cv2.COLOR_RGB2GRAY)
-    qpts, qdesc = _sift_features(qg)
+    for contrast in CONTRAST_THRESHOLDS:
+        found = _align_keypoints(qg, og, contrast)
+        if found is not None:
+            return found
+    if object_pair is not None:
+        q_box, o_box = object_pair
+        return Alignment(box_similarity(o_box, q_box), 0, 0, False, "objects", np.zeros((0, 2), np.float32))
+    raise AlignmentError(
+        f"could not align the photos: fewer than {MIN_SIMILARITY_INLIERS} consistent keypoint matches; are they related?"
+    )
+
+
+def _align_keypoints(qg: np.ndarray, og: np.ndarray, contrast: float) -> Alignment | None:
+    qpts, qdesc = _sift_features(qg, contrast=contrast)
     ow, oh = og.shape[1], og.shape[0]
     candidates: list[Alignment] = []
     for mirrored in (False, True):
-        opts, odesc = _sift_features(og[:, ::-1].copy() if mirrored else og)
+        opts, odesc = _sift_features(og[:, ::-1].copy() if mirrored else og, contrast=contrast)
         pairs = _match(qdesc, odesc)
         if len(pairs) < 4:
             continue
@@ -131,16 +147,11 @@ def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray
             inl2 = inl2.ravel().astype(bool)
             if is_plausible(s, (ow, oh)):
                 candidates.append(Alignment(s, int(inl2.sum()), len(pairs), mirrored, "keypoints-similarity", dst[inl2]))
-    if candidates:
-        # prefer a homography when it is well supported, else the best-supported fit
-        homs = [c for c in candidates if c.method == "keypoints"]
-        return max(homs, key=lambda c: c.inliers) if homs else max(candidates, key=lambda c: c.inliers)
-    if object_pair is not None:
-        q_box, o_box = object_pair
-        return Alignment(box_similarity(o_box, q_box), 0, 0, False, "objects", np.zeros((0, 2), np.float32))
-    raise AlignmentError(
-        f"could not align the photos: fewer than {MIN_SIMILARITY_INLIERS} consistent keypoint matches; are they related?"
-    )
+    if not candidates:
+        return None
+    # prefer a homography when it is well supported, else the best-supported fit
+    homs = [c for c in candidates if c.method == "keypoints"]
+    return max(homs, key=lambda c: c.inliers) if homs else max(candidates, key=lambda c: c.inliers)
 
 
 def colour_difference(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
