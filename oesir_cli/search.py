@@ -60,7 +60,7 @@ class Match:
     def as_dict(self) -> dict:
         return {
             "image": self.image,
-            "distance": round(float(self.distance), 6),
+            "distance": round(float(self.distance), 6) if np.isfinite(self.distance) else None,  # None: not reached
             "score": round(float(self.score), 6),
             "votes": int(self.votes),
             "query_box": [round(float(v), 1) for v in self.query_box],
