@@ -9,14 +9,13 @@ vectors, so an index built with other settings is refused.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .detector import Detector
 from .embed import Whitening, region_descriptors
 from .local import extract
-from .registry import DEFAULT_TEACHER, WeightsError, read_manifest, sha256_file, weights_dir
+from .registry import DEFAULT_TEACHER, verified_file
 from .store import PhotoData
 from .teacher import Teacher
 
@@ -39,15 +38,15 @@ class EngineConfig:
 
 
 class Engine:
-    """Loads the models once; `describe` a photo, `describe_query` adds its mirror image."""
+    """Loads the models once; `describe` turns a photo into what the index stores."""
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.detector = Detector()
         self.teacher = Teacher(self.config.teacher, self.config.long_side)
-        path = _whitening_path(self.config.whitening_file())
+        path, digest = verified_file(self.config.whitening_file())
         self.whitening = Whitening.load(path)
-        self._whitening_sha = sha256_file(path)[:12]
+        self._whitening_sha = digest[:12]
 
     @property
     def embedding_dim(self) -> int:
@@ -78,21 +77,3 @@ class Engine:
         boxes, scores, classes = self.boxes(rgb)
         local = extract(rgb, self.config.local_keypoints)
         return PhotoData(boxes, scores, classes, self.embed(rgb, boxes), local.keypoints, local.descriptors)
-
-
-def _whitening_path(name: str) -> Path:
-    return verified_path_file(name)
-
-
-def verified_path_file(file_name: str) -> Path:
-    """A non-ONNX weights file (e.g. whitening), checked against the manifest."""
-    d = weights_dir()
-    entry = read_manifest(d).get("files", {}).get(file_name)
-    path = d / file_name
-    if entry is None:
-        raise WeightsError(f"weights file {path} is not listed in the manifest (build it with `oesir weights whiten`)")
-    if not path.is_file():
-        raise WeightsError(f"weights file missing: {path}")
-    if sha256_file(path) != entry["sha256"]:
-        raise WeightsError(f"weights file altered: {path}")
-    return path

@@ -82,22 +82,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def verified_file(file_name: str, directory: Path | None = None) -> tuple[Path, str]:
+    """Path and sha256 of a weights file, after checking it is listed, present and unaltered."""
+    directory = directory or weights_dir()
+    entry = read_manifest(directory).get("files", {}).get(file_name)
+    path = directory / file_name
+    if entry is None:
+        raise WeightsError(f"weights file {path} is not listed in {directory / 'manifest.json'}")
+    if not path.is_file():
+        raise WeightsError(f"weights file missing: {path} (rebuild: python -m oesir_cli.convert --out weights)")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise WeightsError(f"weights file altered: {path} (sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...)")
+    return path, digest
+
+
 def verified_path(name: str, directory: Path | None = None) -> Path:
     """Path of model `name` after checking it exists and matches the manifest's sha256."""
     if name not in MODELS:
         raise WeightsError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    directory = directory or weights_dir()
-    spec = MODELS[name]
-    entry = read_manifest(directory).get("files", {}).get(spec.file)
-    path = directory / spec.file
-    if entry is None:
-        raise WeightsError(f"weights file {path} is not listed in {directory / 'manifest.json'}")
-    if not path.is_file():
-        raise WeightsError(f"weights file missing: {path} (rebuild with `oesir weights build`)")
-    digest = sha256_file(path)
-    if digest != entry["sha256"]:
-        raise WeightsError(f"weights file altered: {path} (sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...)")
-    return path
+    return verified_file(MODELS[name].file, directory)[0]
 
 
 @dataclass(frozen=True)
