@@ -13,6 +13,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from .registry import sha256_file
 from .store import atomic_write, read_stamp, write_stamp
 
 
@@ -41,15 +42,18 @@ class Graph:
         return labels.astype(np.int64), dists
 
     def save(self, path: Path, stamp: dict) -> None:
-        """Write graph then stamp, each atomically; a crash leaves a mismatch, hence a rebuild."""
+        """Write graph then stamp (with the graph's size and sha256), each atomically; a crash leaves a mismatch."""
         atomic_write(path, lambda tmp: self.index.save_index(str(tmp)))
-        write_stamp(path.with_suffix(path.suffix + ".json"), {**stamp, "count": self.count})
+        full = {**stamp, "count": self.count, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        write_stamp(path.with_suffix(path.suffix + ".json"), full)
 
     @classmethod
     def load(cls, path: Path, stamp: dict, dim: int) -> Graph | None:
         """The saved graph if its stamp matches `stamp`, else None."""
         saved = read_stamp(path.with_suffix(path.suffix + ".json"))
         if not saved or any(saved.get(k) != v for k, v in stamp.items()) or not path.exists():
+            return None
+        if path.stat().st_size != saved.get("bytes"):  # cheap check at every load; `oesir check` hashes it
             return None
         index = hnswlib.Index(space="l2", dim=dim)
         try:
@@ -59,6 +63,18 @@ class Graph:
         if index.get_current_count() != saved["count"]:
             return None
         return cls(index, saved["count"])
+
+
+def graph_status(path: Path, stamp: dict) -> str:
+    """'ok', 'missing', 'stale' (built from other data) or 'damaged' (bytes differ from its stamp's sha256)."""
+    saved = read_stamp(path.with_suffix(path.suffix + ".json"))
+    if saved is None or not path.exists():
+        return "missing"
+    if any(saved.get(k) != v for k, v in stamp.items()):
+        return "stale"
+    if path.stat().st_size != saved.get("bytes") or sha256_file(path) != saved.get("sha256"):
+        return "damaged"
+    return "ok"
 
 
 def cached_graph(path: Path, data: np.ndarray, stamp: dict, writable: bool, **build_args) -> Graph:

@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from .check import CheckReport, check_index
 from .embed import learn_whitening, region_descriptors
 from .engine import Engine, EngineConfig
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
 from .indexer import IndexSummary, index_paths, walk
 from .registry import read_manifest, sha256_file, weights_dir
 from .search import Match, Searcher
-from .store import Store, default_index_dir
+from .store import DB_FILES, GRAPH_FILES, IndexError_, Store, default_index_dir, writer_lock
 
 _ENGINES: dict[EngineConfig, Engine] = {}
 
@@ -54,13 +57,14 @@ def index(
     """Create or update the index at `index_dir` with the photos under `paths`."""
     directory = Path(index_dir) if index_dir else default_index_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    if rebuild:
-        _clear(directory)
-    store = Store(directory, create=True)
-    try:
-        with store.writer():
+    with writer_lock(directory):
+        if rebuild:
+            start_over(directory, on_error)
+        store = Store(directory, create=True)
+        try:
+            store.prepare_for_writing()
             have = store.meta("engine_config")
-            config = EngineConfig(**json.loads(have)) if have and not rebuild else EngineConfig(max_objects=max_objects)
+            config = EngineConfig(**json.loads(have)) if have else EngineConfig(max_objects=max_objects)
             eng = engine(config)
             store.check_model(eng.version, create=True)
             if have is None:
@@ -70,24 +74,30 @@ def index(
             return index_paths(
                 store, eng, paths, keep_missing=keep_missing, max_pixels=max_pixels, progress=progress, on_error=on_error
             )
-    finally:
-        store.close()
+        finally:
+            store.close()
 
 
-def _clear(directory: Path) -> None:
-    """Remove an index's files (the folder itself stays)."""
-    for name in (
-        "oesir.sqlite",
-        "oesir.sqlite-wal",
-        "oesir.sqlite-shm",
-        "objects.hnsw",
-        "objects.hnsw.json",
-        "local.hnsw",
-        "local.hnsw.json",
-    ):
-        p = directory / name
-        if p.exists():
-            p.unlink()
+def start_over(directory: Path, on_error: Callable[[str, str], None] | None = None) -> None:
+    """Empty the index for `--rebuild` (caller holds the lock). A database that cannot be opened is moved aside, not deleted."""
+    for name in GRAPH_FILES:
+        (directory / name).unlink(missing_ok=True)
+    try:
+        store = Store(directory)
+        try:
+            store.clear()
+            return
+        finally:
+            store.close()
+    except (IndexError_, sqlite3.DatabaseError) as exc:
+        if not (directory / DB_FILES[0]).exists():
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name in DB_FILES:
+            if (directory / name).exists():
+                os.replace(directory / name, directory / f"{name}.damaged-{stamp}")
+        if on_error:
+            on_error(str(directory / DB_FILES[0]), f"{exc}; moved aside as {DB_FILES[0]}.damaged-{stamp}, starting over")
 
 
 def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
@@ -124,6 +134,11 @@ def info(index_dir: str | os.PathLike | None = None) -> dict:
         }
     finally:
         store.close()
+
+
+def check(index_dir: str | os.PathLike | None = None, repair: bool = False) -> CheckReport:
+    """Verify the index (see `oesir_cli.check`); with `repair`, drop damaged photos and rebuild the graphs."""
+    return check_index(Path(index_dir) if index_dir else default_index_dir(), repair=repair)
 
 
 def learn_whitening_file(

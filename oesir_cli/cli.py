@@ -7,8 +7,10 @@ or input, 3 completed but some files were skipped.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +23,7 @@ from rich.table import Table
 from . import api
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
 from .registry import WeightsError
-from .store import IndexError_
+from .store import IndexError_, default_index_dir
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
@@ -121,8 +123,8 @@ def index(
             )
     except KeyboardInterrupt:
         raise _fail("interrupted; every batch committed before the interrupt is kept", 130) from None
-    except (IndexError_, WeightsError, OSError) as exc:
-        raise _fail(str(exc)) from None
+    except (IndexError_, WeightsError, OSError, sqlite3.Error) as exc:
+        raise _fail(_index_error(exc)) from None
     if as_json:
         print(json.dumps(summary.as_dict()))
     err.print(summary.line(), highlight=False)
@@ -147,8 +149,8 @@ def search(
         raise _fail(f"unknown --mode {mode!r} (fused, objects, local)", EXIT_USAGE)
     try:
         searcher = api.open_searcher(index_dir)
-    except (IndexError_, WeightsError, OSError) as exc:
-        raise _fail(str(exc)) from None
+    except (IndexError_, WeightsError, OSError, sqlite3.Error) as exc:
+        raise _fail(_index_error(exc)) from None
     failed = 0
     for q in queries:
         try:
@@ -288,13 +290,55 @@ def info(
     """Index statistics: photos, objects, model, size on disk."""
     try:
         stats = api.info(index_dir)
-    except (IndexError_, OSError) as exc:
-        raise _fail(str(exc)) from None
+    except (IndexError_, OSError, sqlite3.Error) as exc:
+        raise _fail(_index_error(exc)) from None
     if as_json:
         print(json.dumps(stats))
     else:
         for k, v in stats.items():
             out.print(f"{k:>18}: {v}", highlight=False)
+
+
+@app.command()
+def check(
+    index_dir: IndexOpt = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Drop photos whose stored data is damaged; rebuild the derived graphs.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Verify the index: database integrity, each photo's checksum, the graphs' checksums.
+
+    Exit 0 when the index is intact (or was repaired), 1 when something is
+    still damaged; the last line says which command recovers.
+    """
+    directory = index_dir or default_index_dir()
+    try:
+        report = api.check(directory, repair=repair)
+    except (IndexError_, OSError, sqlite3.Error) as exc:
+        raise _fail(_index_error(exc)) from None
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        out.print(f"index: {report.index}\nphotos: {report.photos}\ndatabase: {report.database}", highlight=False)
+        for name, status in report.graphs.items():
+            out.print(f"{name}: {status}", highlight=False)
+        for path, why in report.damaged_photos:
+            out.print(f"damaged photo: {path}: {why}", highlight=False)
+        for line in report.repaired:
+            out.print(f"repaired: {line}", highlight=False)
+    if not report.ok:
+        raise _fail(f"index at {directory} is damaged; {report.advice()}")
+
+
+def _index_error(exc: BaseException) -> str:
+    """One line for errors from the index files, disk-full first (it is the common one)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, sqlite3.Error) or getattr(exc, "errno", None) == errno.ENOSPC:
+        if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+            return f"cannot write the index: disk full ({text}); the index keeps its last committed state"
+        return f"index database error: {text}; run `oesir check`"
+    return text
 
 
 @weights_app.command("verify")

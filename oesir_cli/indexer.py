@@ -9,7 +9,6 @@ run keeps what it committed and the next run carries on from there.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .engine import Engine
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, is_image_path, load_rgb
+from .registry import sha256_file
 from .search import refresh_graphs
 from .store import ImageRecord, PhotoData, Store
 
@@ -100,14 +100,6 @@ def _walk_dir(root: Path, seen: set[tuple[int, int]], errors: list[tuple[str, st
             errors.append((str(path), f"cannot access ({exc.strerror or exc})"))
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def index_paths(
     store: Store,
     engine: Engine,
@@ -135,7 +127,7 @@ def index_paths(
         with store.transaction() as db:
             for rec, data in pending:
                 if data is None:  # same bytes, new mtime: refresh the record only
-                    db.execute("UPDATE images SET size=?, mtime_ns=? WHERE path=?", (rec.size, rec.mtime_ns, rec.path))
+                    store.touch(db, rec)
                 else:
                     store.put(db, rec, data)
         pending.clear()
@@ -153,7 +145,7 @@ def index_paths(
             summary.unchanged += 1
             continue
         try:
-            digest = file_sha256(Path(path))
+            digest = sha256_file(Path(path))
         except OSError as exc:
             _fail(summary, on_error, path, f"cannot read ({exc.strerror or exc})")
             continue

@@ -18,6 +18,7 @@ spread over most of the query. `mode="objects"` is the paper's method alone.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from .engine import Engine
 from .imageio import ImageError, load_rgb
 from .local import LocalFeatures, extract, spread
 from .localize import colour_difference
-from .store import Catalogue, Store
+from .store import Catalogue, IndexError_, Store, writer_lock
 
 MODES = ("fused", "objects", "local")
 _POOL = ThreadPoolExecutor(max_workers=1)
@@ -68,17 +69,24 @@ class Match:
         }
 
 
-def graph_stamp(store: Store, kind: str) -> dict:
-    return {"generation": store.generation, "model_version": store.meta("model_version"), "kind": kind}
+def graph_stamp(store: Store, cat: Catalogue, kind: str) -> dict:
+    return {"generation": cat.generation, "model_version": store.meta("model_version"), "kind": kind}
+
+
+def load_graphs(store: Store, cat: Catalogue, writable: bool) -> tuple[Graph, Graph]:
+    """The object and local-feature graphs for `cat`: loaded if current, else built (and saved when `writable`)."""
+    objects = cached_graph(
+        store.dir / "objects.hnsw", cat.embeddings, graph_stamp(store, cat, "objects"), writable, ef_construction=200
+    )
+    local = cached_graph(
+        store.dir / "local.hnsw", _desc_float(cat.descriptors), graph_stamp(store, cat, "local"), writable, **LOCAL_GRAPH
+    )
+    return objects, local
 
 
 def refresh_graphs(store: Store) -> None:
-    """Rebuild the derived hnswlib graphs if they are missing or stale (writer side)."""
-    cat = store.load_all()
-    cached_graph(store.dir / "objects.hnsw", cat.embeddings, graph_stamp(store, "objects"), writable=True, ef_construction=200)
-    cached_graph(
-        store.dir / "local.hnsw", _desc_float(cat.descriptors), graph_stamp(store, "local"), writable=True, **LOCAL_GRAPH
-    )
+    """Rebuild the derived graphs if they are missing or stale (the caller holds the writer lock)."""
+    load_graphs(store, store.load_all(), writable=True)
 
 
 def _desc_float(desc: np.ndarray) -> np.ndarray:
@@ -92,13 +100,7 @@ class Searcher:
         self.store = store
         self.engine = engine
         self.cat: Catalogue = store.load_all()
-        writable = _can_write(store)
-        self.objects: Graph = cached_graph(
-            store.dir / "objects.hnsw", self.cat.embeddings, graph_stamp(store, "objects"), writable, ef_construction=200
-        )
-        self.local: Graph = cached_graph(
-            store.dir / "local.hnsw", _desc_float(self.cat.descriptors), graph_stamp(store, "local"), writable, **LOCAL_GRAPH
-        )
+        self.objects, self.local = _graphs_as_reader(store, self.cat)
         self.n_photos = len(self.cat.paths)
         self.whole_rows = np.flatnonzero(self.cat.object_index == 0)
 
@@ -318,7 +320,12 @@ def squared_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T, 0.0)
 
 
-def _can_write(store: Store) -> bool:
-    import os
-
-    return os.access(store.dir, os.W_OK)
+def _graphs_as_reader(store: Store, cat: Catalogue) -> tuple[Graph, Graph]:
+    """Graphs for a reader: a stale graph is rebuilt in memory and saved only if no writer is at work."""
+    if not os.access(store.dir, os.W_OK):
+        return load_graphs(store, cat, writable=False)
+    try:
+        with writer_lock(store.dir):
+            return load_graphs(store, cat, writable=True)
+    except IndexError_:  # a writer holds the lock: its own refresh will save the graphs
+        return load_graphs(store, cat, writable=False)

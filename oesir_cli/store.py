@@ -7,9 +7,11 @@ Layout of an index folder:
     lock                held (flock) by the one writer
 
 Every change is a SQLite transaction, so a crash or kill loses at most the
-photos of the batch in flight. The graphs carry the `generation` of the data
-they were built from and are rebuilt when it differs; they are written to a
-temporary file, fsync'ed and renamed into place.
+photos of the batch in flight. Each photo's row carries a digest of what is
+stored for it (path, sha256, boxes, vectors), so `oesir check` can tell which
+photos a damaged file affects. The graphs carry the `generation` of the data
+they were built from, their size and sha256, and are rebuilt when any of it
+differs; they are written to a temporary file, fsync'ed and renamed into place.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
@@ -53,9 +56,12 @@ CREATE TABLE IF NOT EXISTS vectors (
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
     embeddings BLOB NOT NULL,
     keypoints BLOB NOT NULL,
-    descriptors BLOB NOT NULL
+    descriptors BLOB NOT NULL,
+    digest TEXT
 );
 """
+GRAPH_FILES = ("objects.hnsw", "objects.hnsw.json", "local.hnsw", "local.hnsw.json")
+DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
 
 
 class IndexError_(RuntimeError):
@@ -88,6 +94,54 @@ class PhotoData:
 def default_index_dir() -> Path:
     """`$OESIR_INDEX`, else `./.oesir`."""
     return Path(os.environ.get("OESIR_INDEX", ".oesir"))
+
+
+def db_path_value(path: str) -> str | bytes:
+    """How a path is stored: text, or its raw bytes when it is not valid UTF-8 (undecodable file names)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def path_from_db(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def row_digest(path: str, sha256: str, boxes: np.ndarray, embeddings: bytes, keypoints: bytes, descriptors: bytes) -> str:
+    """Checksum of everything stored for one photo (detects damage SQLite itself would not)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (os.fsencode(path), sha256.encode(), np.asarray(boxes, np.float32).tobytes(), embeddings, keypoints, descriptors):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def writer_lock(directory: Path, wait: bool = False) -> Iterator[None]:
+    """Hold the index folder's writer lock; a second writer gets a clear error (or waits)."""
+    fd = os.open(Path(directory) / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise IndexError_(f"index at {directory} is being written by another oesir process") from None
+            raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(directory: Path) -> int:
+    """Delete temporary files left by a killed writer (call with the writer lock held)."""
+    n = 0
+    for p in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -137,7 +191,6 @@ class Store:
             self.db.execute("SELECT count(*) FROM images").fetchone()
         except sqlite3.DatabaseError as exc:
             raise IndexError_(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
-        self._lock_fd: int | None = None
 
     # -- meta -------------------------------------------------------------
     def meta(self, key: str, default: str | None = None) -> str | None:
@@ -169,20 +222,65 @@ class Store:
     # -- locking ----------------------------------------------------------
     @contextlib.contextmanager
     def writer(self, wait: bool = False) -> Iterator[None]:
-        """Hold the folder's writer lock (a second writer gets a clear error, or waits)."""
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise IndexError_(f"index at {self.dir} is being written by another oesir process") from None
-                raise
-            self._lock_fd = fd
+        """Hold the folder's writer lock, prepared for writing (see `prepare_for_writing`)."""
+        with writer_lock(self.dir, wait):
+            self.prepare_for_writing()
             yield
-        finally:
-            self._lock_fd = None
-            os.close(fd)
+
+    def prepare_for_writing(self) -> None:
+        """With the lock held: drop temp files a killed writer left, give old-format rows their digests."""
+        remove_temp_files(self.dir)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Indexes from before row digests: add the column and fill it."""
+        cols = [r[1] for r in self.db.execute("PRAGMA table_info(vectors)")]
+        if "digest" not in cols:
+            self.db.execute("ALTER TABLE vectors ADD COLUMN digest TEXT")
+        missing = self.db.execute("SELECT image_id FROM vectors WHERE digest IS NULL").fetchall()
+        if missing:
+            with self.transaction() as db:
+                for (image_id,) in missing:
+                    db.execute("UPDATE vectors SET digest=? WHERE image_id=?", (self._compute_digest(image_id), image_id))
+
+    def _compute_digest(self, image_id: int) -> str:
+        path, sha, e, k, d = self.db.execute(
+            "SELECT i.path, i.sha256, v.embeddings, v.keypoints, v.descriptors FROM images i "
+            "JOIN vectors v ON v.image_id = i.id WHERE i.id=?",
+            (image_id,),
+        ).fetchone()
+        boxes = self.db.execute("SELECT x1, y1, x2, y2 FROM objects WHERE image_id=? ORDER BY idx", (image_id,)).fetchall()
+        return row_digest(path_from_db(path), sha, np.asarray(boxes, np.float32).reshape(-1, 4), e, k, d)
+
+    def damaged_rows(self) -> list[tuple[int, str, str]]:
+        """(image id, path, problem) for every photo whose stored data fails its digest or is incomplete."""
+        bad = []
+        rows = self.db.execute("SELECT i.id, i.path, v.digest FROM images i LEFT JOIN vectors v ON v.image_id = i.id")
+        dim = self.embedding_dim()
+        for image_id, path, digest in rows.fetchall():
+            path = path_from_db(path)
+            if digest is None:
+                bad.append((image_id, path, "no stored vectors" if not self._has_vectors(image_id) else "no checksum"))
+                continue
+            try:
+                ok = self._compute_digest(image_id) == digest
+                n_obj = self.db.execute("SELECT count(*) FROM objects WHERE image_id=?", (image_id,)).fetchone()[0]
+                n_emb = len(self.db.execute("SELECT embeddings FROM vectors WHERE image_id=?", (image_id,)).fetchone()[0])
+                ok = ok and dim > 0 and n_emb == n_obj * dim * 4
+            except (sqlite3.DatabaseError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                bad.append((image_id, path, "stored data does not match its checksum"))
+        return bad
+
+    def _has_vectors(self, image_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM vectors WHERE image_id=?", (image_id,)).fetchone() is not None
+
+    def clear(self) -> None:
+        """Forget every photo and the model settings (for `--rebuild`); one transaction."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM images")
+            db.execute("DELETE FROM meta WHERE key IN ('model_version', 'engine_config', 'embedding_dim')")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -200,7 +298,7 @@ class Store:
     # -- records ----------------------------------------------------------
     def images(self) -> dict[str, ImageRecord]:
         rows = self.db.execute("SELECT id, path, sha256, size, mtime_ns, width, height FROM images")
-        return {r[1]: ImageRecord(*r) for r in rows}
+        return {path_from_db(r[1]): ImageRecord(r[0], path_from_db(r[1]), *r[2:]) for r in rows}
 
     def count(self) -> tuple[int, int]:
         photos = self.db.execute("SELECT count(*) FROM images").fetchone()[0]
@@ -209,10 +307,11 @@ class Store:
 
     def put(self, db: sqlite3.Connection, rec: ImageRecord, data: PhotoData) -> None:
         """Insert or replace one photo (call inside `transaction()`)."""
-        db.execute("DELETE FROM images WHERE path=?", (rec.path,))
+        path = db_path_value(rec.path)
+        db.execute("DELETE FROM images WHERE path=?", (path,))
         cur = db.execute(
             "INSERT INTO images(path, sha256, size, mtime_ns, width, height, indexed_at) VALUES (?,?,?,?,?,?,?)",
-            (rec.path, rec.sha256, rec.size, rec.mtime_ns, rec.width, rec.height, time.time()),
+            (path, rec.sha256, rec.size, rec.mtime_ns, rec.width, rec.height, time.time()),
         )
         image_id = cur.lastrowid
         db.executemany(
@@ -222,24 +321,53 @@ class Store:
                 for i, (b, s, c) in enumerate(zip(data.boxes, data.scores, data.classes))
             ],
         )
+        blobs = (
+            np.ascontiguousarray(data.embeddings, np.float32).tobytes(),
+            np.ascontiguousarray(data.keypoints, np.float32).tobytes(),
+            np.ascontiguousarray(data.descriptors, np.uint8).tobytes(),
+        )
         db.execute(
-            "INSERT INTO vectors(image_id, embeddings, keypoints, descriptors) VALUES (?,?,?,?)",
-            (
-                image_id,
-                np.ascontiguousarray(data.embeddings, np.float32).tobytes(),
-                np.ascontiguousarray(data.keypoints, np.float32).tobytes(),
-                np.ascontiguousarray(data.descriptors, np.uint8).tobytes(),
-            ),
+            "INSERT INTO vectors(image_id, embeddings, keypoints, descriptors, digest) VALUES (?,?,?,?,?)",
+            (image_id, *blobs, row_digest(rec.path, rec.sha256, data.boxes, *blobs)),
         )
 
+    def touch(self, db: sqlite3.Connection, rec: ImageRecord) -> None:
+        """Same bytes, new size/mtime record (call inside `transaction()`)."""
+        db.execute("UPDATE images SET size=?, mtime_ns=? WHERE path=?", (rec.size, rec.mtime_ns, db_path_value(rec.path)))
+
     def delete(self, db: sqlite3.Connection, paths: list[str]) -> None:
-        db.executemany("DELETE FROM images WHERE path=?", [(p,) for p in paths])
+        db.executemany("DELETE FROM images WHERE path=?", [(db_path_value(p),) for p in paths])
+
+    def delete_ids(self, db: sqlite3.Connection, ids: list[int]) -> None:
+        db.executemany("DELETE FROM images WHERE id=?", [(i,) for i in ids])
+
+    def content(self) -> list[tuple]:
+        """Everything stored per photo, sorted by path, ids left out: equal content means an equal index."""
+        rows = []
+        for image_id, path, sha, size, mtime, w, h in self.db.execute(
+            "SELECT id, path, sha256, size, mtime_ns, width, height FROM images"
+        ).fetchall():
+            objs = self.db.execute(
+                "SELECT idx, x1, y1, x2, y2, score, class FROM objects WHERE image_id=? ORDER BY idx", (image_id,)
+            ).fetchall()
+            vec = self.db.execute(
+                "SELECT embeddings, keypoints, descriptors, digest FROM vectors WHERE image_id=?", (image_id,)
+            ).fetchone()
+            rows.append((path_from_db(path), sha, size, mtime, w, h, tuple(objs), vec))
+        return sorted(rows, key=lambda r: os.fsencode(r[0]))
 
     def embedding_dim(self) -> int:
         return int(self.meta("embedding_dim", "0") or 0)
 
     def load_all(self) -> Catalogue:
-        """Everything search needs, as flat arrays (one pass over SQLite)."""
+        """Everything search needs, as flat arrays: one read transaction, so one committed state."""
+        self.db.execute("BEGIN")
+        try:
+            return self._load_all()
+        finally:
+            self.db.execute("COMMIT")
+
+    def _load_all(self) -> Catalogue:
         dim = self.embedding_dim()
         ids, paths, sizes = [], [], []
         obj_img, obj_idx, boxes, embs = [], [], [], []
@@ -254,7 +382,7 @@ class Store:
         )
         for image_id, path, w, h, e, k, d in self.db.execute(q):
             ids.append(image_id)
-            paths.append(path)
+            paths.append(path_from_db(path))
             sizes.append((w, h))
             emb = np.frombuffer(e, np.float32).reshape(-1, dim)
             embs.append(emb)

@@ -1,0 +1,123 @@
+"""`oesir check`: is the index intact, and what does the damage affect?
+
+The source of truth is SQLite; each photo's row carries a digest of what is
+stored for it, so damage is traced to photos. The hnswlib graphs are derived:
+their stamps hold the generation they were built from and their sha256, so a
+stale or altered graph is found and, with `repair`, rebuilt from the stored
+embeddings. A database SQLite itself cannot read is reported; only
+`oesir index --rebuild` (which moves it aside) recovers from that.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ann import graph_status
+from .search import graph_stamp, refresh_graphs
+from .store import GRAPH_FILES, IndexError_, Store, writer_lock
+
+
+@dataclass
+class CheckReport:
+    """What `check` found (and fixed)."""
+
+    index: str
+    photos: int = 0
+    database: str = "ok"  # ok | damaged: ... | cannot open: ...
+    damaged_photos: list[tuple[str, str]] = field(default_factory=list)
+    graphs: dict[str, str] = field(default_factory=dict)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the index is usable as it is now (after any repair)."""
+        return self.database == "ok" and not self.damaged_photos and all(v in ("ok", "rebuilt") for v in self.graphs.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "ok": self.ok,
+            "photos": self.photos,
+            "database": self.database,
+            "damaged_photos": [{"path": p, "problem": why} for p, why in self.damaged_photos],
+            "graphs": self.graphs,
+            "repaired": self.repaired,
+        }
+
+    def advice(self) -> str | None:
+        """The one command that recovers, when something is still wrong."""
+        if self.database != "ok":
+            return "the database is damaged: run `oesir index --rebuild PATHS` (it moves the damaged file aside)"
+        if self.damaged_photos:
+            return "run `oesir check --repair`, then `oesir index PATHS` to re-describe the affected photos"
+        if not self.ok:
+            return "run `oesir check --repair` to rebuild the derived graphs"
+        return None
+
+
+def check_index(directory: Path, repair: bool = False) -> CheckReport:
+    """Check the index at `directory`; with `repair`, drop damaged photos' rows and rebuild graphs (takes the writer lock)."""
+    report = CheckReport(index=str(directory))
+    try:
+        store = Store(directory)
+    except IndexError_ as exc:
+        if not (Path(directory) / "oesir.sqlite").exists():
+            raise
+        report.database = f"cannot open: {exc}"
+        return report
+    try:
+        if repair:
+            with writer_lock(store.dir):
+                store.prepare_for_writing()
+                _inspect(store, report)
+                _repair(store, report)
+        else:
+            _inspect(store, report)
+    finally:
+        store.close()
+    return report
+
+
+def _inspect(store: Store, report: CheckReport) -> None:
+    try:
+        problems = [r[0] for r in store.db.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            report.database = "damaged: " + "; ".join(problems)
+            return
+        report.photos = store.count()[0]
+        report.damaged_photos = [(path, why) for _, path, why in store.damaged_rows()]
+    except sqlite3.DatabaseError as exc:
+        report.database = f"damaged: {exc}"
+        return
+    _inspect_graphs(store, report)
+
+
+def _inspect_graphs(store: Store, report: CheckReport) -> None:
+    cat = store.load_all()
+    for name in GRAPH_FILES[::2]:
+        kind = name.split(".")[0]
+        report.graphs[name] = graph_status(store.dir / name, graph_stamp(store, cat, kind))
+
+
+def _repair(store: Store, report: CheckReport) -> None:
+    if report.database != "ok":
+        return  # nothing here can be trusted; `index --rebuild` is the way
+    if report.damaged_photos:
+        bad = store.damaged_rows()
+        with store.transaction() as db:
+            store.delete_ids(db, [image_id for image_id, _, _ in bad])
+        report.repaired.append(f"dropped {len(bad)} damaged photo(s); re-index them with `oesir index PATHS`")
+        report.damaged_photos = []
+        report.photos = store.count()[0]
+        _inspect_graphs(store, report)  # the generation moved on: the graphs are stale now
+    before = dict(report.graphs)
+    if any(v != "ok" for v in before.values()):
+        for name, status in before.items():
+            if status != "ok":
+                (store.dir / name).unlink(missing_ok=True)
+        refresh_graphs(store)
+        _inspect_graphs(store, report)
+        report.graphs = {n: ("rebuilt" if before[n] != "ok" and v == "ok" else v) for n, v in report.graphs.items()}
+        report.repaired.append("rebuilt the derived graphs from the stored vectors")

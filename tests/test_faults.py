@@ -1,0 +1,346 @@
+"""Faults: messy input, kill -9, two writers, readers during writes, disk full, damaged index files.
+
+The index is evidence; these tests inject each fault and check that the index
+afterwards is exactly what it should be (compared row by row with a clean run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from oesir_cli import api
+from oesir_cli.cli import app
+from oesir_cli.store import Store, writer_lock
+
+from .conftest import EXAMPLES, synthetic_photo
+
+runner = CliRunner()
+OESIR = [sys.executable, "-c", "from oesir_cli.cli import main; main()"]
+
+
+def _content(idx: Path) -> list[tuple]:
+    store = Store(idx)
+    try:
+        return store.content()
+    finally:
+        store.close()
+
+
+def _small_photos(folder: Path, n: int, size: tuple[int, int] = (240, 180)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"p{i:02d}.jpg"), synthetic_photo(100 + i, size))
+    return folder
+
+
+def _messy_folder(root: Path) -> tuple[Path, set[str], set[str]]:
+    """A folder of everything a phone dump or scrape holds; returns it, names that must index, names that must fail."""
+    d = root / "messy"
+    d.mkdir()
+    rgb = Image.open(EXAMPLES / "chelsea.jpg").convert("RGB")
+    rgb.thumbnail((320, 320))
+    good: set[str] = set()
+
+    def save(name: str, im: Image.Image, **kw) -> None:
+        im.save(d / name, **kw)
+        good.add(name)
+
+    save("grey.png", rgb.convert("L"))
+    save("cmyk.jpg", rgb.convert("CMYK"))
+    save("sixteen.png", Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257))
+    save("palette.gif", rgb.convert("P"))
+    save("alpha.png", rgb.convert("RGBA"))
+    save("animated.gif", rgb, save_all=True, append_images=[rgb.rotate(90)])
+    save("animated.webp", rgb, save_all=True, append_images=[rgb.rotate(90)])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save("rotated.jpg", rgb, exif=exif.tobytes())
+    save("with space\nand newline.jpg", rgb.rotate(180))
+    save("ünïcødé 写真.jpg", rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    raw_name = os.fsdecode(b"latin1-\xe9t\xe9.jpg")  # not valid UTF-8
+    save(raw_name, rgb.rotate(90, expand=True))
+    (d / "folder.jpg").mkdir()  # a directory named like a photo: walked, not read
+    save("folder.jpg/inside.jpg", rgb.crop((0, 0, 200, 150)))
+
+    data = (EXAMPLES / "rocket.jpg").read_bytes()
+    bad = {
+        "truncated.jpg": data[: len(data) // 3],
+        "zero.jpg": b"",
+        "text.png": b"this is not a photo\n",
+        "corrupt.png": (d / "grey.png").read_bytes()[:60] + os.urandom(400),
+    }
+    for name, content in bad.items():
+        (d / name).write_bytes(content)
+    bomb = Image.new("1", (50_000, 50_000))  # 1-bit: small in memory, 2.5 G pixels declared
+    bomb.save(d / "bomb.png")
+    (d / "broken-link.jpg").symlink_to(d / "does-not-exist.jpg")
+    (d / "loop").symlink_to(d)  # symlink loop back to the folder itself
+    failed = {*bad, "bomb.png", "broken-link.jpg"}
+    return d, good, failed
+
+
+def test_messy_folder_indexes_the_good_and_lists_the_bad(tmp_path):
+    folder, good, failed = _messy_folder(tmp_path)
+    idx = tmp_path / "idx"
+    r = runner.invoke(app, ["index", str(folder), "--index", str(idx), "--json", "--max-pixels", "100000000"])
+    assert r.exit_code == 3, r.output  # completed with skipped files
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {Path(f["path"]).name for f in summary["failed"]} == failed
+    indexed = {os.path.relpath(p, folder) for p in Store(idx).images()}
+    assert indexed == good
+    assert "Traceback" not in r.output
+    for f in summary["failed"]:
+        assert "\n" not in f["error"]
+    stderr_lines = [ln for ln in r.stderr.splitlines() if "skipped" in ln]
+    assert len(stderr_lines) >= len(failed)
+    assert any("exceeds --max-pixels" in f["error"] for f in summary["failed"])
+
+    # every odd name can be searched for, and comes back as itself in JSON
+    odd = [folder / "with space\nand newline.jpg", folder / os.fsdecode(b"latin1-\xe9t\xe9.jpg")]
+    stdin = b"\0".join(os.fsencode(p) for p in odd)
+    r = runner.invoke(app, ["search", "-", "-0", "--index", str(idx), "--json", "--top", "3"], input=stdin)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert [ln["query"] for ln in lines] == [str(p) for p in odd]
+    for ln in lines:
+        assert ln["matches"][0]["image"] == ln["query"]
+
+
+def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
+    photos = _small_photos(tmp_path / "photos", 3)
+    locked = photos / "p01.jpg"
+    if os.geteuid() != 0:
+        locked.chmod(0)
+    else:  # root reads anything: inject the error the kernel would give
+        import oesir_cli.indexer as indexer
+
+        real = indexer.sha256_file
+
+        def deny(path, *a, **kw):
+            if Path(path) == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *a, **kw)
+
+        monkeypatch.setattr(indexer, "sha256_file", deny)
+    s = api.index([photos], index_dir=tmp_path / "idx")
+    assert [(Path(p).name, e) for p, e in s.failed] == [("p01.jpg", "cannot read (Permission denied)")]
+    assert s.photos == 2
+
+
+def test_query_without_objects_still_searches(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 2)
+    flat = np.full((200, 300, 3), 128, np.uint8)
+    flat[:, 150:] = 90
+    cv2.imwrite(str(photos / "flat.png"), flat)
+    idx = tmp_path / "idx"
+    api.index([photos], index_dir=idx)
+    matches = api.search_path(api.open_searcher(idx), photos / "flat.png", top=3)
+    assert Path(matches[0].image).name == "flat.png"
+    boxes, _, _ = api.engine().boxes(flat[:, :, ::-1].copy())
+    assert boxes[0].tolist() == [0, 0, 300, 200]  # the whole image is always an object
+
+
+def test_kill_9_at_random_points_then_resume_gives_identical_index(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 24)
+    reference = tmp_path / "reference"
+    api.index([photos], index_dir=reference)
+    expected = _content(reference)
+    assert len(expected) == 24
+
+    idx = tmp_path / "idx"
+    rng = random.Random(1234)
+    kills, attempts, committed = 0, 0, []
+    while kills < 20 and attempts < 60:
+        attempts += 1
+        proc = subprocess.Popen([*OESIR, "index", str(photos), "--index", str(idx)], stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 4.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if (idx / "oesir.sqlite").exists():
+            store = Store(idx)  # opens after every kill, and holds only complete photos
+            assert store.db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            assert store.damaged_rows() == []
+            now = {r[0] for r in store.content()}
+            assert {r[0] for r in committed} <= now  # nothing committed was lost
+            committed = store.content()
+            store.close()
+        if len(committed) == 24:  # finished: start over so later kills land at other points
+            shutil.rmtree(idx)
+            committed = []
+    assert kills >= 20, f"only {kills} kills in {attempts} runs"
+    r = subprocess.run([*OESIR, "index", str(photos), "--index", str(idx)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _content(idx) == expected
+    assert not list(idx.glob(".*.tmp"))
+    r = subprocess.run([*OESIR, "check", "--index", str(idx)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_second_writer_gets_clear_message(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 2)
+    idx = tmp_path / "idx"
+    api.index([photos], index_dir=idx)
+    with writer_lock(idx):
+        r = runner.invoke(app, ["index", str(photos), "--index", str(idx)])
+        assert r.exit_code == 1 and "being written by another oesir process" in r.stderr
+        r = runner.invoke(app, ["index", "--rebuild", str(photos), "--index", str(idx)])
+        assert r.exit_code == 1
+    assert len(_content(idx)) == 2  # the refused --rebuild touched nothing
+
+
+def test_reader_sees_last_committed_state(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 4)
+    idx = tmp_path / "idx"
+    api.index([photos / "p00.jpg", photos / "p01.jpg"], index_dir=idx)
+    graph_before = (idx / "local.hnsw").read_bytes()
+    from oesir_cli.imageio import load_rgb
+    from oesir_cli.store import ImageRecord
+
+    writer = Store(idx)
+    new_path = str(photos / "p02.jpg")
+    with writer_lock(idx):
+        with writer.transaction() as db:
+            writer.put(db, ImageRecord(0, new_path, "0" * 64, 1, 1, 240, 180), api.engine().describe(load_rgb(new_path)))
+            during = api.open_searcher(idx)  # mid-transaction
+            assert len(during.cat.paths) == 2 and new_path not in during.cat.paths
+        after = api.open_searcher(idx)  # committed, writer still holds the lock
+        assert len(after.cat.paths) == 3 and new_path in after.cat.paths
+        assert (idx / "local.hnsw").read_bytes() == graph_before  # readers never write graphs under a writer
+    writer.close()
+
+
+def _unshare_ok() -> bool:
+    try:
+        r = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_ok(), reason="needs `unshare -rm` to mount a small tmpfs")
+def test_disk_full_keeps_previous_index(tmp_path):
+    first = _small_photos(tmp_path / "first", 3)
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(more / f"m{i}.jpg"), synthetic_photo(200 + i, (480, 360)))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    dump = (
+        f"{sys.executable} -c 'import sys, hashlib; from oesir_cli.store import Store; "
+        "print(hashlib.sha256(repr(Store(sys.argv[1]).content()).encode()).hexdigest())'"
+    )
+    oesir = shlex.join(OESIR)
+    script = f"""
+set -u
+mount -t tmpfs -o size=24m tmpfs {mnt}
+idx={mnt}/idx
+{oesir} index {first} --index $idx 2>/dev/null || exit 10
+{dump} $idx > {tmp_path}/before
+free=$(df --output=avail -B1 {mnt} | tail -1)
+fallocate -l $((free - 48 * 1024)) {mnt}/filler || head -c $((free - 48 * 1024)) /dev/zero > {mnt}/filler
+{oesir} index {first} {more} --index $idx 2> {tmp_path}/err
+echo $? > {tmp_path}/rc
+rm {mnt}/filler
+{dump} $idx > {tmp_path}/after
+{oesir} check --index $idx > {tmp_path}/check 2>&1; echo $? > {tmp_path}/check_rc
+{oesir} index {first} {more} --index $idx 2>/dev/null; echo $? > {tmp_path}/rc2
+"""
+    r = subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    err = (tmp_path / "err").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "1", err
+    assert "disk full" in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if "error" in ln]) == 1
+    assert (tmp_path / "after").read_text() == (tmp_path / "before").read_text()
+    assert (tmp_path / "check_rc").read_text().strip() == "0", (tmp_path / "check").read_text()
+    assert (tmp_path / "rc2").read_text().strip() == "0"  # with space again, the same command completes
+
+
+def _tamper(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_damaged_rows_found_repaired_and_reindexed(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 4)
+    idx = tmp_path / "idx"
+    api.index([photos], index_dir=idx)
+    expected = _content(idx)
+    db = sqlite3.connect(idx / "oesir.sqlite")
+    image_id, emb = db.execute("SELECT image_id, embeddings FROM vectors ORDER BY image_id LIMIT 1 OFFSET 2").fetchone()
+    damaged_path = db.execute("SELECT path FROM images WHERE id=?", (image_id,)).fetchone()[0]
+    flipped = bytearray(emb)
+    flipped[40] ^= 0x01
+    db.execute("UPDATE vectors SET embeddings=? WHERE image_id=?", (bytes(flipped), image_id))
+    db.commit()
+    db.close()
+
+    r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
+    assert r.exit_code == 1
+    report = json.loads(r.stdout)
+    assert [d["path"] for d in report["damaged_photos"]] == [damaged_path]
+    assert "--repair" in r.stderr
+    r = runner.invoke(app, ["check", "--index", str(idx), "--repair", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["photos"] == 3
+    s = api.index([photos], index_dir=idx)
+    assert s.added == 1
+    assert _content(idx) == expected
+
+
+def test_damaged_graphs_detected_and_rebuilt(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 3)
+    idx = tmp_path / "idx"
+    api.index([photos], index_dir=idx)
+    query = photos / "p01.jpg"
+    expected = [m.image for m in api.search_path(api.open_searcher(idx), query, top=3)]
+    _tamper(idx / "local.hnsw", (idx / "local.hnsw").stat().st_size // 2)
+    r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
+    assert r.exit_code == 1 and json.loads(r.stdout)["graphs"]["local.hnsw"] == "damaged"
+    r = runner.invoke(app, ["check", "--index", str(idx), "--repair", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["local.hnsw"] == "rebuilt"
+    # a truncated graph is noticed when the index is opened, and rebuilt then
+    with open(idx / "objects.hnsw", "r+b") as fh:
+        fh.truncate(100)
+    assert [m.image for m in api.search_path(api.open_searcher(idx), query, top=3)] == expected
+    assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
+
+
+def test_truncated_database_reported_and_rebuild_recovers(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 3)
+    idx = tmp_path / "idx"
+    api.index([photos], index_dir=idx)
+    expected = _content(idx)
+    db_file = idx / "oesir.sqlite"
+    with open(db_file, "r+b") as fh:
+        fh.truncate(db_file.stat().st_size // 2)
+    r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
+    assert r.exit_code == 1 and json.loads(r.stdout)["database"].startswith("cannot open")
+    assert "--rebuild" in r.stderr
+    r = runner.invoke(app, ["search", str(photos / "p00.jpg"), "--index", str(idx)])
+    assert r.exit_code == 1 and "damaged" in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(app, ["index", "--rebuild", str(photos), "--index", str(idx)])
+    assert r.exit_code == 0, r.output
+    assert _content(idx) == expected
+    assert list(idx.glob("oesir.sqlite.damaged-*"))  # the damaged file is kept for the record
