@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -20,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from .check import CheckReport, check_index
-from .embed import learn_whitening, region_descriptors
+from .embed import learn_whitening
 from .engine import Engine, EngineConfig
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
 from .indexer import IndexSummary, index_paths, walk
-from .registry import read_manifest, sha256_file, weights_dir
+from .registry import add_manifest_entry, weights_dir
 from .search import Match, Searcher
 from .store import DB_FILES, GRAPH_FILES, IndexError_, Store, default_index_dir, writer_lock
 
@@ -51,10 +50,15 @@ def index(
     keep_missing: bool = False,
     rebuild: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    model: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     on_error: Callable[[str, str], None] | None = None,
 ) -> IndexSummary:
-    """Create or update the index at `index_dir` with the photos under `paths`."""
+    """Create or update the index at `index_dir` with the photos under `paths`.
+
+    `max_objects` and `model` ("teacher" or "student") set up a new index; an
+    existing one keeps its settings (asking for another model is an error).
+    """
     directory = Path(index_dir) if index_dir else default_index_dir()
     directory.mkdir(parents=True, exist_ok=True)
     with writer_lock(directory):
@@ -64,7 +68,9 @@ def index(
         try:
             store.prepare_for_writing()
             have = store.meta("engine_config")
-            config = EngineConfig(**json.loads(have)) if have else EngineConfig(max_objects=max_objects)
+            config = EngineConfig(**json.loads(have)) if have else EngineConfig(max_objects=max_objects, model=model or "teacher")
+            if model and config.model != model:
+                raise IndexError_(f"index at {directory} uses the {config.model} model; use --rebuild to switch to {model}")
             eng = engine(config)
             store.check_model(eng.version, create=True)
             if have is None:
@@ -146,13 +152,15 @@ def learn_whitening_file(
     dim: int = 256,
     config: EngineConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    weights: Path | None = None,
 ) -> Path:
-    """Learn PCA whitening on the region descriptors of training photos; write it and its manifest entry."""
-    from .detector import Detector
-    from .teacher import Teacher
+    """Learn PCA whitening on the region descriptors of training photos; write it and its manifest entry.
 
+    Regions: the whole photo and up to 30 class-agnostic detections (score >= 0.02),
+    described by the engine's feature maps (teacher, or the distilled student).
+    """
     config = config or EngineConfig()
-    det, teacher = Detector(), Teacher(config.teacher, config.long_side)
+    regions = Engine.region_describer(config, weights)
     errors: list = []
     files = sorted(walk([images], errors))
     if not files:
@@ -161,28 +169,21 @@ def learn_whitening_file(
     for i, f in enumerate(files):
         if progress:
             progress(i, len(files))
-        rgb = load_rgb(f)
-        h, w = rgb.shape[:2]
-        d = det.detect(rgb, min_score=0.02, limit=30, class_agnostic=True)
-        boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), d.boxes])
-        descs.append(region_descriptors(teacher.features(rgb), boxes))
+        descs.append(regions(load_rgb(f)))
     whitening = learn_whitening(np.concatenate(descs), dim)
-    d = weights_dir()
-    path = d / config.whitening_file()
+    path = (weights or weights_dir()) / config.whitening_file()
     whitening.save(path)
-    manifest = read_manifest(d)
-    manifest["files"][path.name] = {
-        "model": f"whitening for {config.teacher} at {config.long_side}px",
-        "source": {"photos": str(images), "count": len(files), "regions": int(sum(len(x) for x in descs))},
-        "licence": "derived statistics (PCA of region features) of the training photos; see LICENSES.md",
-        "preprocessing": "input: concatenated L2-normalised max-pooled s32 and s16 teacher features of a box",
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-        "command": f"oesir weights whiten --images {images} --dim {dim}",
-    }
-    tmp = d / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.move(tmp, d / "manifest.json")
+    add_manifest_entry(
+        path,
+        {
+            "model": f"whitening for {config.features_name()}",
+            "source": {"photos": str(images), "count": len(files), "regions": int(sum(len(x) for x in descs))},
+            "licence": "derived statistics (PCA of region features) of the training photos; see LICENSES.md",
+            "preprocessing": "input: concatenated L2-normalised max-pooled s32 and s16 features of a box",
+            "command": f"oesir weights whiten --images {images} --dim {dim}"
+            + ("" if config.model == "teacher" else f" --model {config.model}"),
+        },
+    )
     return path
 
 

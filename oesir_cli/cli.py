@@ -91,6 +91,10 @@ def index(
     ] = DEFAULT_MAX_PIXELS,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Embedding network of a new index: teacher (two passes) or student (single pass). Default teacher."),
+    ] = None,
 ) -> None:
     """Index photos: detect objects, embed them, store them with local features.
 
@@ -118,6 +122,7 @@ def index(
                 keep_missing=keep_missing,
                 rebuild=rebuild,
                 max_pixels=max_pixels,
+                model=model,
                 progress=progress,
                 on_error=warn,
             )
@@ -364,15 +369,85 @@ def weights_verify() -> None:
 def weights_whiten(
     images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
     dim: Annotated[int, typer.Option(help="Output dimension.")] = 256,
+    model: Annotated[str, typer.Option(help="Features to whiten: teacher or student.")] = "teacher",
 ) -> None:
     """Learn the PCA whitening of object embeddings on training photos; add it to the manifest."""
+    from .engine import MODELS, EngineConfig
+
+    if model not in MODELS:
+        raise _fail(f"unknown --model {model!r} (teacher, student)", EXIT_USAGE)
     try:
         with _progress() as bar:
             task = bar.add_task("whitening", total=None, rate="")
-            path = api.learn_whitening_file(images, dim, progress=lambda i, n: bar.update(task, completed=i, total=n))
+            path = api.learn_whitening_file(
+                images, dim, config=EngineConfig(model=model), progress=lambda i, n: bar.update(task, completed=i, total=n)
+            )
     except (WeightsError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     print(path)
+
+
+@app.command()
+def distill(
+    images: Annotated[Path, typer.Option("--images", help="Unlabelled training photos (never the database).")],
+    out: Annotated[Path, typer.Option("--out", help="Weights folder to write the single-pass ONNX and whitening into.")] = Path(
+        "weights"
+    ),
+    variant: Annotated[str, typer.Option(help="s3 (F2 + F3/F4 guidance, the default), s2 (F2 only), s1 (image only).")] = "s3",
+    iterations: Annotated[int, typer.Option(help="Training steps.")] = 3000,
+    batch: Annotated[int, typer.Option(help="Crops per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay to 0).")] = 1e-3,
+    crops: Annotated[int, typer.Option(help="Random crops per training photo (cached with the teacher's maps).")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed for crops, batches and initial weights.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of the same settings.")] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Crop cache and checkpoints (default $OESIR_CACHE/distill).")
+    ] = None,
+    no_whiten: Annotated[bool, typer.Option("--no-whiten", help="Skip learning the student's PCA whitening.")] = False,
+) -> None:
+    """Train the student branch to imitate the teacher (MSE, Eq. 6) and export the single-pass ONNX.
+
+    Needs the training extra: pip install -e '.\\[train]' (torch, onnx). Prints the written files; the
+    manifest in --out lists them with the command that made them.
+    """
+    try:
+        from .distill.command import distill as run_distill
+        from .distill.model import VARIANTS
+        from .distill.train import TrainConfig
+    except ImportError as exc:
+        raise _fail(f"oesir distill needs the training extra: pip install -e '.[train]' ({exc})") from None
+    if variant not in VARIANTS:
+        raise _fail(f"unknown --variant {variant!r} (s1, s2, s3)", EXIT_USAGE)
+    if iterations < 1 or batch < 1 or crops < 1 or lr <= 0:
+        raise _fail("--iterations, --batch, --crops and --lr must be positive", EXIT_USAGE)
+    config = TrainConfig(variant=variant, iterations=iterations, batch=batch, lr=lr, seed=seed)
+    try:
+        with _progress() as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(stage: str, i: int, n: int, loss: float | None) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=n, rate="")
+                bar.update(tasks[stage], completed=i, total=n, rate=f"loss {loss:.4f}" if loss is not None else "")
+
+            result = run_distill(
+                images,
+                out,
+                config,
+                crops_per_image=crops,
+                cache_dir=cache_dir,
+                resume=resume,
+                whiten=not no_whiten,
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        raise _fail("interrupted; rerun with --resume to continue from the last checkpoint", 130) from None
+    except (WeightsError, OSError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    for path in (result.student_onnx, result.single_pass, result.whitening):
+        if path:
+            print(path)
+    err.print(f"distilled {variant}: final loss {result.final_loss:.4f}, ONNX parity {result.parity:.1e}", highlight=False)
 
 
 def main() -> None:

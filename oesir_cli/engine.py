@@ -8,7 +8,9 @@ vectors, so an index built with other settings is refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,8 +18,11 @@ from .detector import Detector
 from .embed import Whitening, region_descriptors
 from .local import extract
 from .registry import DEFAULT_TEACHER, verified_file
+from .single_pass import STUDENT_VIEW, SinglePass
 from .store import PhotoData
-from .teacher import Teacher
+from .teacher import FeatureMaps, Teacher
+
+MODELS = ("teacher", "student")
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,19 @@ class EngineConfig:
     max_objects: int = 8
     min_score: float = 0.05
     local_keypoints: int = 1000
+    model: str = "teacher"  # "teacher": detector then teacher (two passes); "student": the single-pass network
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def features_name(self) -> str:
+        if self.model == "student":
+            return f"the distilled student S3 at {STUDENT_VIEW}x{STUDENT_VIEW}"
+        return f"{self.teacher} at {self.long_side}px"
+
     def whitening_file(self) -> str:
+        if self.model == "student":
+            return f"whitening_student_s3_{STUDENT_VIEW}.npz"
         return f"whitening_{self.teacher.replace('efficientnet-', '')}_{self.long_side}.npz"
 
 
@@ -42,8 +55,14 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
-        self.detector = Detector()
-        self.teacher = Teacher(self.config.teacher, self.config.long_side)
+        if self.config.model not in MODELS:
+            raise ValueError(f"unknown model {self.config.model!r} (teacher, student)")
+        if self.config.model == "student":
+            self.net: SinglePass | None = SinglePass("student-s3")
+        else:
+            self.net = None
+            self.detector = Detector()
+            self.teacher = Teacher(self.config.teacher, self.config.long_side)
         path, digest = verified_file(self.config.whitening_file())
         self.whitening = Whitening.load(path)
         self._whitening_sha = digest[:12]
@@ -55,25 +74,57 @@ class Engine:
     @property
     def version(self) -> str:
         c = self.config
-        return (
-            f"{self.detector.model.version}+{self.teacher.version}+{c.whitening_file()}@{self._whitening_sha}"
-            f"/k{c.max_objects}/s{c.min_score}/sift{c.local_keypoints}"
-        )
+        nets = self.net.version if self.net else f"{self.detector.model.version}+{self.teacher.version}"
+        return f"{nets}+{c.whitening_file()}@{self._whitening_sha}/k{c.max_objects}/s{c.min_score}/sift{c.local_keypoints}"
 
-    def boxes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The whole-image box first, then up to k detector boxes (class-agnostic NMS)."""
+    def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureMaps]:
+        """Boxes (whole image first, then up to k class-agnostic detections), scores, classes, feature maps."""
         h, w = rgb.shape[:2]
-        det = self.detector.detect(rgb, min_score=self.config.min_score, limit=self.config.max_objects, class_agnostic=True)
+        c = self.config
+        if self.net:
+            det, maps = self.net.run(rgb, c.min_score, c.max_objects)  # one forward pass
+        else:
+            det = self.detector.detect(rgb, min_score=c.min_score, limit=c.max_objects, class_agnostic=True)
+            maps = self.teacher.features(rgb)
         boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), det.boxes]).astype(np.float32)
         scores = np.concatenate([[1.0], det.scores]).astype(np.float32)
         classes = np.concatenate([[0], det.classes]).astype(np.int64)
-        return boxes, scores, classes
+        return boxes, scores, classes, maps
+
+    def boxes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The whole-image box first, then up to k detector boxes (class-agnostic NMS)."""
+        return self.analyse(rgb)[:3]
 
     def embed(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Whitened, L2-normalised embedding per box."""
-        return self.whitening.apply(region_descriptors(self.teacher.features(rgb), boxes))
+        return self.whitening.apply(region_descriptors(self.feature_maps(rgb), boxes))
+
+    def feature_maps(self, rgb: np.ndarray) -> FeatureMaps:
+        return self.analyse(rgb)[3] if self.net else self.teacher.features(rgb)
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
-        boxes, scores, classes = self.boxes(rgb)
+        boxes, scores, classes, maps = self.analyse(rgb)
         local = extract(rgb, self.config.local_keypoints)
-        return PhotoData(boxes, scores, classes, self.embed(rgb, boxes), local.keypoints, local.descriptors)
+        emb = self.whitening.apply(region_descriptors(maps, boxes))
+        return PhotoData(boxes, scores, classes, emb, local.keypoints, local.descriptors)
+
+    @staticmethod
+    def region_describer(config: EngineConfig, weights: Path | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """Unwhitened descriptors of the whole photo + up to 30 detections (score >= 0.02): what whitening learns from."""
+        if config.model == "student":
+            net = SinglePass("student-s3", directory=weights)
+
+            def regions(rgb: np.ndarray) -> np.ndarray:
+                det, maps = net.run(rgb, 0.02, 30)
+                return _with_whole(rgb, det.boxes, maps)
+
+            return regions
+        detector, teacher = Detector(), Teacher(config.teacher, config.long_side)
+        return lambda rgb: _with_whole(
+            rgb, detector.detect(rgb, min_score=0.02, limit=30, class_agnostic=True).boxes, teacher.features(rgb)
+        )
+
+
+def _with_whole(rgb: np.ndarray, boxes: np.ndarray, maps: FeatureMaps) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return region_descriptors(maps, np.concatenate([np.array([[0, 0, w, h]], np.float32), boxes]))

@@ -54,6 +54,14 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 DEFAULT_TEACHER = "efficientnet-lite0"
+STUDENT_FILE = "student_{variant}.onnx"
+for _variant in ("s1", "s2", "s3"):
+    MODELS[f"student-{_variant}"] = ModelSpec(
+        f"student-{_variant}",
+        STUDENT_FILE.format(variant=_variant),
+        "student",
+        f"distilled student {_variant.upper()} on the detector's maps (oesir distill)",
+    )
 
 
 def weights_dir() -> Path:
@@ -102,6 +110,22 @@ def verified_path(name: str, directory: Path | None = None) -> Path:
     if name not in MODELS:
         raise WeightsError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return verified_file(MODELS[name].file, directory)[0]
+
+
+def add_manifest_entry(path: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """List the file at `path` in its folder's manifest (sha256 and size added), written atomically."""
+    directory = path.parent
+    try:
+        manifest = read_manifest(directory)
+    except WeightsError:
+        manifest = {"format": 1, "files": {}}
+    full = {**entry, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest["files"][path.name] = full
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    tmp = directory / f".manifest.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, directory / "manifest.json")
+    return full
 
 
 @dataclass(frozen=True)

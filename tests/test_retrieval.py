@@ -58,11 +58,7 @@ def test_eq7_ranking_matches_bruteforce(photo_dir, tmp_path):
     searcher = api.open_searcher(idx)
     from oesir_cli.imageio import load_rgb
 
-    rgb = (
-        load_rgb(photo_dir.parent.parent / "q.jpg")
-        if False
-        else load_rgb(Path(__file__).parent.parent / "examples" / "spliced.jpg")
-    )
+    rgb = load_rgb(Path(__file__).parent.parent / "examples" / "spliced.jpg")
     boxes, _, _ = searcher.engine.boxes(rgb)
     q = searcher.engine.embed(rgb, boxes)
     cat = searcher.cat
@@ -156,3 +152,16 @@ def test_search_bad_query_is_one_line_error(photo_dir, tmp_path):
 def test_no_index_is_clear_error(tmp_path):
     r = runner.invoke(app, ["search", "whatever.jpg", "--index", str(tmp_path / "none")])
     assert r.exit_code == 1 and "no index" in r.stderr
+
+
+@pytest.mark.parametrize("model", ["student"])
+def test_student_index_ranks_by_eq7_and_keeps_its_model(photo_dir, tmp_path, model):
+    """An index made with the single-pass student: each photo finds itself first by Eq. 7 alone."""
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx, model=model)
+    searcher = api.open_searcher(idx)
+    assert searcher.engine.config.model == model and "student-s3@" in searcher.engine.version
+    for path in sorted(photo_dir.iterdir()):
+        assert _names(api.search_path(searcher, path, top=1, mode="objects")) == [path.name]
+    with pytest.raises(IndexError_, match="--rebuild"):
+        api.index([photo_dir], index_dir=idx, model="teacher")

@@ -101,7 +101,9 @@ def build(out: Path, teachers: tuple[str, ...] = ("lite0", "lite2")) -> dict:
     for name, entry in files.items():
         path = out / name
         entry.update({"sha256": _sha(path), "bytes": path.stat().st_size, **_io(path), "command": COMMAND})
-    manifest = {"format": 1, "files": dict(sorted(files.items()))}
+    old = out / "manifest.json"
+    kept = json.loads(old.read_text())["files"] if old.exists() else {}  # entries other commands made (whitening, student)
+    manifest = {"format": 1, "files": dict(sorted({**kept, **files}.items()))}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -1,0 +1,214 @@
+"""Distillation benchmark (the paper's Table 2): detector features, S1, S2, S3 and the teacher, side by side.
+
+    python bench/distill.py --data ../shared/data --students weights,/tmp/distill/students --work /tmp/oesir-bench-distill
+
+Every row uses the same boxes (the detector's, k = 8 class-agnostic + the whole
+photo) and the same ROIAlign / PCA whitening (learned per row on
+imagenet-sample/train) / Eq. 7 ranking; only the feature maps differ:
+
+* detector features: the detector's own F4 (as stride 32) and F3 (as stride 16);
+* S1, S2, S3: the students `oesir distill --variant s1|s2|s3` wrote
+  (`student_<v>.onnx` in one of the --students folders), on the detector's
+  maps (S2, S3) or its 300x300 image (S1);
+* teacher: EfficientNet-Lite0 at 512 px, a second network pass.
+
+Columns: multiply-accumulates and parameters of the embedding path (detector +
+feature network, counted from the ONNX graphs' Conv/Gemm/MatMul nodes), time
+per photo of that path on this machine (measured in the same run, on the same
+photos, and as a ratio to the teacher path), and host@1 / donor@10 of Eq. 7
+(objects only, no local features) on casia-sir and small-splice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper, shape_inference
+
+from oesir_cli.detector import Detector, postprocess
+from oesir_cli.detector import preprocess as det_preprocess
+from oesir_cli.embed import learn_whitening, region_descriptors
+from oesir_cli.imageio import load_rgb
+from oesir_cli.registry import session_options, verified_path
+from oesir_cli.search import squared_l2
+from oesir_cli.single_pass import STUDENT_VIEW
+from oesir_cli.teacher import FeatureMaps, Teacher
+
+SETS = ("casia-sir", "small-splice")
+ROWS = ("detector features", "S1", "S2", "S3", "teacher (two passes)")
+
+
+def macs_and_params(path: Path, shapes: dict[str, list[int]]) -> tuple[int, int]:
+    """Multiply-accumulates of Conv/Gemm/MatMul nodes for fixed input shapes, and the parameter count."""
+    model = onnx.load(str(path))
+    for inp in model.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[inp.name]):
+                d.ClearField("dim_param")
+                d.dim_value = v
+    model = shape_inference.infer_shapes(model)
+    shape = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.value_info}
+    shape.update({vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.output})
+    inits = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
+    macs = 0
+    for node in model.graph.node:
+        out = shape.get(node.output[0])
+        if not out or 0 in out:
+            continue
+        if node.op_type == "Conv":
+            w = inits.get(node.input[1])
+            if w is None:
+                continue
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))  # out elems x (Cin/group x kh x kw)
+        elif node.op_type in ("Gemm", "MatMul"):
+            w = inits.get(node.input[1])
+            if w is not None:
+                macs += int(np.prod(out)) * int(w[0])
+    params = sum(int(np.prod(s)) for s in inits.values())
+    return macs, params
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
+
+
+class Rows:
+    """Feature maps of one photo for every row, from one detector pass (and the teacher's / students' passes)."""
+
+    def __init__(self, students: dict[str, Path]):
+        self.detector = Detector()
+        self.teacher = Teacher()
+        self.students = {v: _session(p) for v, p in students.items()}
+        self.time = dict.fromkeys(ROWS, 0.0)
+
+    def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, FeatureMaps]]:
+        h, w = rgb.shape[:2]
+        sx, sy = STUDENT_VIEW / w, STUDENT_VIEW / h
+        t0 = time.perf_counter()
+        x = det_preprocess(rgb)
+        names = [o.name for o in self.detector.model.session.get_outputs()]
+        heads = dict(zip(names, self.detector.model.session.run(None, {"image": x})))
+        det = postprocess(heads, w, h, min_score=0.05, limit=8, class_agnostic=True)
+        t_det = time.perf_counter() - t0
+        boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), det.boxes])
+        maps = {"detector features": FeatureMaps(heads["F3"][0].transpose(2, 0, 1), heads["F4"][0].transpose(2, 0, 1), sx, sy)}
+        self.time["detector features"] += t_det
+        feeds = {"s1": {"image": x}, "s2": {"F2": heads["F2"]}, "s3": {k: heads[k] for k in ("F2", "F3", "F4")}}
+        for v, sess in self.students.items():
+            t1 = time.perf_counter()
+            s16, s32 = sess.run(["student_s16", "student_s32"], feeds[v])
+            self.time[v.upper()] += t_det + time.perf_counter() - t1
+            maps[v.upper()] = FeatureMaps(s16[0], s32[0], sx, sy)
+        t1 = time.perf_counter()
+        maps["teacher (two passes)"] = self.teacher.features(rgb)
+        self.time["teacher (two passes)"] += t_det + time.perf_counter() - t1
+        return boxes, maps
+
+
+def describe(rows: Rows, files: list[Path]) -> dict[str, list[np.ndarray]]:
+    out: dict[str, list[np.ndarray]] = {r: [] for r in ROWS}
+    for i, f in enumerate(files):
+        if i % 200 == 0:
+            print(f"  {i}/{len(files)}", file=sys.stderr, flush=True)
+        boxes, maps = rows.analyse(load_rgb(f))
+        for r in ROWS:
+            t0 = time.perf_counter()
+            out[r].append(region_descriptors(maps[r], boxes))
+            rows.time[r] += time.perf_counter() - t0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument(
+        "--students", required=True, help="comma-separated folders holding student_s1/s2/s3.onnx (oesir distill --out)"
+    )
+    ap.add_argument("--work", type=Path, default=Path("/tmp/oesir-bench-distill"))
+    args = ap.parse_args()
+    data = args.data.resolve()
+    score_py = data.parent / "bench" / "score.py"
+    args.work.mkdir(parents=True, exist_ok=True)
+    students = {}
+    for v in ("s1", "s2", "s3"):
+        found = [Path(d) / f"student_{v}.onnx" for d in args.students.split(",") if (Path(d) / f"student_{v}.onnx").exists()]
+        if not found:
+            sys.exit(f"student_{v}.onnx not found in {args.students}")
+        students[v] = found[0]
+    rows = Rows(students)
+
+    train = sorted((data / "imagenet-sample" / "train").iterdir())
+    print("whitening photos", file=sys.stderr)
+    train_desc = describe(rows, train)
+    whitening = {r: learn_whitening(np.concatenate(train_desc[r]), 256) for r in ROWS}
+
+    db = sorted(p for d in (data / "casia-sir" / "db", data / "imagenet-sample" / "distractors") for p in d.iterdir())
+    rows.time = dict.fromkeys(ROWS, 0.0)
+    print("database photos", file=sys.stderr)
+    db_desc = describe(rows, db)
+    per_photo = {r: rows.time[r] / len(db) for r in ROWS}
+    db_emb = {r: whitening[r].apply(np.concatenate(db_desc[r])) for r in ROWS}
+    owner = np.concatenate([np.full(len(d), i) for i, d in enumerate(db_desc[ROWS[0]])])
+
+    results: dict[str, dict[str, dict]] = {r: {} for r in ROWS}
+    for s in SETS:
+        queries = sorted((data / s / "queries").iterdir())
+        print(f"queries {s}", file=sys.stderr)
+        q_desc = describe(rows, queries)
+        for r in ROWS:
+            path = args.work / f"{r.split()[0]}-{s}.jsonl"
+            with open(path, "w") as fh:
+                for q, d in zip(queries, q_desc[r]):
+                    dist = squared_l2(whitening[r].apply(d), db_emb[r]).min(0)  # per db object
+                    best = np.full(len(db), np.inf)
+                    np.minimum.at(best, owner, dist)  # Eq. 7: min over object pairs
+                    order = np.argsort(best)[:100]
+                    fh.write(json.dumps({"query": str(q), "matches": [{"image": str(db[i])} for i in order]}) + "\n")
+            res = subprocess.run(
+                [sys.executable, str(score_py), "retrieval", str(data / s / "truth.jsonl"), str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[r][s] = json.loads(res.stdout)["splice"]
+
+    det_macs, det_params = macs_and_params(verified_path("ssd-mobilenet-v2-coco"), {"image": [1, 300, 300, 3]})
+    cost = {"detector features": (det_macs, det_params)}
+    for v in ("s1", "s2", "s3"):
+        m, p = macs_and_params(students[v], {})
+        cost[v.upper()] = (det_macs + m, det_params + p)
+    t_macs, t_params = macs_and_params(verified_path("efficientnet-lite0"), {"image": [1, 3, 384, 512]})
+    cost["teacher (two passes)"] = (det_macs + t_macs, det_params + t_params)
+
+    teacher_time, teacher_macs = per_photo["teacher (two passes)"], cost["teacher (two passes)"][0]
+    print()
+    print(
+        "| embedding path | GMACs | params (M) | s/photo | time vs teacher | MACs vs teacher | "
+        "casia-sir host@1 | casia-sir donor@10 | small-splice host@1 | small-splice donor@10 | "
+        "donor@10 vs teacher (sir / small) |"
+    )
+    print("|" + " --- |" * 11)
+    tr = results["teacher (two passes)"]
+    for r in ROWS:
+        m, p = cost[r]
+        res = results[r]
+        rel = " / ".join(f"{100 * res[s]['donor@10'] / max(tr[s]['donor@10'], 1e-9):.0f}%" for s in SETS)
+        print(
+            f"| {r} | {m / 1e9:.2f} | {p / 1e6:.1f} | {per_photo[r]:.3f} | {per_photo[r] / teacher_time:.2f} | "
+            f"{m / teacher_macs:.2f} | {res['casia-sir']['host@1']} | {res['casia-sir']['donor@10']} | "
+            f"{res['small-splice']['host@1']} | {res['small-splice']['donor@10']} | {rel} |"
+        )
+    print(f"\n(teacher MACs at 512x384, the shape of most database photos; {len(db)} database photos timed)")
+
+
+if __name__ == "__main__":
+    main()
