@@ -13,16 +13,19 @@ imagenet-sample/train) / Eq. 7 ranking; only the feature maps differ:
 * teacher: EfficientNet-Lite0 at 512 px, a second network pass.
 
 Columns: multiply-accumulates and parameters of the embedding path (detector +
-feature network, counted from the ONNX graphs' Conv/Gemm/MatMul nodes), time
-per photo of that path on this machine (measured in the same run, on the same
-photos, and as a ratio to the teacher path), and host@1 / donor@10 of Eq. 7
-(objects only, no local features) on casia-sir and small-splice.
+feature network, counted from the ONNX graphs' Conv/Gemm/MatMul nodes), and
+host@1 / donor@10 of Eq. 7 (objects only, no local features) on casia-sir and
+small-splice. A second table times each path alone (boxes + maps + ROIAlign)
+on the same photos; run `--timing-only` on an idle machine for those figures.
+Descriptors are cached per row in --work, so a row added later (e.g. a
+student trained later) is computed without redoing the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import subprocess
 import sys
 import time
@@ -90,7 +93,8 @@ class Rows:
         self.students = {v: _session(p) for v, p in students.items()}
         self.time = dict.fromkeys(ROWS, 0.0)
 
-    def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, FeatureMaps]]:
+    def analyse(self, rgb: np.ndarray, only: set[str] | None = None) -> tuple[np.ndarray, dict[str, FeatureMaps]]:
+        """Boxes and each row's maps; `only` limits which rows' maps are computed."""
         h, w = rgb.shape[:2]
         sx, sy = STUDENT_VIEW / w, STUDENT_VIEW / h
         t0 = time.perf_counter()
@@ -104,27 +108,60 @@ class Rows:
         self.time["detector features"] += t_det
         feeds = {"s1": {"image": x}, "s2": {"F2": heads["F2"]}, "s3": {k: heads[k] for k in ("F2", "F3", "F4")}}
         for v, sess in self.students.items():
+            if only and v.upper() not in only:
+                continue
             t1 = time.perf_counter()
             s16, s32 = sess.run(["student_s16", "student_s32"], feeds[v])
             self.time[v.upper()] += t_det + time.perf_counter() - t1
             maps[v.upper()] = FeatureMaps(s16[0], s32[0], sx, sy)
+        if only and "teacher (two passes)" not in only:
+            return boxes, maps
         t1 = time.perf_counter()
         maps["teacher (two passes)"] = self.teacher.features(rgb)
         self.time["teacher (two passes)"] += t_det + time.perf_counter() - t1
         return boxes, maps
 
 
-def describe(rows: Rows, files: list[Path]) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[np.ndarray]] = {r: [] for r in ROWS}
+def describe(rows: Rows, files: list[Path], tag: str, work: Path) -> dict[str, list[np.ndarray]]:
+    """Region descriptors of every photo for every row; rows already computed in `work` are read back."""
+    out: dict[str, list[np.ndarray]] = {}
+    for r in ROWS:
+        cached = work / f"desc-{r.split()[0]}-{tag}.pkl"
+        if cached.exists():
+            out[r] = pickle.loads(cached.read_bytes())
+    todo = {r for r in ROWS if r not in out}
+    if not todo:
+        return out
+    fresh: dict[str, list[np.ndarray]] = {r: [] for r in todo}
     for i, f in enumerate(files):
         if i % 200 == 0:
-            print(f"  {i}/{len(files)}", file=sys.stderr, flush=True)
-        boxes, maps = rows.analyse(load_rgb(f))
-        for r in ROWS:
+            print(f"  {tag} {i}/{len(files)}", file=sys.stderr, flush=True)
+        boxes, maps = rows.analyse(load_rgb(f), only=todo)
+        for r in todo:
             t0 = time.perf_counter()
-            out[r].append(region_descriptors(maps[r], boxes))
+            fresh[r].append(region_descriptors(maps[r], boxes))
             rows.time[r] += time.perf_counter() - t0
-    return out
+    for r in todo:
+        (work / f"desc-{r.split()[0]}-{tag}.pkl").write_bytes(pickle.dumps(fresh[r]))
+    return {**out, **fresh}
+
+
+def timing_table(rows: Rows, data: Path, n: int) -> str:
+    """Seconds per photo of each embedding path (boxes + maps + ROIAlign), each path run alone over the same photos."""
+    db = sorted((data / "casia-sir" / "db").iterdir())[:n]
+    photos = [load_rgb(f) for f in db]
+    lines = ["| embedding path | s/photo | vs teacher |", "| --- | --- | --- |"]
+    secs = {}
+    for r in ROWS:
+        rows.analyse(photos[0])  # warm-up
+        t0 = time.perf_counter()
+        for rgb in photos:
+            boxes, maps = rows.analyse(rgb, only={r})
+            region_descriptors(maps[r], boxes)
+        secs[r] = (time.perf_counter() - t0) / len(photos)
+    for r in ROWS:
+        lines.append(f"| {r} | {secs[r]:.4f} | {secs[r] / secs['teacher (two passes)']:.2f} |")
+    return "\n".join(lines) + f"\n\n({len(photos)} casia-sir database photos, each path run alone)"
 
 
 def main() -> None:
@@ -134,6 +171,8 @@ def main() -> None:
         "--students", required=True, help="comma-separated folders holding student_s1/s2/s3.onnx (oesir distill --out)"
     )
     ap.add_argument("--work", type=Path, default=Path("/tmp/oesir-bench-distill"))
+    ap.add_argument("--timing-only", action="store_true", help="only time the embedding paths (run on an idle machine)")
+    ap.add_argument("--timing-photos", type=int, default=200, help="database photos to time each path on")
     args = ap.parse_args()
     data = args.data.resolve()
     score_py = data.parent / "bench" / "score.py"
@@ -141,21 +180,25 @@ def main() -> None:
     students = {}
     for v in ("s1", "s2", "s3"):
         found = [Path(d) / f"student_{v}.onnx" for d in args.students.split(",") if (Path(d) / f"student_{v}.onnx").exists()]
-        if not found:
-            sys.exit(f"student_{v}.onnx not found in {args.students}")
-        students[v] = found[0]
+        if found:
+            students[v] = found[0]
+        else:
+            print(f"student_{v}.onnx not found in {args.students}: row left out", file=sys.stderr)
+    global ROWS
+    ROWS = tuple(r for r in ROWS if r not in ("S1", "S2", "S3") or r.lower() in students)
     rows = Rows(students)
+    if args.timing_only:
+        print(timing_table(rows, args.data.resolve(), args.timing_photos))
+        return
 
     train = sorted((data / "imagenet-sample" / "train").iterdir())
     print("whitening photos", file=sys.stderr)
-    train_desc = describe(rows, train)
+    train_desc = describe(rows, train, "train", args.work)
     whitening = {r: learn_whitening(np.concatenate(train_desc[r]), 256) for r in ROWS}
 
     db = sorted(p for d in (data / "casia-sir" / "db", data / "imagenet-sample" / "distractors") for p in d.iterdir())
-    rows.time = dict.fromkeys(ROWS, 0.0)
     print("database photos", file=sys.stderr)
-    db_desc = describe(rows, db)
-    per_photo = {r: rows.time[r] / len(db) for r in ROWS}
+    db_desc = describe(rows, db, "db", args.work)
     db_emb = {r: whitening[r].apply(np.concatenate(db_desc[r])) for r in ROWS}
     owner = np.concatenate([np.full(len(d), i) for i, d in enumerate(db_desc[ROWS[0]])])
 
@@ -163,7 +206,7 @@ def main() -> None:
     for s in SETS:
         queries = sorted((data / s / "queries").iterdir())
         print(f"queries {s}", file=sys.stderr)
-        q_desc = describe(rows, queries)
+        q_desc = describe(rows, queries, s, args.work)
         for r in ROWS:
             path = args.work / f"{r.split()[0]}-{s}.jsonl"
             with open(path, "w") as fh:
@@ -189,25 +232,23 @@ def main() -> None:
     t_macs, t_params = macs_and_params(verified_path("efficientnet-lite0"), {"image": [1, 3, 384, 512]})
     cost["teacher (two passes)"] = (det_macs + t_macs, det_params + t_params)
 
-    teacher_time, teacher_macs = per_photo["teacher (two passes)"], cost["teacher (two passes)"][0]
+    teacher_macs = cost["teacher (two passes)"][0]
     print()
     print(
-        "| embedding path | GMACs | params (M) | s/photo | time vs teacher | MACs vs teacher | "
+        "| embedding path | GMACs | params (M) | MACs vs teacher | "
         "casia-sir host@1 | casia-sir donor@10 | small-splice host@1 | small-splice donor@10 | "
         "donor@10 vs teacher (sir / small) |"
     )
-    print("|" + " --- |" * 11)
+    print("|" + " --- |" * 9)
     tr = results["teacher (two passes)"]
     for r in ROWS:
         m, p = cost[r]
         res = results[r]
         rel = " / ".join(f"{100 * res[s]['donor@10'] / max(tr[s]['donor@10'], 1e-9):.0f}%" for s in SETS)
-        print(
-            f"| {r} | {m / 1e9:.2f} | {p / 1e6:.1f} | {per_photo[r]:.3f} | {per_photo[r] / teacher_time:.2f} | "
-            f"{m / teacher_macs:.2f} | {res['casia-sir']['host@1']} | {res['casia-sir']['donor@10']} | "
-            f"{res['small-splice']['host@1']} | {res['small-splice']['donor@10']} | {rel} |"
-        )
-    print(f"\n(teacher MACs at 512x384, the shape of most database photos; {len(db)} database photos timed)")
+        acc = " | ".join(str(res[s][k]) for s in SETS for k in ("host@1", "donor@10"))
+        print(f"| {r} | {m / 1e9:.2f} | {p / 1e6:.1f} | {m / teacher_macs:.2f} | {acc} | {rel} |")
+    print("\n(teacher MACs at 512x384, the shape of most database photos)\n")
+    print(timing_table(rows, data, args.timing_photos))
 
 
 if __name__ == "__main__":

@@ -344,3 +344,17 @@ def test_truncated_database_reported_and_rebuild_recovers(tmp_path):
     assert r.exit_code == 0, r.output
     assert _content(idx) == expected
     assert list(idx.glob("oesir.sqlite.damaged-*"))  # the damaged file is kept for the record
+
+
+def test_index_from_before_checksums_gets_them_on_next_write(tmp_path):
+    photos = _small_photos(tmp_path / "photos", 2)
+    idx = tmp_path / "idx"
+    api.index([photos], index_dir=idx)
+    expected = _content(idx)
+    db = sqlite3.connect(idx / "oesir.sqlite")
+    db.execute("ALTER TABLE vectors DROP COLUMN digest")  # the first on-disk format had no digest
+    db.commit()
+    db.close()
+    assert api.index([photos], index_dir=idx).unchanged == 2
+    assert _content(idx) == expected
+    assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
