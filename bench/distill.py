@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
 from oesir_cli.detector import Detector, postprocess
 from oesir_cli.detector import preprocess as det_preprocess
@@ -50,34 +50,31 @@ ROWS = ("detector features", "S1", "S2", "S3", "teacher (two passes)")
 
 
 def macs_and_params(path: Path, shapes: dict[str, list[int]]) -> tuple[int, int]:
-    """Multiply-accumulates of Conv/Gemm/MatMul nodes for fixed input shapes, and the parameter count."""
+    """Multiply-accumulates of the Conv/Gemm/MatMul nodes for one input of `shapes`, and the parameter count.
+
+    Output shapes come from running the graph once (every such node's output
+    exposed), since shape inference cannot follow the dynamic padding of the
+    teacher graph.
+    """
     model = onnx.load(str(path))
-    for inp in model.graph.input:
-        if inp.name in shapes:
-            dims = inp.type.tensor_type.shape.dim
-            for d, v in zip(dims, shapes[inp.name]):
-                d.ClearField("dim_param")
-                d.dim_value = v
-    model = shape_inference.infer_shapes(model)
-    shape = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.value_info}
-    shape.update({vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.output})
     inits = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits]
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend([onnx.ValueInfoProto(name=n.output[0]) for n in nodes if n.output[0] not in have])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in sess.get_inputs():
+        dims = shapes.get(i.name) or [d if isinstance(d, int) else 1 for d in i.shape]
+        feeds[i.name] = np.random.default_rng(0).random(dims, dtype=np.float32) * 255
+    names = [n.output[0] for n in nodes]
+    outs = dict(zip(names, sess.run(names, feeds)))
     macs = 0
-    for node in model.graph.node:
-        out = shape.get(node.output[0])
-        if not out or 0 in out:
-            continue
-        if node.op_type == "Conv":
-            w = inits.get(node.input[1])
-            if w is None:
-                continue
-            macs += int(np.prod(out)) * int(np.prod(w[1:]))  # out elems x (Cin/group x kh x kw)
-        elif node.op_type in ("Gemm", "MatMul"):
-            w = inits.get(node.input[1])
-            if w is not None:
-                macs += int(np.prod(out)) * int(w[0])
-    params = sum(int(np.prod(s)) for s in inits.values())
-    return macs, params
+    for n in nodes:
+        w = inits[n.input[1]]
+        out = outs[n.output[0]].shape
+        # Conv: output elements x (Cin/group x kh x kw); Gemm/MatMul: output elements x inner dimension
+        macs += int(np.prod(out)) * (int(np.prod(w[1:])) if n.op_type == "Conv" else int(w[0]))
+    return macs, sum(int(np.prod(s)) for s in inits.values())
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -226,7 +223,7 @@ def main() -> None:
 
     det_macs, det_params = macs_and_params(verified_path("ssd-mobilenet-v2-coco"), {"image": [1, 300, 300, 3]})
     cost = {"detector features": (det_macs, det_params)}
-    for v in ("s1", "s2", "s3"):
+    for v in students:
         m, p = macs_and_params(students[v], {})
         cost[v.upper()] = (det_macs + m, det_params + p)
     t_macs, t_params = macs_and_params(verified_path("efficientnet-lite0"), {"image": [1, 3, 384, 512]})
