@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import Detector
+from .detector import Detections, Detector
 from .embed import Whitening, region_descriptors
 from .local import extract
 from .registry import DEFAULT_TEACHER, verified_file
@@ -79,28 +79,27 @@ class Engine:
 
     def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureMaps]:
         """Boxes (whole image first, then up to k class-agnostic detections), scores, classes, feature maps."""
-        h, w = rgb.shape[:2]
-        c = self.config
         if self.net:
-            det, maps = self.net.run(rgb, c.min_score, c.max_objects)  # one forward pass
-        else:
-            det = self.detector.detect(rgb, min_score=c.min_score, limit=c.max_objects, class_agnostic=True)
-            maps = self.teacher.features(rgb)
-        boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), det.boxes]).astype(np.float32)
-        scores = np.concatenate([[1.0], det.scores]).astype(np.float32)
-        classes = np.concatenate([[0], det.classes]).astype(np.int64)
-        return boxes, scores, classes, maps
+            det, maps = self.net.run(rgb, self.config.min_score, self.config.max_objects)  # one forward pass
+            return (*_whole_first(rgb, det), maps)
+        return (*self.boxes(rgb), self.teacher.features(rgb))
 
     def boxes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The whole-image box first, then up to k detector boxes (class-agnostic NMS)."""
-        return self.analyse(rgb)[:3]
+        if self.net:
+            return self.analyse(rgb)[:3]
+        c = self.config
+        return _whole_first(rgb, self.detector.detect(rgb, min_score=c.min_score, limit=c.max_objects, class_agnostic=True))
 
     def embed(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Whitened, L2-normalised embedding per box."""
-        return self.whitening.apply(region_descriptors(self.feature_maps(rgb), boxes))
+        maps = self.analyse(rgb)[3] if self.net else self.teacher.features(rgb)
+        return self.whitening.apply(region_descriptors(maps, boxes))
 
-    def feature_maps(self, rgb: np.ndarray) -> FeatureMaps:
-        return self.analyse(rgb)[3] if self.net else self.teacher.features(rgb)
+    def objects(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes and their embeddings, each network run once."""
+        boxes, _, _, maps = self.analyse(rgb)
+        return boxes, self.whitening.apply(region_descriptors(maps, boxes))
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
         boxes, scores, classes, maps = self.analyse(rgb)
@@ -123,6 +122,14 @@ class Engine:
         return lambda rgb: _with_whole(
             rgb, detector.detect(rgb, min_score=0.02, limit=30, class_agnostic=True).boxes, teacher.features(rgb)
         )
+
+
+def _whole_first(rgb: np.ndarray, det: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h, w = rgb.shape[:2]
+    boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), det.boxes]).astype(np.float32)
+    scores = np.concatenate([[1.0], det.scores]).astype(np.float32)
+    classes = np.concatenate([[0], det.classes]).astype(np.int64)
+    return boxes, scores, classes
 
 
 def _with_whole(rgb: np.ndarray, boxes: np.ndarray, maps: FeatureMaps) -> np.ndarray:

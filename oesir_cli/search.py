@@ -201,8 +201,7 @@ class Searcher:
         if mode != "objects":  # local features on another thread while the networks run (both release the GIL)
             n = QUERY_KEYPOINTS
             pending = _POOL.submit(lambda: [extract(rgb, n), extract(rgb, n, mirror=True)])
-        boxes, _, _ = self.engine.boxes(rgb)
-        emb = self.engine.embed(rgb, boxes)
+        boxes, emb = self.engine.objects(rgb)
         dist, q_of, row_of = self.object_distances(emb, top)
         counts = np.zeros(self.n_photos, np.float64)
         if mode == "objects":

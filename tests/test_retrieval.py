@@ -165,3 +165,25 @@ def test_student_index_ranks_by_eq7_and_keeps_its_model(photo_dir, tmp_path, mod
         assert _names(api.search_path(searcher, path, top=1, mode="objects")) == [path.name]
     with pytest.raises(IndexError_, match="--rebuild"):
         api.index([photo_dir], index_dir=idx, model="teacher")
+
+
+def test_search_runs_each_network_once_per_query(photo_dir, tmp_path, monkeypatch):
+    idx = tmp_path / "idx"
+    api.index([photo_dir / "rocket.jpg", photo_dir / "coffee.jpg"], index_dir=idx)
+    searcher = api.open_searcher(idx)
+    calls = {"teacher": 0, "detector": 0}
+    teacher, detector = searcher.engine.teacher, searcher.engine.detector
+    real_features, real_heads = teacher.features, detector.heads
+
+    def features(rgb):
+        calls["teacher"] += 1
+        return real_features(rgb)
+
+    def heads(rgb):
+        calls["detector"] += 1
+        return real_heads(rgb)
+
+    monkeypatch.setattr(teacher, "features", features)
+    monkeypatch.setattr(detector, "heads", heads)
+    api.search_path(searcher, photo_dir / "rocket.jpg", top=2)
+    assert calls == {"teacher": 1, "detector": 1}
