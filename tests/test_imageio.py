@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,14 @@ def test_truncated_jpeg(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match="cannot decode"):
         load_rgb(path)
+
+
+def test_heic_photo_loads_when_pillow_heif_is_installed(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")  # the `heic` extra; part of the test extra
+    pillow_heif.register_heif_opener()
+    src = Image.open(Path(__file__).parent.parent / "examples" / "photos" / "chelsea.jpg").convert("RGB")
+    src.thumbnail((240, 240))
+    src.save(tmp_path / "cat.heic", quality=90)
+    rgb = load_rgb(tmp_path / "cat.heic")
+    assert rgb.shape == (src.height, src.width, 3)
+    assert np.abs(rgb.astype(int) - np.asarray(src, int)).mean() < 8
