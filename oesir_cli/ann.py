@@ -8,6 +8,7 @@ graph whose stamp does not match is rebuilt, never trusted.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import hnswlib
@@ -77,12 +78,25 @@ def graph_status(path: Path, stamp: dict) -> str:
     return "ok"
 
 
-def cached_graph(path: Path, data: np.ndarray, stamp: dict, writable: bool, **build_args) -> Graph:
-    """Load the graph at `path` if current, else build it (and save it when `writable`)."""
-    graph = Graph.load(path, stamp, int(data.shape[1]))
-    if graph is not None and graph.count == len(data):
+def cached_graph(
+    path: Path,
+    data: np.ndarray | Callable[[], np.ndarray],
+    stamp: dict,
+    writable: bool,
+    shape: tuple[int, int] | None = None,
+    **build_args,
+) -> Graph:
+    """Load the graph at `path` if current, else build it (and save it when `writable`).
+
+    `data` may be a function that makes the rows, with their `shape` given: it is then
+    only called when the graph has to be built, which keeps opening an index cheap.
+    """
+    n, dim = shape if shape is not None else data.shape  # type: ignore[union-attr]
+    graph = Graph.load(path, stamp, int(dim))
+    if graph is not None and graph.count == n:
         return graph
-    graph = Graph.build(data, **build_args)
+    rows = data() if callable(data) else data
+    graph = Graph.build(rows, **build_args)
     if writable:
         with contextlib.suppress(OSError):
             graph.save(path, stamp)

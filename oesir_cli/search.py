@@ -79,7 +79,12 @@ def load_graphs(store: Store, cat: Catalogue, writable: bool) -> tuple[Graph, Gr
         store.dir / "objects.hnsw", cat.embeddings, graph_stamp(store, cat, "objects"), writable, ef_construction=200
     )
     local = cached_graph(
-        store.dir / "local.hnsw", _desc_float(cat.descriptors), graph_stamp(store, cat, "local"), writable, **LOCAL_GRAPH
+        store.dir / "local.hnsw",
+        lambda: _desc_float(cat.descriptors),
+        graph_stamp(store, cat, "local"),
+        writable,
+        shape=(len(cat.descriptors), cat.descriptors.shape[1]),
+        **LOCAL_GRAPH,
     )
     return objects, local
 
