@@ -42,6 +42,14 @@ def _content(idx: Path) -> list[tuple]:
         store.close()
 
 
+def _indexed(tmp_path: Path, n: int) -> tuple[Path, Path, list[tuple]]:
+    """n small photos, indexed: (photo folder, index folder, the index's content)."""
+    photos = _small_photos(tmp_path / "photos", n)
+    idx = tmp_path / "idx"
+    api.index([photos], index_dir=idx)
+    return photos, idx, _content(idx)
+
+
 def _small_photos(folder: Path, n: int, size: tuple[int, int] = (240, 180)) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -284,10 +292,7 @@ def _tamper(path: Path, offset: int) -> None:
 
 
 def test_damaged_rows_found_repaired_and_reindexed(tmp_path):
-    photos = _small_photos(tmp_path / "photos", 4)
-    idx = tmp_path / "idx"
-    api.index([photos], index_dir=idx)
-    expected = _content(idx)
+    photos, idx, expected = _indexed(tmp_path, 4)
     db = sqlite3.connect(idx / "oesir.sqlite")
     image_id, emb = db.execute("SELECT image_id, embeddings FROM vectors ORDER BY image_id LIMIT 1 OFFSET 2").fetchone()
     damaged_path = db.execute("SELECT path FROM images WHERE id=?", (image_id,)).fetchone()[0]
@@ -328,10 +333,7 @@ def test_damaged_graphs_detected_and_rebuilt(tmp_path):
 
 
 def test_truncated_database_reported_and_rebuild_recovers(tmp_path):
-    photos = _small_photos(tmp_path / "photos", 3)
-    idx = tmp_path / "idx"
-    api.index([photos], index_dir=idx)
-    expected = _content(idx)
+    photos, idx, expected = _indexed(tmp_path, 3)
     db_file = idx / "oesir.sqlite"
     with open(db_file, "r+b") as fh:
         fh.truncate(db_file.stat().st_size // 2)
@@ -347,10 +349,7 @@ def test_truncated_database_reported_and_rebuild_recovers(tmp_path):
 
 
 def test_index_from_before_checksums_gets_them_on_next_write(tmp_path):
-    photos = _small_photos(tmp_path / "photos", 2)
-    idx = tmp_path / "idx"
-    api.index([photos], index_dir=idx)
-    expected = _content(idx)
+    photos, idx, expected = _indexed(tmp_path, 2)
     db = sqlite3.connect(idx / "oesir.sqlite")
     db.execute("ALTER TABLE vectors DROP COLUMN digest")  # the first on-disk format had no digest
     db.commit()
