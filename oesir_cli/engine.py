@@ -93,19 +93,20 @@ class Engine:
 
     def embed(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Whitened, L2-normalised embedding per box."""
-        maps = self.analyse(rgb)[3] if self.net else self.teacher.features(rgb)
-        return self.whitening.apply(region_descriptors(maps, boxes))
+        return self._embed_maps(self.analyse(rgb)[3] if self.net else self.teacher.features(rgb), boxes)
 
     def objects(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes and their embeddings, each network run once."""
         boxes, _, _, maps = self.analyse(rgb)
-        return boxes, self.whitening.apply(region_descriptors(maps, boxes))
+        return boxes, self._embed_maps(maps, boxes)
+
+    def _embed_maps(self, maps: FeatureMaps, boxes: np.ndarray) -> np.ndarray:
+        return self.whitening.apply(region_descriptors(maps, boxes))
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
         boxes, scores, classes, maps = self.analyse(rgb)
         local = extract(rgb, self.config.local_keypoints)
-        emb = self.whitening.apply(region_descriptors(maps, boxes))
-        return PhotoData(boxes, scores, classes, emb, local.keypoints, local.descriptors)
+        return PhotoData(boxes, scores, classes, self._embed_maps(maps, boxes), local.keypoints, local.descriptors)
 
     @staticmethod
     def region_describer(config: EngineConfig, weights: Path | None = None) -> Callable[[np.ndarray], np.ndarray]:
