@@ -36,12 +36,12 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from oesir_cli.codec import squared_l2
 from oesir_cli.detector import Detector, postprocess
 from oesir_cli.detector import preprocess as det_preprocess
 from oesir_cli.embed import learn_whitening, region_descriptors
 from oesir_cli.imageio import load_rgb
 from oesir_cli.registry import session_options, verified_path
-from oesir_cli.search import squared_l2
 from oesir_cli.single_pass import STUDENT_VIEW
 from oesir_cli.teacher import FeatureMaps, Teacher
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .check import CheckReport, check_index
-from .embed import learn_whitening
+from .codec import CODECS, make_codec, save_codebook, train_codebook
+from .embed import Whitening, learn_whitening
 from .engine import Engine, EngineConfig
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
 from .indexer import IndexSummary, index_paths, walk
-from .registry import add_manifest_entry, weights_dir
+from .registry import add_manifest_entry, verified_file, weights_dir
 from .search import Match, Searcher
 from .store import DB_FILES, GRAPH_FILES, IndexError_, Store, default_index_dir, writer_lock
 
@@ -51,13 +52,18 @@ def index(
     rebuild: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     model: str | None = None,
+    codec: str | None = None,
+    local_features: bool | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     on_error: Callable[[str, str], None] | None = None,
 ) -> IndexSummary:
     """Create or update the index at `index_dir` with the photos under `paths`.
 
-    `max_objects` and `model` ("teacher" or "student") set up a new index; an
-    existing one keeps its settings (asking for another model is an error).
+    `max_objects`, `model` ("teacher" or "student") and `local_features` set up a
+    new index; an existing one keeps them (asking for others is an error).
+    `codec` ("float32", "float16", "pq"; default float32) sets how embeddings are
+    stored; asking an existing index for a smaller codec re-encodes it in place
+    (float32 > float16 > pq), a larger one needs `rebuild`.
     """
     directory = Path(index_dir) if index_dir else default_index_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -68,20 +74,69 @@ def index(
         try:
             store.prepare_for_writing()
             have = store.meta("engine_config")
-            config = EngineConfig(**json.loads(have)) if have else EngineConfig(max_objects=max_objects, model=model or "teacher")
+            keypoints = EngineConfig.local_keypoints if local_features is not False else 0
+            config = (
+                EngineConfig(**json.loads(have))
+                if have
+                else EngineConfig(max_objects=max_objects, model=model or "teacher", local_keypoints=keypoints)
+            )
             if model and config.model != model:
                 raise IndexError_(f"index at {directory} uses the {config.model} model; use --rebuild to switch to {model}")
+            if local_features is not None and (config.local_keypoints > 0) != local_features:
+                has = "has" if config.local_keypoints else "has no"
+                raise IndexError_(f"index at {directory} {has} local features; use --rebuild to change that")
             eng = engine(config)
             store.check_model(eng.version, create=True)
             if have is None:
-                with store.transaction():
+                with store.transaction() as db:
                     store.set_meta("engine_config", json.dumps(config.as_dict()))
                     store.set_meta("embedding_dim", str(eng.embedding_dim))
+                    store.set_codec(db, codec or "float32", _codebook(config, codec or "float32"))
+            elif codec and codec != store.codec().name:
+                _transcode(store, config, codec)
             return index_paths(
                 store, eng, paths, keep_missing=keep_missing, max_pixels=max_pixels, progress=progress, on_error=on_error
             )
         finally:
             store.close()
+
+
+def _codebook(config: EngineConfig, codec: str) -> str | None:
+    """'file@sha256' of the PQ codebook for `config` (checked against the manifest), None for other codecs."""
+    if codec not in CODECS:
+        raise IndexError_(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
+    if codec != "pq":
+        return None
+    path, digest = verified_file(config.codebook_file())
+    return f"{path.name}@{digest}"
+
+
+def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
+    """Re-encode an index's embeddings with a smaller codec (float32 > float16 > pq) without re-reading photos.
+
+    One transaction: a crash leaves the old codec. Returns the photos re-encoded.
+    """
+    directory = Path(index_dir) if index_dir else default_index_dir()
+    with writer_lock(directory):
+        store = Store(directory)
+        try:
+            store.prepare_for_writing()
+            if codec == store.codec().name:
+                return 0
+            return _transcode(store, _config_of(store), codec)
+        finally:
+            store.close()
+
+
+def _transcode(store: Store, config: EngineConfig, codec: str) -> int:
+    have = store.codec().name
+    if codec not in CODECS:
+        raise IndexError_(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
+    if CODECS.index(codec) < CODECS.index(have):
+        raise IndexError_(f"index at {store.dir} stores {have} embeddings; {codec} needs `--rebuild`")
+    codebook = _codebook(config, codec)
+    target = make_codec(codec, store.embedding_dim(), verified_file(config.codebook_file())[0] if codebook else None)
+    return store.transcode(target, codebook)
 
 
 def start_over(directory: Path, on_error: Callable[[str, str], None] | None = None) -> None:
@@ -120,26 +175,31 @@ def search_path(searcher: Searcher, query: str | os.PathLike, top: int = 10, mod
 
 
 def info(index_dir: str | os.PathLike | None = None) -> dict:
-    """Index statistics."""
+    """Index statistics. Sizes are of every file in the index folder, measured after this
+    reader's connection is closed (so without the WAL file it would otherwise leave)."""
     directory = Path(index_dir) if index_dir else default_index_dir()
     store = Store(directory)
     try:
         photos, objects = store.count()
-        size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-        return {
+        stats = {
             "index": str(directory),
             "photos": photos,
             "objects": objects,
             "model_version": store.meta("model_version"),
             "embedding_dim": store.embedding_dim(),
-            "codec": "float32",
-            "bytes_on_disk": size,
-            "bytes_per_photo": round(size / photos) if photos else 0,
-            "bytes_per_object": round(size / objects) if objects else 0,
+            "codec": store.meta("codec", "float32"),
+            "local_features": bool(_config_of(store).local_keypoints),
             "generation": store.generation,
         }
     finally:
         store.close()
+    size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    return {
+        **stats,
+        "bytes_on_disk": size,
+        "bytes_per_photo": round(size / photos) if photos else 0,
+        "bytes_per_object": round(size / objects) if objects else 0,
+    }
 
 
 def check(index_dir: str | os.PathLike | None = None, repair: bool = False) -> CheckReport:
@@ -187,6 +247,46 @@ def learn_whitening_file(
     return path
 
 
+def learn_codebook_file(
+    images: str | os.PathLike,
+    config: EngineConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    weights: Path | None = None,
+) -> Path:
+    """Learn the PQ codebook (`--codec pq`) on whitened region embeddings of training photos; write it + manifest entry.
+
+    Regions as for the whitening (whole photo + up to 30 detections at score >= 0.02),
+    of each photo and of its mirror image, whitened with the configuration's whitening.
+    """
+    config = config or EngineConfig()
+    regions = Engine.region_describer(config, weights)
+    whitening = Whitening.load(verified_file(config.whitening_file(), weights)[0])
+    errors: list = []
+    files = sorted(walk([images], errors))
+    if not files:
+        raise ValueError(f"no photos under {images}")
+    embs = []
+    for i, f in enumerate(files):
+        if progress:
+            progress(i, len(files))
+        rgb = load_rgb(f)
+        embs += [whitening.apply(regions(rgb)), whitening.apply(regions(np.ascontiguousarray(rgb[:, ::-1])))]
+    centroids = train_codebook(np.concatenate(embs))
+    path = (weights or weights_dir()) / config.codebook_file()
+    save_codebook(path, centroids)
+    add_manifest_entry(
+        path,
+        {
+            "model": f"PQ codebook for {config.features_name()} ({centroids.shape[0]} x {centroids.shape[1]} centroids)",
+            "source": {"photos": str(images), "count": len(files), "vectors": int(sum(len(x) for x in embs))},
+            "licence": "derived statistics (k-means of whitened region features) of the training photos; see LICENSES.md",
+            "preprocessing": f"input: embeddings whitened by {config.whitening_file()}, photos and their mirror images",
+            "command": f"oesir weights pq --images {images}" + ("" if config.model == "teacher" else f" --model {config.model}"),
+        },
+    )
+    return path
+
+
 def localize_paths(
     query: str | os.PathLike,
     original: str | os.PathLike,
@@ -203,8 +303,8 @@ def localize_paths(
     overlap those of unrelated photos (from 0.47), so it cannot tell a weak
     donor from an unrelated photo, and a wrong alignment is a garbage mask.
     """
+    from .codec import squared_l2
     from .localize import DEFAULT_THRESHOLD, AlignmentError, localize
-    from .search import squared_l2
     from .teacher import Teacher
 
     q, o = load_rgb(query), load_rgb(original)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ann import graph_status
-from .search import graph_stamp, refresh_graphs
-from .store import GRAPH_FILES, IndexError_, Store, writer_lock
+from .search import needed_graphs, refresh_graphs
+from .store import IndexError_, Store, writer_lock
 
 
 @dataclass
@@ -96,9 +96,8 @@ def _inspect(store: Store, report: CheckReport) -> None:
 
 def _inspect_graphs(store: Store, report: CheckReport) -> None:
     cat = store.load_all()
-    for name in GRAPH_FILES[::2]:
-        kind = name.split(".")[0]
-        report.graphs[name] = graph_status(store.dir / name, graph_stamp(store, cat, kind))
+    for name, stamp in needed_graphs(store, cat).items():
+        report.graphs[name] = graph_status(store.dir / name, stamp)
 
 
 def _repair(store: Store, report: CheckReport) -> None:

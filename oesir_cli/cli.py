@@ -95,6 +95,21 @@ def index(
         str | None,
         typer.Option(help="Embedding network of a new index: teacher (two passes) or student (single pass). Default teacher."),
     ] = None,
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            help="How embeddings are stored: float32 (default for a new index), float16, or pq (32 bytes per object, "
+            "asymmetric distances). On an existing index a smaller codec re-encodes it in place."
+        ),
+    ] = None,
+    local: Annotated[
+        bool | None,
+        typer.Option(
+            "--local/--no-local",
+            help="Store RootSIFT local features (default for a new index). --no-local: objects only, about 1/1000 the size.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Index photos: detect objects, embed them, store them with local features.
 
@@ -123,6 +138,8 @@ def index(
                 rebuild=rebuild,
                 max_pixels=max_pixels,
                 model=model,
+                codec=codec,
+                local_features=local,
                 progress=progress,
                 on_error=warn,
             )
@@ -381,6 +398,27 @@ def weights_whiten(
             task = bar.add_task("whitening", total=None, rate="")
             path = api.learn_whitening_file(
                 images, dim, config=EngineConfig(model=model), progress=lambda i, n: bar.update(task, completed=i, total=n)
+            )
+    except (WeightsError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    print(path)
+
+
+@weights_app.command("pq")
+def weights_pq(
+    images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
+    model: Annotated[str, typer.Option(help="Embeddings to quantise: teacher or student.")] = "teacher",
+) -> None:
+    """Learn the product-quantisation codebook of `oesir index --codec pq`; add it to the manifest."""
+    from .engine import MODELS, EngineConfig
+
+    if model not in MODELS:
+        raise _fail(f"unknown --model {model!r} (teacher, student)", EXIT_USAGE)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("codebook", total=None, rate="")
+            path = api.learn_codebook_file(
+                images, config=EngineConfig(model=model), progress=lambda i, n: bar.update(task, completed=i, total=n)
             )
     except (WeightsError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None

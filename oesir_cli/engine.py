@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .codec import PQ_SUBSPACES
 from .detector import Detections, Detector
 from .embed import Whitening, region_descriptors
 from .local import extract
@@ -33,7 +34,7 @@ class EngineConfig:
     long_side: int = 512
     max_objects: int = 8
     min_score: float = 0.05
-    local_keypoints: int = 1000
+    local_keypoints: int = 1000  # 0: no local features (an objects-only index, `--no-local`)
     model: str = "teacher"  # "teacher": detector then teacher (two passes); "student": the single-pass network
 
     def as_dict(self) -> dict:
@@ -48,6 +49,10 @@ class EngineConfig:
         if self.model == "student":
             return f"whitening_student_s3_{STUDENT_VIEW}.npz"
         return f"whitening_{self.teacher.replace('efficientnet-', '')}_{self.long_side}.npz"
+
+    def codebook_file(self) -> str:
+        """The PQ codebook learned on this configuration's whitened embeddings (`oesir weights pq`)."""
+        return self.whitening_file().replace("whitening_", "pq_").replace(".npz", f"_m{PQ_SUBSPACES}.npz")
 
 
 class Engine:
@@ -105,8 +110,11 @@ class Engine:
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
         boxes, scores, classes, maps = self.analyse(rgb)
+        emb = self._embed_maps(maps, boxes)
+        if self.config.local_keypoints == 0:
+            return PhotoData(boxes, scores, classes, emb, np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
         local = extract(rgb, self.config.local_keypoints)
-        return PhotoData(boxes, scores, classes, self._embed_maps(maps, boxes), local.keypoints, local.descriptors)
+        return PhotoData(boxes, scores, classes, emb, local.keypoints, local.descriptors)
 
     @staticmethod
     def region_describer(config: EngineConfig, weights: Path | None = None) -> Callable[[np.ndarray], np.ndarray]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import ivf
 from .ann import Graph, cached_graph
 from .engine import Engine
 from .imageio import ImageError, load_rgb
@@ -44,6 +45,8 @@ HOST_MARGIN = 0.05
 RRF_K = 10.0
 OBJECT_WEIGHT = 1.0
 EXACT_OBJECTS_MAX = 200_000
+OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
+OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
 LOCAL_GRAPH = {"m": 16, "ef_construction": 64}  # ~1M descriptors per 1,000 photos: build cost matters
 
 
@@ -70,18 +73,58 @@ class Match:
 
 
 def graph_stamp(store: Store, cat: Catalogue, kind: str) -> dict:
-    return {"generation": cat.generation, "model_version": store.meta("model_version"), "kind": kind}
+    return {"generation": cat.generation, "model_version": store.meta("model_version"), "kind": kind, "codec": cat.codec.name}
 
 
-def load_graphs(store: Store, cat: Catalogue, writable: bool) -> tuple[Graph, Graph]:
-    """The object and local-feature graphs for `cat`: loaded if current, else built (and saved when `writable`)."""
-    objects = cached_graph(
-        store.dir / "objects.hnsw", cat.embeddings, graph_stamp(store, cat, "objects"), writable, ef_construction=200
-    )
+def needed_graphs(store: Store, cat: Catalogue) -> dict[str, dict]:
+    """Graph file -> the stamp it must carry, for the graphs search uses on `cat`.
+
+    The object graph is only needed above EXACT_OBJECTS_MAX objects; below,
+    search scores every photo exactly.
+    """
+    out = {"local.hnsw": graph_stamp(store, cat, "local")}
+    if len(cat.codes) > EXACT_OBJECTS_MAX:
+        out[_object_structure(cat)] = graph_stamp(store, cat, "objects")
+    return out
+
+
+def _object_structure(cat: Catalogue) -> str:
+    """pq codes are searched by faiss IVF-PQ (when installed); other codecs by an hnswlib graph."""
+    return "objects.ivfpq" if cat.codec.name == "pq" and ivf.available() else "objects.hnsw"
+
+
+def load_graphs(store: Store, cat: Catalogue, writable: bool) -> tuple[Graph | ivf.IVFPQ | None, Graph]:
+    """The object and local-feature graphs for `cat`: loaded if current, else built (and saved when `writable`).
+
+    The object graph is None when not needed (a leftover file is removed when `writable`).
+    """
+    stamps = needed_graphs(store, cat)
+    objects: Graph | ivf.IVFPQ | None = None
+    if "objects.ivfpq" in stamps:
+        objects = ivf.cached_ivfpq(
+            store.dir / "objects.ivfpq",
+            stamps["objects.ivfpq"],
+            cat.codec.centroids,
+            lambda: cat.embeddings,
+            len(cat.codes),
+            writable,
+        )
+    elif "objects.hnsw" in stamps:
+        objects = cached_graph(
+            store.dir / "objects.hnsw",
+            lambda: cat.embeddings,
+            stamps["objects.hnsw"],
+            writable,
+            shape=(len(cat.codes), cat.codec.dim),
+            **OBJECT_GRAPH,
+        )
+    if writable:
+        for name in set(OBJECT_FILES) - {n for s in stamps for n in (s, s + ".json")}:
+            (store.dir / name).unlink(missing_ok=True)
     local = cached_graph(
         store.dir / "local.hnsw",
         lambda: _desc_float(cat.descriptors),
-        graph_stamp(store, cat, "local"),
+        stamps["local.hnsw"],
         writable,
         shape=(len(cat.descriptors), cat.descriptors.shape[1]),
         **LOCAL_GRAPH,
@@ -121,16 +164,18 @@ class Searcher:
         dist = np.full(self.n_photos, np.inf, np.float32)
         q_of = np.zeros(self.n_photos, np.int64)
         row_of = np.zeros(self.n_photos, np.int64)
-        if self.objects.count == 0:
+        n = len(self.cat.codes)
+        if n == 0:
             return dist, q_of, row_of
-        if self.objects.count <= EXACT_OBJECTS_MAX:  # small index: every photo, exactly, is cheaper
-            cand_rows = np.arange(self.objects.count)
+        if self.objects is None:  # small index: every photo, exactly, is cheaper
+            cand_rows = np.arange(n)
         else:
-            k = min(self.objects.count, max(64, 8 * top))
+            k = min(n, max(64, 8 * top))
             rows, _ = self.objects.knn(query_emb, k, ef=2 * k)
-            photos = np.unique(self.cat.object_image[rows.ravel()])
+            rows = rows[rows >= 0]
+            photos = np.unique(self.cat.object_image[rows])
             cand_rows = np.flatnonzero(np.isin(self.cat.object_image, photos))
-        d = squared_l2(query_emb, self.cat.embeddings[cand_rows])  # [Q, R]
+        d = self.cat.codec.distances(query_emb, self.cat.codes[cand_rows])  # [Q, R], exact w.r.t. the stored codes
         best_q = d.argmin(0)
         best_d = d[best_q, np.arange(len(cand_rows))]
         owners = self.cat.object_image[cand_rows]
@@ -203,6 +248,8 @@ class Searcher:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
         pending = None
+        if mode != "objects" and self.local.count == 0:  # an index without local features (--no-local)
+            mode = "objects"
         if mode != "objects":  # local features on another thread while the networks run (both release the GIL)
             n = QUERY_KEYPOINTS
             pending = _POOL.submit(lambda: [extract(rgb, n), extract(rgb, n, mirror=True)])
@@ -233,7 +280,7 @@ class Searcher:
         """Squared L2 between the query's whole-image embedding and every photo's (object 0)."""
         rows = self.whole_rows
         d = np.full(self.n_photos, np.inf)
-        d[self.cat.object_image[rows]] = squared_l2(emb0, self.cat.embeddings[rows])[0]
+        d[self.cat.object_image[rows]] = self.cat.codec.distances(emb0, self.cat.codes[rows])[0]
         return d
 
     def fused_scores(
@@ -319,12 +366,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def squared_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[A, B] squared distances, clipped at 0 (exact enough for unit vectors)."""
-    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T, 0.0)
-
-
-def _graphs_as_reader(store: Store, cat: Catalogue) -> tuple[Graph, Graph]:
+def _graphs_as_reader(store: Store, cat: Catalogue) -> tuple[Graph | ivf.IVFPQ | None, Graph]:
     """Graphs for a reader: a stale graph is rebuilt in memory and saved only if no writer is at work."""
     if not os.access(store.dir, os.W_OK):
         return load_graphs(store, cat, writable=False)

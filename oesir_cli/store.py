@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .codec import Codec, CodecError, make_codec
+
 FORMAT = 1
 DB_NAME = "oesir.sqlite"
 
@@ -60,7 +62,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     digest TEXT
 );
 """
-GRAPH_FILES = ("objects.hnsw", "objects.hnsw.json", "local.hnsw", "local.hnsw.json")
+GRAPH_FILES = ("objects.hnsw", "objects.hnsw.json", "local.hnsw", "local.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
 
 
@@ -86,7 +88,7 @@ class PhotoData:
     boxes: np.ndarray  # [K, 4] float32, photo pixels
     scores: np.ndarray  # [K]
     classes: np.ndarray  # [K]
-    embeddings: np.ndarray  # [K, D] float32
+    embeddings: np.ndarray  # [K, D] float32 (the store encodes them with the index's codec)
     keypoints: np.ndarray  # [N, 4] float32
     descriptors: np.ndarray  # [N, 128] uint8
 
@@ -177,6 +179,7 @@ class Store:
 
     def __init__(self, directory: Path, create: bool = False):
         self.dir = Path(directory)
+        self._codec: Codec | None = None
         db_path = self.dir / DB_NAME
         if not db_path.exists():
             if not create:
@@ -203,6 +206,56 @@ class Store:
     @property
     def generation(self) -> int:
         return int(self.meta("generation", "0") or 0)
+
+    def codec(self) -> Codec:
+        """How this index stores embeddings (`meta.codec`; indexes from before codecs are float32)."""
+        if self._codec is None:
+            self._codec = self._open_codec()
+        return self._codec
+
+    def _open_codec(self) -> Codec:
+        name, dim = self.meta("codec", "float32") or "float32", self.embedding_dim()
+        if name != "pq":
+            return make_codec(name, dim)
+        from .registry import WeightsError, verified_file
+
+        file, _, sha = (self.meta("codec_file") or "@").partition("@")
+        try:
+            path, digest = verified_file(file)
+        except WeightsError as exc:
+            raise IndexError_(f"index at {self.dir} needs the PQ codebook {file}: {exc}") from None
+        if not digest.startswith(sha):
+            raise IndexError_(f"index at {self.dir} was encoded with another {file} (sha256 {sha}...); re-index with --rebuild")
+        try:
+            return make_codec(name, dim, path)
+        except CodecError as exc:
+            raise IndexError_(f"index at {self.dir}: {exc}") from None
+
+    def set_codec(self, db: sqlite3.Connection, name: str, codebook: str | None = None) -> None:
+        """Record the codec (inside a transaction); `codebook` is 'file@sha256' for pq."""
+        self.set_meta("codec", name)
+        self.set_meta("codec_file", codebook or "")
+        self._codec = None
+
+    def transcode(self, target: Codec, codebook: str | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-encode every stored embedding with `target` in one transaction (lossy one way: float32 > float16 > pq).
+
+        Each photo's digest is recomputed, so `oesir check` still vouches for it. Returns the photos re-encoded.
+        """
+        source = self.codec()
+        ids = [r[0] for r in self.db.execute("SELECT image_id FROM vectors").fetchall()]
+        with self.transaction() as db:
+            for i, image_id in enumerate(ids):
+                if progress:
+                    progress(i, len(ids))
+                (blob,) = db.execute("SELECT embeddings FROM vectors WHERE image_id=?", (image_id,)).fetchone()
+                codes = np.frombuffer(blob, np.uint8).reshape(-1, source.code_size)
+                db.execute(
+                    "UPDATE vectors SET embeddings=? WHERE image_id=?", (target.encode(source.decode(codes)).tobytes(), image_id)
+                )
+                db.execute("UPDATE vectors SET digest=? WHERE image_id=?", (self._compute_digest(image_id), image_id))
+            self.set_codec(db, target.name, codebook)
+        return len(ids)
 
     def check_model(self, model_version: str, create: bool) -> None:
         """Refuse an index built by another model version (or set it on a new index)."""
@@ -257,6 +310,7 @@ class Store:
         bad = []
         rows = self.db.execute("SELECT i.id, i.path, v.digest FROM images i LEFT JOIN vectors v ON v.image_id = i.id")
         dim = self.embedding_dim()
+        code_size = self.codec().code_size if dim else 0
         for image_id, path, digest in rows.fetchall():
             path = path_from_db(path)
             if digest is None:
@@ -266,7 +320,7 @@ class Store:
                 ok = self._compute_digest(image_id) == digest
                 n_obj = self.db.execute("SELECT count(*) FROM objects WHERE image_id=?", (image_id,)).fetchone()[0]
                 n_emb = len(self.db.execute("SELECT embeddings FROM vectors WHERE image_id=?", (image_id,)).fetchone()[0])
-                ok = ok and dim > 0 and n_emb == n_obj * dim * 4
+                ok = ok and dim > 0 and n_emb == n_obj * code_size
             except (sqlite3.DatabaseError, TypeError, ValueError):
                 ok = False
             if not ok:
@@ -280,7 +334,8 @@ class Store:
         """Forget every photo and the model settings (for `--rebuild`); one transaction."""
         with self.transaction() as db:
             db.execute("DELETE FROM images")
-            db.execute("DELETE FROM meta WHERE key IN ('model_version', 'engine_config', 'embedding_dim')")
+            db.execute("DELETE FROM meta WHERE key IN ('model_version', 'engine_config', 'embedding_dim', 'codec', 'codec_file')")
+        self._codec = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -322,7 +377,7 @@ class Store:
             ],
         )
         blobs = (
-            np.ascontiguousarray(data.embeddings, np.float32).tobytes(),
+            self.codec().encode(data.embeddings).tobytes(),
             np.ascontiguousarray(data.keypoints, np.float32).tobytes(),
             np.ascontiguousarray(data.descriptors, np.uint8).tobytes(),
         )
@@ -368,7 +423,8 @@ class Store:
             self.db.execute("COMMIT")
 
     def _load_all(self) -> Catalogue:
-        dim = self.embedding_dim()
+        codec = self.codec()
+        size = codec.code_size
         ids, paths, sizes = [], [], []
         obj_img, obj_idx, boxes, embs = [], [], [], []
         kp_img, kps, descs = [], [], []
@@ -384,7 +440,7 @@ class Store:
             ids.append(image_id)
             paths.append(path_from_db(path))
             sizes.append((w, h))
-            emb = np.frombuffer(e, np.float32).reshape(-1, dim)
+            emb = np.frombuffer(e, np.uint8).reshape(-1, size)
             embs.append(emb)
             boxes.append(np.asarray(box_map.get(image_id, []), np.float32).reshape(-1, 4))
             obj_img.append(np.full(len(emb), len(ids) - 1, np.int32))
@@ -404,7 +460,8 @@ class Store:
             object_image=cat(obj_img, (0,), np.int32),
             object_index=cat(obj_idx, (0,), np.int32),
             object_boxes=cat(boxes, (0, 4), np.float32),
-            embeddings=cat(embs, (0, dim), np.float32),
+            codes=cat(embs, (0, size), np.uint8),
+            codec=codec,
             keypoint_image=cat(kp_img, (0,), np.int32),
             keypoints=cat(kps, (0, 4), np.float32),
             descriptors=cat(descs, (0, 128), np.uint8),
@@ -425,11 +482,17 @@ class Catalogue:
     object_image: np.ndarray
     object_index: np.ndarray
     object_boxes: np.ndarray
-    embeddings: np.ndarray
+    codes: np.ndarray  # [objects, codec.code_size] uint8: the stored embeddings
+    codec: Codec
     keypoint_image: np.ndarray
     keypoints: np.ndarray
     descriptors: np.ndarray
     generation: int
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """Stored embeddings as float32 (for pq: their reconstructions)."""
+        return self.codec.decode(self.codes)
 
 
 def write_stamp(path: Path, stamp: dict) -> None:

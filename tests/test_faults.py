@@ -314,7 +314,10 @@ def test_damaged_rows_found_repaired_and_reindexed(tmp_path):
     assert _content(idx) == expected
 
 
-def test_damaged_graphs_detected_and_rebuilt(tmp_path):
+def test_damaged_graphs_detected_and_rebuilt(tmp_path, monkeypatch):
+    from oesir_cli import search
+
+    monkeypatch.setattr(search, "EXACT_OBJECTS_MAX", 0)  # so the index has an object graph too
     photos = _small_photos(tmp_path / "photos", 3)
     idx = tmp_path / "idx"
     api.index([photos], index_dir=idx)

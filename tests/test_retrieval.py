@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from oesir_cli import api
 from oesir_cli.cli import app
-from oesir_cli.search import squared_l2
+from oesir_cli.codec import squared_l2
 from oesir_cli.store import IndexError_, Store
 
 runner = CliRunner()

@@ -1,0 +1,256 @@
+"""Scale benchmark (issue #7): how far one machine goes, per codec, from 100k to 10M objects.
+
+    python bench/scale.py --index /tmp/oesir-objects --queries ../shared/data/casia-sir/queries \\
+        --sizes 100000,1000000,10000000 --work /tmp/oesir-scale
+
+Data. The real object embeddings of an oesir index of the standard database
+(`--index`, float32, e.g. `oesir index --no-local`) are kept as they are; the
+rest of the N objects are synthetic, drawn from a Gaussian mixture fitted to
+the real ones (64 k-means components, each a diagonal Gaussian with its
+cluster's per-dimension mean and spread, weighted by cluster size; samples are
+L2-normalised like real embeddings). Synthetic photos have 8 objects each.
+Queries are the real object embeddings of the first `--n-queries` query photos
+of `--queries`, so their true sources are in every database.
+
+Per N and codec: build time; bytes per object of the search structure on disk
+and of the stored codes; resident memory of the structure; search latency per
+query photo (all its objects, p50 / p99, the machine's 2 threads); recall@10 of
+photos against exact search (Eq. 7 by brute force over the float32 vectors).
+
+* float32, float16: what `oesir search` does above EXACT_OBJECTS_MAX objects:
+  an hnswlib graph (over the float32 vectors; float16 only shrinks the stored
+  codes) proposes the nearest objects of each query object, and every photo
+  owning one is re-ranked exactly by Eq. 7 over its stored (decoded) vectors.
+* pq: faiss IVF-PQ over oesir's 32-byte PQ codes (`oesir_cli.ivf`); its
+  distances are the codec's asymmetric distances, exact w.r.t. the stored
+  codes, so a photo's Eq. 7 distance is the minimum over its objects found.
+
+Graph codecs are built up to `--graph-max` objects (an hnswlib build of 10M
+256-d vectors needs ~11 GB and hours on 2 cores); above, the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from oesir_cli import api
+from oesir_cli.ann import Graph
+from oesir_cli.codec import Codec, squared_l2
+from oesir_cli.imageio import load_rgb
+from oesir_cli.ivf import IVFPQ
+from oesir_cli.registry import verified_file
+from oesir_cli.search import OBJECT_GRAPH
+from oesir_cli.store import Store
+
+OBJECTS_PER_PHOTO = 8
+CHUNK = 250_000
+TOP = 10
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Mixture:
+    """Diagonal Gaussian mixture fitted by k-means to real embeddings."""
+
+    def __init__(self, x: np.ndarray, k: int = 64, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        cent = x[rng.choice(len(x), k, replace=False)]
+        for _ in range(20):
+            assign = squared_l2(x, cent).argmin(1)
+            cent = np.stack([x[assign == j].mean(0) if (assign == j).any() else cent[j] for j in range(k)])
+        self.mean = cent.astype(np.float32)
+        self.std = np.stack([x[assign == j].std(0) if (assign == j).sum() > 1 else x.std(0) for j in range(k)]).astype(np.float32)
+        self.weight = np.bincount(assign, minlength=k) / len(x)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        comp = rng.choice(len(self.weight), n, p=self.weight)
+        x = self.mean[comp] + self.std[comp] * rng.standard_normal((n, self.mean.shape[1]), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+class Database:
+    """The real objects first, then synthetic photos of 8 objects, generated chunk by chunk (same seed, same data)."""
+
+    def __init__(self, real: np.ndarray, real_owner: np.ndarray, mixture: Mixture, n: int, seed: int = 1):
+        self.real, self.real_owner, self.mixture, self.n, self.seed = real, real_owner, mixture, n, seed
+        self.n_real_photos = int(real_owner.max()) + 1
+        self.n_photos = self.n_real_photos + (n - len(real)) // OBJECTS_PER_PHOTO
+
+    def owner(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        synth = self.n_real_photos + (ids - len(self.real)) // OBJECTS_PER_PHOTO
+        return np.where(ids < len(self.real), self.real_owner[np.minimum(ids, len(self.real) - 1)], synth)
+
+    def chunks(self):  # noqa: ANN201 - iterator of (first id, vectors)
+        yield 0, self.real
+        rng = np.random.default_rng(self.seed)
+        n_synth = (self.n - len(self.real)) // OBJECTS_PER_PHOTO * OBJECTS_PER_PHOTO
+        for lo in range(0, n_synth, CHUNK):
+            yield len(self.real) + lo, self.mixture.sample(min(CHUNK, n_synth - lo), rng)
+
+
+def exact_top(db: Database, queries: list[np.ndarray], codec: Codec | None = None) -> list[np.ndarray]:
+    """Eq. 7 by brute force: the TOP photos per query (over float32 vectors, or what `codec` stores)."""
+    best = [np.full(db.n_photos, np.inf, np.float32) for _ in queries]
+    flat = np.concatenate(queries)
+    bounds = np.cumsum([0] + [len(q) for q in queries])
+    for first, vec in db.chunks():
+        if codec is not None:
+            vec = codec.decode(codec.encode(vec))
+        d = squared_l2(flat, vec)
+        owners = db.owner(np.arange(first, first + len(vec)))
+        for i in range(len(queries)):
+            per_obj = d[bounds[i] : bounds[i + 1]].min(0)
+            np.minimum.at(best[i], owners, per_obj)
+    return [np.argsort(b, kind="stable")[:TOP] for b in best]
+
+
+def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    return float(np.mean([len(set(f[:TOP].tolist()) & set(t.tolist())) / TOP for f, t in zip(found, truth)]))
+
+
+def rank_photos(db: Database, ids: np.ndarray, dists: np.ndarray) -> np.ndarray:
+    """Photos by the smallest distance of any of their objects found (Eq. 7 over what the structure returned)."""
+    ok = ids >= 0
+    owners, d = db.owner(ids[ok]), dists[ok]
+    order = np.lexsort((d, owners))
+    first = np.r_[True, owners[order][1:] != owners[order][:-1]]
+    photos, best = owners[order][first], d[order][first]
+    return photos[np.argsort(best, kind="stable")][:TOP]
+
+
+def bench_graph(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[np.ndarray], work: Path) -> dict:
+    stored = np.concatenate([codec.encode(v) for _, v in db.chunks()])  # what the index stores
+    owners = db.owner(np.arange(len(stored)))
+    rss0, t0 = rss_bytes(), time.perf_counter()
+    graph = Graph.build(codec.decode(stored), **OBJECT_GRAPH)
+    build = time.perf_counter() - t0
+    mem = rss_bytes() - rss0
+    path = work / f"graph-{db.n}.hnsw"
+    graph.index.save_index(str(path))
+    disk = path.stat().st_size
+    path.unlink()
+    # photo -> its object rows, for the exact re-rank
+    order = np.argsort(owners, kind="stable")
+    starts = np.searchsorted(owners[order], np.arange(db.n_photos + 1))
+    times, found = [], []
+    k = max(64, 8 * TOP)
+    for q in queries:
+        t = time.perf_counter()
+        rows, _ = graph.knn(q, k, ef=2 * k)
+        photos = np.unique(owners[rows.ravel()])
+        cand = np.concatenate([order[starts[p] : starts[p + 1]] for p in photos])
+        d = codec.distances(q, stored[cand]).min(0)
+        found.append(rank_photos(db, cand, d))
+        times.append(time.perf_counter() - t)
+    return {"build_s": build, "structure_B": disk / db.n, "codes_B": codec.code_size, "memory_B": mem / db.n,
+            "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99), "recall@10": recall(found, truth)}
+
+
+def bench_pq(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[np.ndarray], work: Path, nprobe: int,
+             k: int) -> dict:
+    nlist = 1024 if db.n <= 2_000_000 else 4096
+    rng = np.random.default_rng(2)
+    train = np.concatenate([db.real, db.mixture.sample(min(db.n, 64 * nlist), rng)])
+    rss0, t0 = rss_bytes(), time.perf_counter()
+    ivf = IVFPQ.create(codec.centroids, train, nlist)
+    for first, vec in db.chunks():
+        ivf.add(vec, np.arange(first, first + len(vec)))
+    build = time.perf_counter() - t0
+    mem = rss_bytes() - rss0
+    path = work / f"ivfpq-{db.n}.faiss"
+    ivf.save(path)
+    disk = path.stat().st_size
+    path.unlink()
+    times, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        ids, d = ivf.search(q, k, nprobe)
+        found.append(rank_photos(db, ids.ravel(), d.ravel()))
+        times.append(time.perf_counter() - t)
+    return {"build_s": build, "structure_B": disk / db.n, "codes_B": 0, "memory_B": mem / db.n,
+            "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99), "recall@10": recall(found, truth),
+            "nlist": nlist, "nprobe": nprobe, "k": k}
+
+
+def query_embeddings(index: Path, queries: Path, n: int, work: Path) -> list[np.ndarray]:
+    cache = work / f"queries-{n}.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return [z[str(i)] for i in range(len(z.files))]
+    searcher = api.open_searcher(index)
+    files = sorted(p for p in queries.iterdir() if p.is_file())[:n]
+    out = [searcher.engine.objects(load_rgb(f))[1].astype(np.float32) for f in files]
+    np.savez(cache, **{str(i): q for i, q in enumerate(out)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", type=Path, required=True, help="float32 oesir index of the standard database")
+    ap.add_argument("--queries", type=Path, required=True)
+    ap.add_argument("--n-queries", type=int, default=100)
+    ap.add_argument("--sizes", default="100000,1000000,10000000")
+    ap.add_argument("--codecs", default="float32,float16,pq")
+    ap.add_argument("--graph-max", type=int, default=1_000_000)
+    ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--k", type=int, default=100, help="objects fetched per query object from IVF-PQ")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/oesir-scale"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    store = Store(args.index)
+    cat = store.load_all()
+    if cat.codec.name != "float32":
+        sys.exit("--index must be a float32 index (the real vectors are the reference)")
+    real, real_owner = cat.embeddings.copy(), cat.object_image.astype(np.int64)
+    config = api._config_of(store)
+    pq = Codec("pq", real.shape[1], np.load(verified_file(config.codebook_file())[0])["centroids"])
+    queries = query_embeddings(args.index, args.queries, args.n_queries, args.work)
+    mixture = Mixture(real)
+    print(f"real objects {len(real)} of {len(cat.paths)} photos; {len(queries)} query photos, "
+          f"{sum(len(q) for q in queries) / len(queries):.1f} objects each", file=sys.stderr)
+
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        db = Database(real, real_owner, mixture, n)
+        t = time.perf_counter()
+        truth = exact_top(db, queries)
+        print(f"N={n}: exact search {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        for name in args.codecs.split(","):
+            if name != "pq" and n > args.graph_max:
+                rows.append({"N": n, "codec": name, "skipped": f"graph build above --graph-max {args.graph_max}"})
+                continue
+            if name == "pq":
+                r = bench_pq(db, pq, queries, truth, args.work, args.nprobe, args.k)
+            else:
+                r = bench_graph(db, Codec(name, real.shape[1]), queries, truth, args.work)
+            rows.append({"N": n, "codec": name, **r})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    (args.work / "scale.json").write_text(json.dumps(rows, indent=1))
+    print("| N objects | codec | structure | build s | disk B/object (structure + codes) | memory B/object | "
+          "p50 ms/query photo | p99 ms | recall@10 vs exact |")
+    print("|" + " --- |" * 9)
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['N']:,} | {r['codec']} | not built: {r['skipped']} |  |  |  |  |  |  |")
+            continue
+        structure = "hnswlib M=16" if r["codec"] != "pq" else f"faiss IVF{r['nlist']}-PQ32, nprobe {r['nprobe']}"
+        disk = r["structure_B"] + r["codes_B"]
+        print(f"| {r['N']:,} | {r['codec']} | {structure} | {r['build_s']:.0f} | {disk:.0f} "
+              f"({r['structure_B']:.0f} + {r['codes_B']}) | {r['memory_B']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['recall@10']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
