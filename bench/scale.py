@@ -44,7 +44,7 @@ from oesir_cli import api
 from oesir_cli.ann import Graph
 from oesir_cli.codec import Codec, squared_l2
 from oesir_cli.imageio import load_rgb
-from oesir_cli.ivf import IVFPQ
+from oesir_cli.ivf import IVFPQ, nlist_for
 from oesir_cli.registry import verified_file
 from oesir_cli.search import OBJECT_GRAPH
 from oesir_cli.store import Store
@@ -119,6 +119,12 @@ def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
     return float(np.mean([len(set(f[:TOP].tolist()) & set(t.tolist())) / TOP for f, t in zip(found, truth)]))
 
 
+def sources_kept(found: list[np.ndarray], truth: list[np.ndarray], sources: list[set[int]]) -> float | None:
+    """Of the true sources (host, donor) exact search puts in its top 10, the share the structure's top 10 keeps."""
+    pairs = [(set(f[:TOP].tolist()), s) for f, t, s in zip(found, truth, sources) for s in s & set(t.tolist())]
+    return float(np.mean([s in f for f, s in pairs])) if pairs else None
+
+
 def rank_photos(db: Database, ids: np.ndarray, dists: np.ndarray) -> np.ndarray:
     """Photos by the smallest distance of any of their objects found (Eq. 7 over what the structure returned)."""
     ok = ids >= 0
@@ -127,6 +133,9 @@ def rank_photos(db: Database, ids: np.ndarray, dists: np.ndarray) -> np.ndarray:
     first = np.r_[True, owners[order][1:] != owners[order][:-1]]
     photos, best = owners[order][first], d[order][first]
     return photos[np.argsort(best, kind="stable")][:TOP]
+
+
+SOURCES: list[set[int]] = []
 
 
 def bench_graph(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[np.ndarray], work: Path) -> dict:
@@ -154,12 +163,14 @@ def bench_graph(db: Database, codec: Codec, queries: list[np.ndarray], truth: li
         found.append(rank_photos(db, cand, d))
         times.append(time.perf_counter() - t)
     return {"build_s": build, "structure_B": disk / db.n, "codes_B": codec.code_size, "memory_B": mem / db.n,
-            "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99), "recall@10": recall(found, truth)}
+            "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99), "recall@10": recall(found, truth),
+            "sources_kept": sources_kept(found, truth, SOURCES)}
 
 
-def bench_pq(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[np.ndarray], work: Path, nprobe: int,
-             k: int) -> dict:
-    nlist = 1024 if db.n <= 2_000_000 else 4096
+def bench_pq(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[np.ndarray], work: Path,
+             nprobes: list[int], k: int, truth_codes: list[np.ndarray]) -> list[dict]:
+    """One build, one row per nprobe."""
+    nlist = nlist_for(db.n)
     rng = np.random.default_rng(2)
     train = np.concatenate([db.real, db.mixture.sample(min(db.n, 64 * nlist), rng)])
     rss0, t0 = rss_bytes(), time.perf_counter()
@@ -172,15 +183,31 @@ def bench_pq(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[
     ivf.save(path)
     disk = path.stat().st_size
     path.unlink()
-    times, found = [], []
-    for q in queries:
-        t = time.perf_counter()
-        ids, d = ivf.search(q, k, nprobe)
-        found.append(rank_photos(db, ids.ravel(), d.ravel()))
-        times.append(time.perf_counter() - t)
-    return {"build_s": build, "structure_B": disk / db.n, "codes_B": 0, "memory_B": mem / db.n,
-            "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99), "recall@10": recall(found, truth),
-            "nlist": nlist, "nprobe": nprobe, "k": k}
+    rows = []
+    for nprobe in nprobes:
+        times, found = [], []
+        for q in queries:
+            t = time.perf_counter()
+            ids, d = ivf.search(q, k, nprobe)
+            found.append(rank_photos(db, ids.ravel(), d.ravel()))
+            times.append(time.perf_counter() - t)
+        rows.append({"build_s": build, "structure_B": disk / db.n, "codes_B": 0, "memory_B": mem / db.n,
+                     "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99),
+                     "recall@10": recall(found, truth), "recall@10_codes": recall(found, truth_codes),
+                     "sources_kept": sources_kept(found, truth, SOURCES),
+                     "nlist": nlist, "nprobe": nprobe, "k": k})
+    return rows
+
+
+def query_sources(queries: Path, n: int, paths: list[str]) -> list[set[int]]:
+    """Real-photo ids of each query's host and donor (from the set's truth.jsonl)."""
+    by_name = {Path(p).name: i for i, p in enumerate(paths)}
+    truth = {}
+    for line in (queries.parent / "truth.jsonl").read_text().splitlines():
+        t = json.loads(line)
+        truth[t["query"]] = {by_name[t[r]] for r in ("host", "donor") if t.get(r) in by_name}
+    files = sorted(p for p in queries.iterdir() if p.is_file())[:n]
+    return [truth.get(f.name, set()) for f in files]
 
 
 def query_embeddings(index: Path, queries: Path, n: int, work: Path) -> list[np.ndarray]:
@@ -203,9 +230,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000,10000000")
     ap.add_argument("--codecs", default="float32,float16,pq")
     ap.add_argument("--graph-max", type=int, default=1_000_000)
-    ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--nprobe", default="16,64,256", help="inverted lists probed (pq), comma-separated: one row each")
     ap.add_argument("--k", type=int, default=100, help="objects fetched per query object from IVF-PQ")
     ap.add_argument("--work", type=Path, default=Path("/tmp/oesir-scale"))
+    ap.add_argument("--merge", type=Path, help="scale.json rows of an earlier run to print in the same table")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -217,10 +245,12 @@ def main() -> None:
     config = api._config_of(store)
     pq = Codec("pq", real.shape[1], np.load(verified_file(config.codebook_file())[0])["centroids"])
     queries = query_embeddings(args.index, args.queries, args.n_queries, args.work)
+    SOURCES[:] = query_sources(args.queries, args.n_queries, cat.paths)
     mixture = Mixture(real)
     print(f"real objects {len(real)} of {len(cat.paths)} photos; {len(queries)} query photos, "
           f"{sum(len(q) for q in queries) / len(queries):.1f} objects each", file=sys.stderr)
 
+    nprobes = [int(v) for v in args.nprobe.split(",")]
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         db = Database(real, real_owner, mixture, n)
@@ -232,24 +262,42 @@ def main() -> None:
                 rows.append({"N": n, "codec": name, "skipped": f"graph build above --graph-max {args.graph_max}"})
                 continue
             if name == "pq":
-                r = bench_pq(db, pq, queries, truth, args.work, args.nprobe, args.k)
-            else:
-                r = bench_graph(db, Codec(name, real.shape[1]), queries, truth, args.work)
+                t = time.perf_counter()
+                truth_codes = exact_top(db, queries, pq)
+                print(f"N={n}: exact search over the pq codes {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+                for r in bench_pq(db, pq, queries, truth, args.work, nprobes, args.k, truth_codes):
+                    rows.append({"N": n, "codec": name, **r})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                continue
+            r = bench_graph(db, Codec(name, real.shape[1]), queries, truth, args.work)
             rows.append({"N": n, "codec": name, **r})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.merge:
+        rows = json.loads(args.merge.read_text()) + rows
     (args.work / "scale.json").write_text(json.dumps(rows, indent=1))
-    print("| N objects | codec | structure | build s | disk B/object (structure + codes) | memory B/object | "
-          "p50 ms/query photo | p99 ms | recall@10 vs exact |")
-    print("|" + " --- |" * 9)
-    for r in rows:
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    out = [
+        "| N objects | codec | structure | build s | disk B/object (structure + codes) | memory B/object | "
+        "p50 ms/query photo | p99 ms | recall@10 vs exact | recall@10 vs exact on the codes | true sources kept |",
+        "|" + " --- |" * 11,
+    ]
+    for r in sorted(rows, key=lambda r: (r["N"], ["float32", "float16", "pq"].index(r["codec"]), r.get("nprobe", 0))):
         if "skipped" in r:
-            print(f"| {r['N']:,} | {r['codec']} | not built: {r['skipped']} |  |  |  |  |  |  |")
+            out.append(f"| {r['N']:,} | {r['codec']} | not built: {r['skipped']} |" + "  |" * 8)
             continue
         structure = "hnswlib M=16" if r["codec"] != "pq" else f"faiss IVF{r['nlist']}-PQ32, nprobe {r['nprobe']}"
         disk = r["structure_B"] + r["codes_B"]
-        print(f"| {r['N']:,} | {r['codec']} | {structure} | {r['build_s']:.0f} | {disk:.0f} "
-              f"({r['structure_B']:.0f} + {r['codes_B']}) | {r['memory_B']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['recall@10']:.3f} |")
+        codes_recall = f"{r['recall@10_codes']:.3f}" if r.get("recall@10_codes") is not None else "(same)"
+        kept = f"{r['sources_kept']:.3f}" if r.get("sources_kept") is not None else "-"
+        out.append(
+            f"| {r['N']:,} | {r['codec']} | {structure} | {r['build_s']:.0f} | {disk:.0f} ({r['structure_B']:.0f} + "
+            f"{r['codes_B']}) | {r['memory_B']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['recall@10']:.3f} | "
+            f"{codes_recall} | {kept} |"
+        )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

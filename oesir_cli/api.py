@@ -207,6 +207,27 @@ def check(index_dir: str | os.PathLike | None = None, repair: bool = False) -> C
     return check_index(Path(index_dir) if index_dir else default_index_dir(), repair=repair)
 
 
+def _training_regions(
+    images: str | os.PathLike,
+    describe: Callable[[np.ndarray], list[np.ndarray]],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, int]:
+    """All region vectors `describe` gives for the training photos under `images`, and the photo count."""
+    files = sorted(walk([images], []))
+    if not files:
+        raise ValueError(f"no photos under {images}")
+    out = []
+    for i, f in enumerate(files):
+        if progress:
+            progress(i, len(files))
+        out += describe(load_rgb(f))
+    return np.concatenate(out), len(files)
+
+
+def _model_flag(config: EngineConfig) -> str:
+    return "" if config.model == "teacher" else f" --model {config.model}"
+
+
 def learn_whitening_file(
     images: str | os.PathLike,
     dim: int = 256,
@@ -221,27 +242,18 @@ def learn_whitening_file(
     """
     config = config or EngineConfig()
     regions = Engine.region_describer(config, weights)
-    errors: list = []
-    files = sorted(walk([images], errors))
-    if not files:
-        raise ValueError(f"no photos under {images}")
-    descs = []
-    for i, f in enumerate(files):
-        if progress:
-            progress(i, len(files))
-        descs.append(regions(load_rgb(f)))
-    whitening = learn_whitening(np.concatenate(descs), dim)
+    descs, count = _training_regions(images, lambda rgb: [regions(rgb)], progress)
+    whitening = learn_whitening(descs, dim)
     path = (weights or weights_dir()) / config.whitening_file()
     whitening.save(path)
     add_manifest_entry(
         path,
         {
             "model": f"whitening for {config.features_name()}",
-            "source": {"photos": str(images), "count": len(files), "regions": int(sum(len(x) for x in descs))},
+            "source": {"photos": str(images), "count": count, "regions": len(descs)},
             "licence": "derived statistics (PCA of region features) of the training photos; see LICENSES.md",
             "preprocessing": "input: concatenated L2-normalised max-pooled s32 and s16 features of a box",
-            "command": f"oesir weights whiten --images {images} --dim {dim}"
-            + ("" if config.model == "teacher" else f" --model {config.model}"),
+            "command": f"oesir weights whiten --images {images} --dim {dim}" + _model_flag(config),
         },
     )
     return path
@@ -261,27 +273,20 @@ def learn_codebook_file(
     config = config or EngineConfig()
     regions = Engine.region_describer(config, weights)
     whitening = Whitening.load(verified_file(config.whitening_file(), weights)[0])
-    errors: list = []
-    files = sorted(walk([images], errors))
-    if not files:
-        raise ValueError(f"no photos under {images}")
-    embs = []
-    for i, f in enumerate(files):
-        if progress:
-            progress(i, len(files))
-        rgb = load_rgb(f)
-        embs += [whitening.apply(regions(rgb)), whitening.apply(regions(np.ascontiguousarray(rgb[:, ::-1])))]
-    centroids = train_codebook(np.concatenate(embs))
+    embs, count = _training_regions(
+        images, lambda rgb: [whitening.apply(regions(x)) for x in (rgb, np.ascontiguousarray(rgb[:, ::-1]))], progress
+    )
+    centroids = train_codebook(embs)
     path = (weights or weights_dir()) / config.codebook_file()
     save_codebook(path, centroids)
     add_manifest_entry(
         path,
         {
             "model": f"PQ codebook for {config.features_name()} ({centroids.shape[0]} x {centroids.shape[1]} centroids)",
-            "source": {"photos": str(images), "count": len(files), "vectors": int(sum(len(x) for x in embs))},
+            "source": {"photos": str(images), "count": count, "vectors": len(embs)},
             "licence": "derived statistics (k-means of whitened region features) of the training photos; see LICENSES.md",
             "preprocessing": f"input: embeddings whitened by {config.whitening_file()}, photos and their mirror images",
-            "command": f"oesir weights pq --images {images}" + ("" if config.model == "teacher" else f" --model {config.model}"),
+            "command": f"oesir weights pq --images {images}" + _model_flag(config),
         },
     )
     return path

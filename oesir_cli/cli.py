@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -382,6 +383,21 @@ def weights_verify() -> None:
         raise _fail(f"{bad} weights file(s) missing or altered")
 
 
+def _learn_weights(label: str, model: str, learn: Callable[..., Path]) -> None:
+    """Run a `weights` learning job (whitening, codebook) with a progress bar; print the file written."""
+    from .engine import MODELS, EngineConfig
+
+    if model not in MODELS:
+        raise _fail(f"unknown --model {model!r} (teacher, student)", EXIT_USAGE)
+    try:
+        with _progress() as bar:
+            task = bar.add_task(label, total=None, rate="")
+            path = learn(config=EngineConfig(model=model), progress=lambda i, n: bar.update(task, completed=i, total=n))
+    except (WeightsError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    print(path)
+
+
 @weights_app.command("whiten")
 def weights_whiten(
     images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
@@ -389,19 +405,7 @@ def weights_whiten(
     model: Annotated[str, typer.Option(help="Features to whiten: teacher or student.")] = "teacher",
 ) -> None:
     """Learn the PCA whitening of object embeddings on training photos; add it to the manifest."""
-    from .engine import MODELS, EngineConfig
-
-    if model not in MODELS:
-        raise _fail(f"unknown --model {model!r} (teacher, student)", EXIT_USAGE)
-    try:
-        with _progress() as bar:
-            task = bar.add_task("whitening", total=None, rate="")
-            path = api.learn_whitening_file(
-                images, dim, config=EngineConfig(model=model), progress=lambda i, n: bar.update(task, completed=i, total=n)
-            )
-    except (WeightsError, OSError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    print(path)
+    _learn_weights("whitening", model, lambda **kw: api.learn_whitening_file(images, dim, **kw))
 
 
 @weights_app.command("pq")
@@ -410,19 +414,7 @@ def weights_pq(
     model: Annotated[str, typer.Option(help="Embeddings to quantise: teacher or student.")] = "teacher",
 ) -> None:
     """Learn the product-quantisation codebook of `oesir index --codec pq`; add it to the manifest."""
-    from .engine import MODELS, EngineConfig
-
-    if model not in MODELS:
-        raise _fail(f"unknown --model {model!r} (teacher, student)", EXIT_USAGE)
-    try:
-        with _progress() as bar:
-            task = bar.add_task("codebook", total=None, rate="")
-            path = api.learn_codebook_file(
-                images, config=EngineConfig(model=model), progress=lambda i, n: bar.update(task, completed=i, total=n)
-            )
-    except (WeightsError, OSError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    print(path)
+    _learn_weights("codebook", model, lambda **kw: api.learn_codebook_file(images, **kw))
 
 
 @app.command()

@@ -13,15 +13,16 @@ faiss is optional (`pip install 'oesir[scale]'`); nothing else needs it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .codec import Codec
 from .registry import sha256_file
 from .store import atomic_write, read_stamp, write_stamp
 
-NPROBE = 32  # lists each query object looks in (bench/scale.py: recall vs latency)
+NPROBE = 64  # lists each query object looks in (bench/scale.py: recall vs latency)
+_ADD_CHUNK = 262_144
 
 
 def _faiss():  # noqa: ANN202 - the module
@@ -75,6 +76,9 @@ class IVFPQ:
     def search(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Ids [Q, k] (-1 where fewer found) and asymmetric squared L2 distances [Q, k]."""
         self.index.nprobe = nprobe
+        quantizer = _faiss().downcast_index(self.index.quantizer)
+        if hasattr(quantizer, "hnsw"):  # the graph over the list centroids must look at least as wide as nprobe
+            quantizer.hnsw.efSearch = max(64, 2 * nprobe)
         dist, ids = self.index.search(np.ascontiguousarray(queries, np.float32), k)
         return ids, dist
 
@@ -109,18 +113,20 @@ def nlist_for(n: int) -> int:
     return int(max(1, min(4096, 2 ** round(np.log2(4 * np.sqrt(max(n, 1)))), n // 8)))
 
 
-def cached_ivfpq(
-    path: Path, stamp: dict, centroids: np.ndarray, data: Callable[[], np.ndarray], n: int, writable: bool
-) -> IVFPQ:
-    """Load the IVF-PQ at `path` if its stamp matches, else build it over `data()` (ids = row numbers) and save it."""
+def cached_ivfpq(path: Path, stamp: dict, codec: Codec, codes: np.ndarray, writable: bool) -> IVFPQ:
+    """Load the IVF-PQ at `path` if its stamp matches, else build it over `codes` (ids = row numbers) and save it.
+
+    Codes are decoded chunk by chunk, so building never holds the float vectors of the whole index.
+    """
+    n = len(codes)
     ivf = IVFPQ.load(path, stamp)
     if ivf is not None and ivf.count == n:
         return ivf
-    rows = data()
-    nlist = nlist_for(len(rows))
-    sample = rows[np.random.default_rng(0).choice(len(rows), min(len(rows), 64 * nlist), replace=False)]
-    ivf = IVFPQ.create(centroids, sample, nlist)
-    ivf.add(rows, np.arange(len(rows)))
+    nlist = nlist_for(n)
+    sample = codes[np.sort(np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False))]
+    ivf = IVFPQ.create(codec.centroids, codec.decode(sample), nlist)
+    for lo in range(0, n, _ADD_CHUNK):
+        ivf.add(codec.decode(codes[lo : lo + _ADD_CHUNK]), np.arange(lo, min(n, lo + _ADD_CHUNK)))
     if writable:
         with contextlib.suppress(OSError):
             ivf.save(path, stamp)

@@ -73,7 +73,8 @@ class Match:
 
 
 def graph_stamp(store: Store, cat: Catalogue, kind: str) -> dict:
-    return {"generation": cat.generation, "model_version": store.meta("model_version"), "kind": kind, "codec": cat.codec.name}
+    stamp = {"generation": cat.generation, "model_version": store.meta("model_version"), "kind": kind}
+    return {**stamp, "codec": cat.codec.name} if kind == "objects" else stamp
 
 
 def needed_graphs(store: Store, cat: Catalogue) -> dict[str, dict]:
@@ -101,14 +102,7 @@ def load_graphs(store: Store, cat: Catalogue, writable: bool) -> tuple[Graph | i
     stamps = needed_graphs(store, cat)
     objects: Graph | ivf.IVFPQ | None = None
     if "objects.ivfpq" in stamps:
-        objects = ivf.cached_ivfpq(
-            store.dir / "objects.ivfpq",
-            stamps["objects.ivfpq"],
-            cat.codec.centroids,
-            lambda: cat.embeddings,
-            len(cat.codes),
-            writable,
-        )
+        objects = ivf.cached_ivfpq(store.dir / "objects.ivfpq", stamps["objects.ivfpq"], cat.codec, cat.codes, writable)
     elif "objects.hnsw" in stamps:
         objects = cached_graph(
             store.dir / "objects.hnsw",
@@ -151,6 +145,7 @@ class Searcher:
         self.objects, self.local = _graphs_as_reader(store, self.cat)
         self.n_photos = len(self.cat.paths)
         self.whole_rows = np.flatnonzero(self.cat.object_index == 0)
+        self.photo_rows = np.searchsorted(self.cat.object_image, np.arange(self.n_photos + 1))  # photo p: rows [p], [p+1]
 
     # -- evidence ---------------------------------------------------------
     def object_distances(self, query_emb: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,7 +169,7 @@ class Searcher:
             rows, _ = self.objects.knn(query_emb, k, ef=2 * k)
             rows = rows[rows >= 0]
             photos = np.unique(self.cat.object_image[rows])
-            cand_rows = np.flatnonzero(np.isin(self.cat.object_image, photos))
+            cand_rows = np.concatenate([np.arange(self.photo_rows[p], self.photo_rows[p + 1]) for p in photos])
         d = self.cat.codec.distances(query_emb, self.cat.codes[cand_rows])  # [Q, R], exact w.r.t. the stored codes
         best_q = d.argmin(0)
         best_d = d[best_q, np.arange(len(cand_rows))]

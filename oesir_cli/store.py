@@ -255,6 +255,7 @@ class Store:
                 )
                 db.execute("UPDATE vectors SET digest=? WHERE image_id=?", (self._compute_digest(image_id), image_id))
             self.set_codec(db, target.name, codebook)
+        self.db.execute("VACUUM")  # give the freed pages back to the file system (the point of a smaller codec)
         return len(ids)
 
     def check_model(self, model_version: str, create: bool) -> None:
