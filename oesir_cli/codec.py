@@ -21,7 +21,6 @@ import numpy as np
 CODECS = ("float32", "float16", "pq")
 PQ_SUBSPACES = 32  # 32 one-byte codes per 256-d embedding
 PQ_CENTROIDS = 256
-_ADC_CHUNK = 65_536  # stored codes per lookup-table pass (bounds the [Q, chunk, m] temporary)
 
 
 class CodecError(ValueError):
@@ -120,15 +119,13 @@ def pq_decode(codes: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def pq_distances(queries: np.ndarray, codes: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Asymmetric squared L2 [Q, n]: a lookup table per query, summed over sub-spaces."""
-    m, k, _ = centroids.shape
+    """Asymmetric squared L2 [Q, n]: a lookup table per query and sub-space, summed over sub-spaces."""
+    m = centroids.shape[0]
     table = np.stack([squared_l2(sub, centroids[j]) for j, sub in enumerate(_split(queries, m))], axis=1)  # [Q, m, k]
-    flat = table.reshape(len(queries), m * k)
-    offsets = (np.arange(m) * k).astype(np.int64)
-    out = np.empty((len(queries), len(codes)), np.float32)
-    for lo in range(0, len(codes), _ADC_CHUNK):
-        idx = codes[lo : lo + _ADC_CHUNK].astype(np.int64) + offsets  # [c, m]
-        out[:, lo : lo + len(idx)] = flat[:, idx].sum(-1)
+    out = np.zeros((len(queries), len(codes)), np.float32)
+    by_space = np.ascontiguousarray(codes.T)  # [m, n]: one contiguous gather per sub-space
+    for j in range(m):
+        out += np.take(table[:, j], by_space[j], axis=1)
     return out
 
 
