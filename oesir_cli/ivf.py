@@ -5,7 +5,8 @@ stores codes with, so faiss's distances are the codec's asymmetric distances)
 and its 8-byte id. A coarse quantizer (k-means centroids, searched through a
 small HNSW graph) picks the `nprobe` lists a query object looks in. Codes are
 not residuals (`by_residual = False`): a stored code means the same vector in
-every list, and the codes can be added without re-encoding.
+every list, and the structure can be rebuilt from the stored codes alone (a
+code's reconstruction encodes to that same code).
 
 faiss is optional (`pip install 'oesir[scale]'`); nothing else needs it.
 """
