@@ -88,10 +88,10 @@ def index(
             eng = engine(config)
             store.check_model(eng.version, create=True)
             if have is None:
-                with store.transaction() as db:
+                with store.transaction():
                     store.set_meta("engine_config", json.dumps(config.as_dict()))
                     store.set_meta("embedding_dim", str(eng.embedding_dim))
-                    store.set_codec(db, codec or "float32", _codebook(config, codec or "float32"))
+                    store.set_codec(codec or "float32", _codebook(config, codec or "float32"))
             elif codec and codec != store.codec().name:
                 _transcode(store, config, codec)
             return index_paths(

@@ -231,7 +231,7 @@ class Store:
         except CodecError as exc:
             raise IndexError_(f"index at {self.dir}: {exc}") from None
 
-    def set_codec(self, db: sqlite3.Connection, name: str, codebook: str | None = None) -> None:
+    def set_codec(self, name: str, codebook: str | None = None) -> None:
         """Record the codec (inside a transaction); `codebook` is 'file@sha256' for pq."""
         self.set_meta("codec", name)
         self.set_meta("codec_file", codebook or "")
@@ -254,7 +254,7 @@ class Store:
                     "UPDATE vectors SET embeddings=? WHERE image_id=?", (target.encode(source.decode(codes)).tobytes(), image_id)
                 )
                 db.execute("UPDATE vectors SET digest=? WHERE image_id=?", (self._compute_digest(image_id), image_id))
-            self.set_codec(db, target.name, codebook)
+            self.set_codec(target.name, codebook)
         self.db.execute("VACUUM")  # give the freed pages back to the file system (the point of a smaller codec)
         return len(ids)
 
