@@ -65,6 +65,7 @@ def index(
     stored; asking an existing index for a smaller codec re-encodes it in place
     (float32 > float16 > pq), a larger one needs `rebuild`.
     """
+    _check_codec(codec)
     directory = Path(index_dir) if index_dir else default_index_dir()
     directory.mkdir(parents=True, exist_ok=True)
     with writer_lock(directory):
@@ -91,7 +92,7 @@ def index(
                 with store.transaction():
                     store.set_meta("engine_config", json.dumps(config.as_dict()))
                     store.set_meta("embedding_dim", str(eng.embedding_dim))
-                    store.set_codec(codec or "float32", _codebook(config, codec or "float32"))
+                    store.set_codec(codec or "float32", _codebook(config, codec or "float32")[1])
             elif codec and codec != store.codec().name:
                 _transcode(store, config, codec)
             return index_paths(
@@ -101,14 +102,17 @@ def index(
             store.close()
 
 
-def _codebook(config: EngineConfig, codec: str) -> str | None:
-    """'file@sha256' of the PQ codebook for `config` (checked against the manifest), None for other codecs."""
-    if codec not in CODECS:
+def _check_codec(codec: str | None) -> None:
+    if codec is not None and codec not in CODECS:
         raise IndexError_(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
+
+
+def _codebook(config: EngineConfig, codec: str) -> tuple[Path | None, str | None]:
+    """The PQ codebook for `config` (checked against the manifest) and its 'file@sha256' tag; None, None if not pq."""
     if codec != "pq":
-        return None
+        return None, None
     path, digest = verified_file(config.codebook_file())
-    return f"{path.name}@{digest}"
+    return path, f"{path.name}@{digest}"
 
 
 def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
@@ -116,6 +120,7 @@ def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
 
     One transaction: a crash leaves the old codec. Returns the photos re-encoded.
     """
+    _check_codec(codec)
     directory = Path(index_dir) if index_dir else default_index_dir()
     with writer_lock(directory):
         store = Store(directory)
@@ -130,13 +135,10 @@ def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
 
 def _transcode(store: Store, config: EngineConfig, codec: str) -> int:
     have = store.codec().name
-    if codec not in CODECS:
-        raise IndexError_(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
     if CODECS.index(codec) < CODECS.index(have):
         raise IndexError_(f"index at {store.dir} stores {have} embeddings; {codec} needs `--rebuild`")
-    codebook = _codebook(config, codec)
-    target = make_codec(codec, store.embedding_dim(), verified_file(config.codebook_file())[0] if codebook else None)
-    return store.transcode(target, codebook)
+    path, tag = _codebook(config, codec)
+    return store.transcode(make_codec(codec, store.embedding_dim(), path), tag)
 
 
 def start_over(directory: Path, on_error: Callable[[str, str], None] | None = None) -> None:
