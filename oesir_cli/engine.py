@@ -24,6 +24,8 @@ from .store import PhotoData
 from .teacher import FeatureMaps, Teacher
 
 MODELS = ("teacher", "student")
+REGION_SIDE = 320  # a query region is re-embedded at this longer side (the teacher's view of a small object)
+REGION_MARGIN = 0.1  # context added around a region on each side, as a share of its size
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,24 @@ class Engine:
         boxes, _, _, maps = self.analyse(rgb)
         return boxes, self._embed_maps(maps, boxes)
 
+    def region_embeddings(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """Embeddings [2, D] of one region of a photo seen on its own, as is and mirrored.
+
+        A pasted object covers a few cells of the photo's feature map; cropped
+        and enlarged it is described as its source photo's object was, and the
+        mirrored view matches a source the splicer flipped.
+        """
+        crop = crop_region(rgb, box, REGION_MARGIN)
+        out = []
+        for view in (crop, np.ascontiguousarray(crop[:, ::-1])):
+            whole = np.array([[0, 0, view.shape[1], view.shape[0]]], np.float32)
+            if self.net:
+                maps = self.net.run(view, self.config.min_score, 1)[1]
+            else:
+                maps = Teacher(self.config.teacher, REGION_SIDE, model=self.teacher.model).features(view)
+            out.append(self._embed_maps(maps, whole))
+        return np.concatenate(out)
+
     def _embed_maps(self, maps: FeatureMaps, boxes: np.ndarray) -> np.ndarray:
         return self.whitening.apply(region_descriptors(maps, boxes))
 
@@ -131,6 +151,16 @@ class Engine:
         return lambda rgb: _with_whole(
             rgb, detector.detect(rgb, min_score=0.02, limit=30, class_agnostic=True).boxes, teacher.features(rgb)
         )
+
+
+def crop_region(rgb: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
+    """The pixels of box [x1, y1, x2, y2] widened by `margin` x its size on each side, clipped to the photo."""
+    h, w = rgb.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    c0, r0 = int(max(0, x1 - mx)), int(max(0, y1 - my))
+    c1, r1 = int(min(w, np.ceil(x2 + mx))), int(min(h, np.ceil(y2 + my)))
+    return np.ascontiguousarray(rgb[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)])
 
 
 def _whole_first(rgb: np.ndarray, det: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

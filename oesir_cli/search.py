@@ -27,10 +27,10 @@ import numpy as np
 
 from . import ivf
 from .ann import Graph, cached_graph
-from .engine import Engine
+from .engine import REGION_MARGIN, Engine, crop_region
 from .imageio import ImageError, load_rgb
 from .local import LocalFeatures, extract, spread
-from .localize import colour_difference
+from .localize import clean_mask, colour_difference
 from .store import Catalogue, IndexError_, Store, writer_lock
 
 MODES = ("fused", "objects", "local")
@@ -44,6 +44,12 @@ HOST_CANDIDATES_IMAGE = 2  # ... and the nearest whole-image embeddings
 HOST_MARGIN = 0.05
 RRF_K = 10.0
 OBJECT_WEIGHT = 1.0
+REGION_WEIGHT = 1.0
+VOTE_GATE = 4  # this many pasted-region keypoints voting for a photo outweigh embedding evidence
+REGION_MIN_SHARE = 0.002  # changed blobs smaller than this share of the query are noise
+REGION_MAX_SHARE = 0.5  # a "changed" area larger than this means the host was not aligned
+REGION_KEYPOINT_SIDE = 384  # the region is enlarged to this longer side for its own keypoints ...
+REGION_KEYPOINTS = 500  # ... up to this many
 EXACT_OBJECTS_MAX = 200_000
 OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
@@ -194,8 +200,8 @@ class Searcher:
             out.append(Votes.from_knn(rows, dists, self.cat.keypoint_image, self.n_photos))
         return out
 
-    def host_evidence(self, rgb: np.ndarray, photo: int, feats: list[LocalFeatures], votes: list[Votes]) -> float:
-        """Share of the query that photo `photo` explains (pixels agreeing after alignment).
+    def host_evidence(self, rgb: np.ndarray, photo: int, feats: list[LocalFeatures], votes: list[Votes]) -> Explained:
+        """How much of the query photo `photo` explains (pixels agreeing after alignment), and what it does not.
 
         A host explains most of the query; a donor only its pasted object. The
         query's keypoints are matched directly against the photo's stored ones
@@ -216,26 +222,25 @@ class Searcher:
         if mirrored:
             best_dst[:, 0] = w - best_dst[:, 0]
         if len(best_src) < 4:
-            return 0.0
+            return Explained.nothing()
         try:
             original = load_rgb(self.cat.paths[photo])
         except ImageError:
-            return spread(best_dst, w, h)
+            return Explained(spread(best_dst, w, h), None)
         return explained_share(rgb, original, best_src, best_dst)
 
     def pick_host(
         self, rgb: np.ndarray, counts: np.ndarray, dist0: np.ndarray, feats: list[LocalFeatures], votes: list[Votes]
-    ) -> int:
+    ) -> tuple[int, Explained]:
         """The photo that explains most of the query, among the vote leaders and the nearest whole images."""
         by_votes = [int(p) for p in np.argsort(-counts, kind="stable")[:HOST_CANDIDATES_VOTES] if counts[p] > 0]
         by_image = [int(p) for p in np.argsort(dist0, kind="stable")[:HOST_CANDIDATES_IMAGE] if np.isfinite(dist0[p])]
-        candidates = list(dict.fromkeys(by_votes + by_image))
-        if len(candidates) <= 1:
-            return candidates[0] if candidates else int(np.argmax(counts))
-        shares = {p: self.host_evidence(rgb, p, feats, votes) for p in candidates}
+        candidates = list(dict.fromkeys(by_votes + by_image)) or [int(np.argmax(counts))]
+        evidence = {p: self.host_evidence(rgb, p, feats, votes) for p in candidates}
         leader = by_votes[0] if by_votes else candidates[0]
-        best = max(candidates, key=lambda p: (shares[p], counts[p]))
-        return best if shares[best] > shares[leader] + HOST_MARGIN else leader
+        best = max(candidates, key=lambda p: (evidence[p].share, counts[p]))
+        host = best if evidence[best].share > evidence[leader].share + HOST_MARGIN else leader
+        return host, evidence[host]
 
     # -- ranking ----------------------------------------------------------
     def search_rgb(self, rgb: np.ndarray, top: int = 10, mode: str = "fused") -> list[Match]:
@@ -251,6 +256,7 @@ class Searcher:
         boxes, emb = self.engine.objects(rgb)
         dist, q_of, row_of = self.object_distances(emb, top)
         counts = np.zeros(self.n_photos, np.float64)
+        region = None
         if mode == "objects":
             score = np.where(np.isfinite(dist), -dist, -np.inf)
         else:
@@ -260,15 +266,18 @@ class Searcher:
             if mode == "local":
                 score = counts + 1e-3 * np.where(np.isfinite(dist), -dist, -10.0)
             else:
-                score = self.fused_scores(rgb, dist, votes, feats, counts, emb[:1])
+                score, region = self.fused_scores(rgb, dist, votes, feats, counts, emb[:1], top)
         order = np.argsort(-score, kind="stable")[:top]
         order = order[np.isfinite(score[order])]
         out = []
         for p in order:
-            reached = np.isfinite(dist[p])
-            db_box = self.cat.object_boxes[row_of[p]] if reached else np.zeros(4)
-            q_box = boxes[q_of[p]] if reached else np.zeros(4)
-            out.append(Match(self.cat.paths[p], float(score[p]), float(dist[p]), int(counts[p]), q_box.tolist(), db_box.tolist()))
+            d, q_box = dist[p], boxes[q_of[p]]
+            db_box = self.cat.object_boxes[row_of[p]] if np.isfinite(d) else np.zeros(4)
+            if region is not None and region.distance[p] < d:  # the region is the query's closest object
+                d, q_box, db_box = region.distance[p], region.box, self.cat.object_boxes[region.row_of[p]]
+            if not np.isfinite(d):
+                q_box = np.zeros(4)
+            out.append(Match(self.cat.paths[p], float(score[p]), float(d), int(counts[p]), q_box.tolist(), db_box.tolist()))
         return out
 
     def whole_image_distances(self, emb0: np.ndarray) -> np.ndarray:
@@ -286,23 +295,58 @@ class Searcher:
         feats: list[LocalFeatures],
         counts: np.ndarray,
         emb0: np.ndarray,
-    ) -> np.ndarray:
-        """Host first (most votes, or the better-explaining of the top two), then donors.
+        top: int = 10,
+    ) -> tuple[np.ndarray, Region | None]:
+        """Host first (the photo that explains most of the query), then donors.
 
-        Donor candidates are ranked by reciprocal-rank fusion of (a) votes of the
-        query keypoints the host does not explain (the pasted region) and (b)
-        the object distance of Eq. 7.
+        Once the host is aligned, the largest part of the query it does not
+        explain is the likely pasted object (the region). Donor candidates are
+        ranked by reciprocal-rank fusion of (a) votes of the query keypoints the
+        host does not explain plus those of the region's own keypoints, (b) the
+        object distance of Eq. 7 and (c) the distance of the region's embedding
+        to each photo's objects. A photo that at least VOTE_GATE region keypoints
+        vote for comes before photos with embedding evidence only.
         """
         if not votes or counts.max() <= 0:
-            return np.where(np.isfinite(dist), -dist, -np.inf)
-        host = self.pick_host(rgb, counts, self.whole_image_distances(emb0), feats, votes)
+            return np.where(np.isfinite(dist), -dist, -np.inf), None
+        host, explained = self.pick_host(rgb, counts, self.whole_image_distances(emb0), feats, votes)
         residual = np.max([v.residual_counts(host) for v in votes], axis=0).astype(np.float64)
+        region = self.region_evidence(rgb, changed_region(explained.changed), top)
+        if region is not None:
+            residual += region.votes
         residual[host] = -1
-        local_rank = _ranks(-(residual + 1e-3 * counts))
-        obj_rank = _ranks(np.where(np.isfinite(dist), dist, np.inf))
-        score = 1.0 / (RRF_K + local_rank) + OBJECT_WEIGHT / (RRF_K + obj_rank)
-        score[host] = 1.0  # above any fused score (at most 2 / RRF_K)
-        return score
+        score = 1.0 / (RRF_K + _ranks(-(residual + 1e-3 * counts)))
+        score += OBJECT_WEIGHT / (RRF_K + _ranks(np.where(np.isfinite(dist), dist, np.inf)))
+        if region is not None:
+            score += REGION_WEIGHT / (RRF_K + _ranks(np.where(np.isfinite(region.distance), region.distance, np.inf)))
+        score += np.where(residual >= VOTE_GATE, 1.0 + residual, 0.0)
+        score[host] = score.max() + 1.0  # the host first
+        return score, region
+
+    def region_evidence(self, rgb: np.ndarray, box: np.ndarray | None, top: int) -> Region | None:
+        """Eq. 7 distances of the region's embeddings (as is, mirrored) and its own keypoints' votes."""
+        if box is None:
+            return None
+        emb = self.engine.region_embeddings(rgb, box)
+        distance, _, row_of = self.object_distances(emb, top)
+        crop = crop_region(rgb, box, REGION_MARGIN)
+        scale = REGION_KEYPOINT_SIDE / max(crop.shape[:2])
+        size = (max(8, round(crop.shape[1] * scale)), max(8, round(crop.shape[0] * scale)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+        n = REGION_KEYPOINTS
+        region_votes = self.local_votes([extract(crop, n), extract(crop, n, mirror=True)])
+        counts = np.max([v.counts for v in region_votes], axis=0) if region_votes else np.zeros(self.n_photos)
+        return Region(box, distance, row_of, counts.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class Region:
+    """The part of the query its host does not explain, and the evidence it gives per photo."""
+
+    box: np.ndarray  # [x1, y1, x2, y2], query pixels
+    distance: np.ndarray  # [P] Eq. 7 distance of the region's embeddings to each photo's objects (inf: not reached)
+    row_of: np.ndarray  # [P] the stored object row nearest to the region
+    votes: np.ndarray  # [P] votes of the region's own keypoints
 
 
 @dataclass(frozen=True)
@@ -341,17 +385,47 @@ def match_ratio(a: np.ndarray, b: np.ndarray, ratio: float = 0.8) -> np.ndarray:
     return np.asarray(good, np.int64).reshape(-1, 2)
 
 
-def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:
-    """Share of the query whose pixels agree with `original` aligned by the pairs src -> dst."""
+@dataclass(frozen=True)
+class Explained:
+    """How much of the query a stored photo explains, and where it does not (the candidate pasted region)."""
+
+    share: float  # share of the query's pixels that agree with the aligned photo
+    changed: np.ndarray | None  # uint8 0/255 [H, W]: inside the aligned photo but disagreeing; None if not aligned
+
+    @classmethod
+    def nothing(cls) -> Explained:
+        return cls(0.0, None)
+
+
+def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: np.ndarray) -> Explained:
+    """Align `original` to the query by the pairs src -> dst (similarity, RANSAC) and compare pixels."""
     h, w = query.shape[:2]
     cv2.setRNGSeed(7)
     a, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=5.0)
     if a is None or inl is None or inl.sum() < 4:
-        return 0.0
+        return Explained.nothing()
     warped = cv2.warpAffine(original, a, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     inside = cv2.warpAffine(np.full(original.shape[:2], 255, np.uint8), a, (w, h), flags=cv2.INTER_NEAREST) > 0
-    diff = colour_difference(query, warped, sigma=2.0)
-    return float((inside & (diff < 12.0)).mean())
+    agree = colour_difference(query, warped, sigma=2.0) < 12.0
+    return Explained(float((inside & agree).mean()), (inside & ~agree).astype(np.uint8) * 255)
+
+
+def changed_region(changed: np.ndarray | None) -> np.ndarray | None:
+    """Box [x1, y1, x2, y2] of the largest cleaned-up changed blob, or None (nothing, or over half the photo).
+
+    Over half the photo means the alignment explains little: no reliable region.
+    """
+    if changed is None:
+        return None
+    m = clean_mask(changed, REGION_MIN_SHARE)
+    n, _, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh, area = stats[i]
+    if area > REGION_MAX_SHARE * m.size:
+        return None
+    return np.array([x, y, x + bw, y + bh], np.float32)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -16,6 +16,10 @@ from typer.testing import CliRunner
 from oesir_cli import api
 from oesir_cli.cli import app
 from oesir_cli.codec import squared_l2
+from oesir_cli.engine import crop_region
+from oesir_cli.imageio import load_rgb
+from oesir_cli.local import extract
+from oesir_cli.search import QUERY_KEYPOINTS, changed_region
 from oesir_cli.store import IndexError_, Store
 
 runner = CliRunner()
@@ -56,7 +60,6 @@ def test_eq7_ranking_matches_bruteforce(photo_dir, tmp_path):
     idx = tmp_path / "idx"
     api.index([photo_dir], index_dir=idx)
     searcher = api.open_searcher(idx)
-    from oesir_cli.imageio import load_rgb
 
     rgb = load_rgb(Path(__file__).parent.parent / "examples" / "spliced.jpg")
     boxes, _, _ = searcher.engine.boxes(rgb)
@@ -72,15 +75,30 @@ def test_eq7_ranking_matches_bruteforce(photo_dir, tmp_path):
     np.testing.assert_allclose(squared_l2(q, q).diagonal(), 0, atol=1e-5)
 
 
-def test_spliced_query_retrieves_host_and_donor(photo_dir, tmp_path):
-    """A splice built here: a region of photo A pasted into photo B; both come back in the top 2."""
+PASTED = (330, 300, 480, 450)  # where _splice pastes the donor's cup: x1, y1, x2, y2
+
+
+def _splice(photo_dir: Path, out: Path) -> Path:
+    """A region of coffee.jpg (the cup), shrunk, pasted into astronaut.jpg at PASTED, saved as JPEG."""
     host = cv2.imread(str(photo_dir / "astronaut.jpg"))
     donor = cv2.imread(str(photo_dir / "coffee.jpg"))
-    patch = cv2.resize(donor[10:260, 165:415], (150, 150))
+    x1, y1, x2, y2 = PASTED
     q = host.copy()
-    q[300:450, 330:480] = patch
-    qpath = tmp_path / "query.jpg"
-    cv2.imwrite(str(qpath), q, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    q[y1:y2, x1:x2] = cv2.resize(donor[10:260, 165:415], (x2 - x1, y2 - y1))
+    cv2.imwrite(str(out), q, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return out
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union
+
+
+def test_spliced_query_retrieves_host_and_donor(photo_dir, tmp_path):
+    """A splice built here: a region of photo A pasted into photo B; both come back in the top 2."""
+    qpath = _splice(photo_dir, tmp_path / "query.jpg")
     idx = tmp_path / "idx"
     api.index([photo_dir], index_dir=idx)
     searcher = api.open_searcher(idx)
@@ -88,6 +106,49 @@ def test_spliced_query_retrieves_host_and_donor(photo_dir, tmp_path):
         top2 = _names(api.search_path(searcher, qpath, top=2, mode=mode))
         assert set(top2) == {"astronaut.jpg", "coffee.jpg"}, (mode, top2)
         assert top2[0] == "astronaut.jpg", "the host ranks first"
+
+
+def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
+    """After aligning the host, the changed region is the pasted cup; its own evidence points at coffee.jpg."""
+    qpath = _splice(photo_dir, tmp_path / "query.jpg")
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx)
+    s = api.open_searcher(idx)
+    rgb = load_rgb(qpath)
+    feats = [extract(rgb, QUERY_KEYPOINTS), extract(rgb, QUERY_KEYPOINTS, mirror=True)]
+    votes = s.local_votes(feats)
+    counts = np.max([v.counts for v in votes], axis=0)
+    _, emb = s.engine.objects(rgb)
+    host, explained = s.pick_host(rgb, counts, s.whole_image_distances(emb[:1]), feats, votes)
+    names = [Path(p).name for p in s.cat.paths]
+    assert names[host] == "astronaut.jpg"
+    assert 0.5 < explained.share < 0.98
+    box = changed_region(explained.changed)
+    assert box is not None and _iou(box, PASTED) > 0.6, box
+    region = s.region_evidence(rgb, box, top=10)
+    others = [p for p in range(len(names)) if p != host]
+    assert names[min(others, key=lambda p: region.distance[p])] == "coffee.jpg"
+    assert names[max(others, key=lambda p: region.votes[p])] == "coffee.jpg"
+    donor = next(m for m in api.search_path(s, qpath, top=3) if Path(m.image).name == "coffee.jpg")
+    coffee = names.index("coffee.jpg")
+    assert donor.distance <= region.distance[coffee] + 1e-5, "the region counts as one more query object"
+
+
+def test_changed_region_box_and_refusals():
+    changed = np.zeros((200, 300), np.uint8)
+    assert changed_region(None) is None and changed_region(changed) is None
+    changed[50:90, 100:160] = 255
+    changed[5:7, 5:7] = 255  # speck: cleaned away
+    assert changed_region(changed).tolist() == [100, 50, 160, 90]
+    changed[:, :200] = 255  # over half the photo: the host was not aligned
+    assert changed_region(changed) is None
+
+
+def test_crop_region_clips_to_the_photo():
+    rgb = np.arange(100 * 80 * 3, dtype=np.uint8).reshape(80, 100, 3)
+    assert crop_region(rgb, np.array([10, 20, 30, 60]), 0.1).shape == (48, 24, 3)
+    assert crop_region(rgb, np.array([-5, 70, 120, 90]), 0.1).shape == (12, 100, 3)  # rows 68..80
+    assert crop_region(rgb, np.array([50, 50, 50, 50]), 0.1).shape == (1, 1, 3)
 
 
 def test_cli_json_schema_and_stdin(photo_dir, tmp_path):
