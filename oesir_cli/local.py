@@ -43,11 +43,9 @@ def rootsift(desc: np.ndarray) -> np.ndarray:
     return np.clip(np.sqrt(d) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def extract(rgb: np.ndarray, max_keypoints: int = 1000, mirror: bool = False) -> LocalFeatures:
-    """RootSIFT features of a photo (optionally of its mirror image, in mirrored coordinates)."""
+def extract(rgb: np.ndarray, max_keypoints: int = 1000) -> LocalFeatures:
+    """RootSIFT features of a photo."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    if mirror:
-        grey = grey[:, ::-1].copy()
     h, w = grey.shape
     s = min(1.0, MAX_SIDE / max(h, w))
     if s < 1.0:
@@ -59,6 +57,25 @@ def extract(rgb: np.ndarray, max_keypoints: int = 1000, mirror: bool = False) ->
     desc = desc[:max_keypoints]
     kp = kp[:max_keypoints]
     return LocalFeatures(kp, rootsift(desc))
+
+
+# descriptor layout [row 4][column 4][orientation 8] in the keypoint's rotated frame
+_MIRROR_ORDER = np.arange(128).reshape(4, 4, 8)[::-1][:, :, (-np.arange(8)) % 8].ravel()
+
+
+def mirrored(features: LocalFeatures, width: int) -> LocalFeatures:
+    """The features of the photo's mirror image, without running SIFT again (x -> width - x).
+
+    Mirroring a patch mirrors its dominant orientation (a -> 180 - a); in the
+    keypoint's rotated frame that flips the descriptor's rows and reverses its
+    orientation bins, so the mirror image's descriptor is a fixed permutation
+    of the original one (the same numbers SIFT gives on the flipped image for
+    the same keypoint).
+    """
+    kp = features.keypoints.copy()
+    kp[:, 0] = width - kp[:, 0]
+    kp[:, 3] = (180.0 - kp[:, 3]) % 360.0
+    return LocalFeatures(kp, np.ascontiguousarray(features.descriptors[:, _MIRROR_ORDER]))
 
 
 def spread(points: np.ndarray, width: int, height: int, cells: int = 8) -> float:

@@ -143,12 +143,14 @@ class Model:
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """onnxruntime options: full graph optimisation, `threads` intra-op threads."""
+    """onnxruntime options: full graph optimisation, `threads` intra-op threads that do not spin."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or int(os.environ.get("OESIR_THREADS", "0"))
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # idle threads sleep instead of spinning: search runs hnswlib and OpenCV between network calls
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

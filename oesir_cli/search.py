@@ -11,9 +11,12 @@ Two kinds of evidence, each computed exactly over the whole index:
   stored descriptors; a photo's score is the number of query keypoints that
   voted for it.
 
-The default ranking ("fused") combines both by reciprocal-rank fusion and puts
-the likely host first: of the best candidates, the one whose matching keypoints
-spread over most of the query. `mode="objects"` is the paper's method alone.
+The default ranking ("fused") puts the host first (of the best candidates,
+the photo that explains most of the query's pixels once aligned), then queries
+the region the host does not explain (the likely pasted object) on its own,
+and ranks donors by reciprocal-rank fusion of keypoint votes, Eq. 7 over the
+query's objects and Eq. 7 of the region. `mode="objects"` is the paper's
+method alone.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from . import ivf
 from .ann import Graph, cached_graph
 from .engine import REGION_MARGIN, Engine, crop_region
 from .imageio import ImageError, load_rgb
-from .local import LocalFeatures, extract, spread
+from .local import LocalFeatures, extract, mirrored, spread
 from .localize import clean_mask, colour_difference
 from .store import Catalogue, IndexError_, Store, writer_lock
 
@@ -39,6 +42,7 @@ VOTE_K = 5  # neighbours per query keypoint
 VOTE_EF = 32  # hnswlib search breadth (48 gave the same top 10 on 80 dev queries, 25% slower)
 VOTE_RATIO = 0.7  # a neighbour votes if its distance < ratio x the k-th neighbour's (a ratio test)
 QUERY_KEYPOINTS = 1000
+MIRROR_FALLBACK_VOTES = 20  # the whole query's mirror image votes only if no photo gets this many votes as is
 HOST_CANDIDATES_VOTES = 3  # host candidates: the vote leaders ...
 HOST_CANDIDATES_IMAGE = 2  # ... and the nearest whole-image embeddings
 HOST_MARGIN = 0.05
@@ -49,7 +53,9 @@ VOTE_GATE = 4  # this many pasted-region keypoints voting for a photo outweigh e
 REGION_MIN_SHARE = 0.002  # changed blobs smaller than this share of the query are noise
 REGION_MAX_SHARE = 0.5  # a "changed" area larger than this means the host was not aligned
 REGION_KEYPOINT_SIDE = 384  # the region is enlarged to this longer side for its own keypoints ...
-REGION_KEYPOINTS = 500  # ... up to this many
+REGION_KEYPOINTS = 500  # ... up to this many, as is and mirrored
+REGION_EF = VOTE_EF
+REGION_MIRRORED = 1  # 1: the region is embedded mirrored too
 EXACT_OBJECTS_MAX = 200_000
 OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
@@ -188,7 +194,7 @@ class Searcher:
         row_of[owners[sel]] = cand_rows[sel]
         return dist, q_of, row_of
 
-    def local_votes(self, feats: list[LocalFeatures], k: int = VOTE_K) -> list[Votes]:
+    def local_votes(self, feats: list[LocalFeatures], k: int = VOTE_K, ef: int | None = None) -> list[Votes]:
         """Votes of the query's keypoints (one set per orientation: as is, mirrored)."""
         out = []
         if self.local.count == 0:
@@ -196,7 +202,7 @@ class Searcher:
         for f in feats:
             if len(f) == 0:
                 continue
-            rows, dists = self.local.knn(_desc_float(f.descriptors), k, ef=VOTE_EF)
+            rows, dists = self.local.knn(_desc_float(f.descriptors), k, ef=ef or VOTE_EF)
             out.append(Votes.from_knn(rows, dists, self.cat.keypoint_image, self.n_photos))
         return out
 
@@ -252,7 +258,7 @@ class Searcher:
             mode = "objects"
         if mode != "objects":  # local features on another thread while the networks run (both release the GIL)
             n = QUERY_KEYPOINTS
-            pending = _POOL.submit(lambda: [extract(rgb, n), extract(rgb, n, mirror=True)])
+            pending = _POOL.submit(extract, rgb, n)
         boxes, emb = self.engine.objects(rgb)
         dist, q_of, row_of = self.object_distances(emb, top)
         counts = np.zeros(self.n_photos, np.float64)
@@ -260,8 +266,11 @@ class Searcher:
         if mode == "objects":
             score = np.where(np.isfinite(dist), -dist, -np.inf)
         else:
-            feats = pending.result()
+            feats = [pending.result()]
             votes = self.local_votes(feats)
+            if not votes or votes[0].counts.max() < MIRROR_FALLBACK_VOTES:  # no host as is: try the mirror image
+                feats.append(mirrored(feats[0], rgb.shape[1]))
+                votes = self.local_votes(feats)
             counts = np.max([v.counts for v in votes], axis=0) if votes else counts
             if mode == "local":
                 score = counts + 1e-3 * np.where(np.isfinite(dist), -dist, -10.0)
@@ -327,14 +336,10 @@ class Searcher:
         """Eq. 7 distances of the region's embeddings (as is, mirrored) and its own keypoints' votes."""
         if box is None:
             return None
-        emb = self.engine.region_embeddings(rgb, box)
+        pending = _POOL.submit(region_keypoints, rgb, box)  # on the other core while the network runs
+        emb = self.engine.region_embeddings(rgb, box, mirror=REGION_MIRRORED)
         distance, _, row_of = self.object_distances(emb, top)
-        crop = crop_region(rgb, box, REGION_MARGIN)
-        scale = REGION_KEYPOINT_SIDE / max(crop.shape[:2])
-        size = (max(8, round(crop.shape[1] * scale)), max(8, round(crop.shape[0] * scale)))
-        crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-        n = REGION_KEYPOINTS
-        region_votes = self.local_votes([extract(crop, n), extract(crop, n, mirror=True)])
+        region_votes = self.local_votes(pending.result(), ef=REGION_EF)
         counts = np.max([v.counts for v in region_votes], axis=0) if region_votes else np.zeros(self.n_photos)
         return Region(box, distance, row_of, counts.astype(np.float64))
 
@@ -377,12 +382,20 @@ class Votes:
 
 
 def match_ratio(a: np.ndarray, b: np.ndarray, ratio: float = 0.8) -> np.ndarray:
-    """[M, 2] index pairs (a, b) passing Lowe's ratio test."""
+    """[M, 2] index pairs (a, b) passing Lowe's ratio test (L2 distances, from one matrix product)."""
     if len(a) < 2 or len(b) < 2:
         return np.zeros((0, 2), np.int64)
-    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a, b, k=2)
-    good = [(m.queryIdx, m.trainIdx) for p in knn if len(p) == 2 for m, n in [p] if m.distance < ratio * n.distance]
-    return np.asarray(good, np.int64).reshape(-1, 2)
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    d2 = (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)  # squared distance minus |a|^2, which ranks alike per row
+    rows = np.arange(len(a))
+    nearest = d2.argmin(1)
+    first = d2[rows, nearest].copy()
+    d2[rows, nearest] = np.inf
+    second = d2.min(1)
+    norm_a = (a * a).sum(1)
+    first, second = np.sqrt(np.maximum(first + norm_a, 0)), np.sqrt(np.maximum(second + norm_a, 0))
+    good = np.flatnonzero(first < ratio * second)
+    return np.stack([good, nearest[good]], 1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -408,6 +421,20 @@ def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, ds
     inside = cv2.warpAffine(np.full(original.shape[:2], 255, np.uint8), a, (w, h), flags=cv2.INTER_NEAREST) > 0
     agree = colour_difference(query, warped, sigma=2.0) < 12.0
     return Explained(float((inside & agree).mean()), (inside & ~agree).astype(np.uint8) * 255)
+
+
+def region_keypoints(rgb: np.ndarray, box: np.ndarray) -> list[LocalFeatures]:
+    """RootSIFT of a region enlarged to REGION_KEYPOINT_SIDE, as is and mirrored (in the crop's coordinates).
+
+    Enlarged, a small pasted object yields keypoints at the scales its source
+    photo's keypoints were stored at, instead of the few the whole query gives it.
+    """
+    crop = crop_region(rgb, box, REGION_MARGIN)
+    scale = REGION_KEYPOINT_SIDE / max(crop.shape[:2])
+    size = (max(8, round(crop.shape[1] * scale)), max(8, round(crop.shape[0] * scale)))
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    features = extract(crop, REGION_KEYPOINTS)
+    return [features, mirrored(features, crop.shape[1])]
 
 
 def changed_region(changed: np.ndarray | None) -> np.ndarray | None:

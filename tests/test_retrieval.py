@@ -18,7 +18,7 @@ from oesir_cli.cli import app
 from oesir_cli.codec import squared_l2
 from oesir_cli.engine import crop_region
 from oesir_cli.imageio import load_rgb
-from oesir_cli.local import extract
+from oesir_cli.local import extract, mirrored
 from oesir_cli.search import QUERY_KEYPOINTS, changed_region
 from oesir_cli.store import IndexError_, Store
 
@@ -115,7 +115,7 @@ def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
     api.index([photo_dir], index_dir=idx)
     s = api.open_searcher(idx)
     rgb = load_rgb(qpath)
-    feats = [extract(rgb, QUERY_KEYPOINTS), extract(rgb, QUERY_KEYPOINTS, mirror=True)]
+    feats = [extract(rgb, QUERY_KEYPOINTS), mirrored(extract(rgb, QUERY_KEYPOINTS), rgb.shape[1])]
     votes = s.local_votes(feats)
     counts = np.max([v.counts for v in votes], axis=0)
     _, emb = s.engine.objects(rgb)

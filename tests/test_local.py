@@ -1,0 +1,55 @@
+"""Local features: the mirror image's RootSIFT by permutation equals SIFT run on the flipped photo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from oesir_cli.imageio import load_rgb
+from oesir_cli.local import extract, mirrored
+from oesir_cli.search import match_ratio
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"
+
+
+def test_mirrored_features_equal_sift_on_the_flipped_photo():
+    rgb = load_rgb(EXAMPLES / "astronaut.jpg")
+    w = rgb.shape[1]
+    by_permutation = mirrored(extract(rgb, 500), w)
+    on_flipped = extract(np.ascontiguousarray(rgb[:, ::-1]), 500)
+    a, b = by_permutation.keypoints, on_flipped.keypoints
+    near = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1]) <= 1.0
+    same_size = np.abs(a[:, None, 2] - b[None, :, 2]) <= 0.05 * b[None, :, 2]
+    angle = np.abs(a[:, None, 3] - b[None, :, 3]) % 360
+    same_angle = np.minimum(angle, 360 - angle) <= 3.0
+    pairs = np.argwhere(near & same_size & same_angle)
+    assert len(pairs) >= 0.8 * len(b), (len(pairs), len(b))
+    da = by_permutation.descriptors[pairs[:, 0]].astype(np.float32)
+    db = on_flipped.descriptors[pairs[:, 1]].astype(np.float32)
+    err = np.linalg.norm(da - db, axis=1) / np.linalg.norm(db, axis=1)
+    assert np.median(err) < 0.02 and np.mean(err < 0.1) > 0.9, (np.median(err), np.mean(err < 0.1))
+    # and not trivially: the unpermuted descriptors differ
+    plain = extract(rgb, 500).descriptors[pairs[:, 0]].astype(np.float32)
+    assert np.median(np.linalg.norm(plain - db, axis=1) / np.linalg.norm(db, axis=1)) > 0.3
+
+
+def test_mirrored_twice_is_the_identity():
+    f = extract(load_rgb(EXAMPLES / "coffee.jpg"), 200)
+    back = mirrored(mirrored(f, 640), 640)
+    assert np.array_equal(back.descriptors, f.descriptors)
+    assert np.allclose(back.keypoints, f.keypoints, atol=1e-3)
+
+
+def test_match_ratio_equals_opencv_brute_force():
+    """The matrix-product ratio test gives OpenCV's BFMatcher pairs on real RootSIFT descriptors."""
+
+    rgb = load_rgb(EXAMPLES / "astronaut.jpg")
+    a = extract(rgb, 600).descriptors.astype(np.float32)
+    b = extract(cv2.resize(rgb, None, fx=0.7, fy=0.7), 600).descriptors.astype(np.float32)
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a, b, k=2)
+    expected = [(m.queryIdx, m.trainIdx) for m, n in knn if m.distance < 0.8 * n.distance]
+    got = [tuple(p) for p in match_ratio(a, b).tolist()]
+    assert len(expected) > 50
+    assert len(set(got) ^ set(expected)) <= 0.01 * len(expected)  # float rounding at the ratio threshold
