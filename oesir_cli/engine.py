@@ -107,8 +107,8 @@ class Engine:
         boxes, _, _, maps = self.analyse(rgb)
         return boxes, self._embed_maps(maps, boxes)
 
-    def region_embeddings(self, rgb: np.ndarray, box: np.ndarray, mirror: bool = True) -> np.ndarray:
-        """Embeddings [2, D] of one region of a photo seen on its own, as is and mirrored ([1, D]: as is).
+    def region_embeddings(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """Embeddings [2, D] of one region of a photo seen on its own, as is and mirrored.
 
         A pasted object covers a few cells of the photo's feature map; cropped
         and enlarged it is described as its source photo's object was, and the
@@ -116,7 +116,7 @@ class Engine:
         """
         crop = crop_region(rgb, box, REGION_MARGIN)
         out = []
-        for view in (crop, np.ascontiguousarray(crop[:, ::-1]))[: 2 if mirror else 1]:
+        for view in (crop, np.ascontiguousarray(crop[:, ::-1])):
             whole = np.array([[0, 0, view.shape[1], view.shape[0]]], np.float32)
             if self.net:
                 maps = self.net.run(view, self.config.min_score, 1)[1]

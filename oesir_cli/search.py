@@ -53,9 +53,7 @@ VOTE_GATE = 4  # this many pasted-region keypoints voting for a photo outweigh e
 REGION_MIN_SHARE = 0.002  # changed blobs smaller than this share of the query are noise
 REGION_MAX_SHARE = 0.5  # a "changed" area larger than this means the host was not aligned
 REGION_KEYPOINT_SIDE = 384  # the region is enlarged to this longer side for its own keypoints ...
-REGION_KEYPOINTS = 500  # ... up to this many, as is and mirrored
-REGION_EF = VOTE_EF
-REGION_MIRRORED = 1  # 1: the region is embedded mirrored too
+REGION_KEYPOINTS = 500  # ... up to this many
 EXACT_OBJECTS_MAX = 200_000
 OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
@@ -194,7 +192,7 @@ class Searcher:
         row_of[owners[sel]] = cand_rows[sel]
         return dist, q_of, row_of
 
-    def local_votes(self, feats: list[LocalFeatures], k: int = VOTE_K, ef: int | None = None) -> list[Votes]:
+    def local_votes(self, feats: list[LocalFeatures], k: int = VOTE_K) -> list[Votes]:
         """Votes of the query's keypoints (one set per orientation: as is, mirrored)."""
         out = []
         if self.local.count == 0:
@@ -202,7 +200,7 @@ class Searcher:
         for f in feats:
             if len(f) == 0:
                 continue
-            rows, dists = self.local.knn(_desc_float(f.descriptors), k, ef=ef or VOTE_EF)
+            rows, dists = self.local.knn(_desc_float(f.descriptors), k, ef=VOTE_EF)
             out.append(Votes.from_knn(rows, dists, self.cat.keypoint_image, self.n_photos))
         return out
 
@@ -320,7 +318,7 @@ class Searcher:
             return np.where(np.isfinite(dist), -dist, -np.inf), None
         host, explained = self.pick_host(rgb, counts, self.whole_image_distances(emb0), feats, votes)
         residual = np.max([v.residual_counts(host) for v in votes], axis=0).astype(np.float64)
-        region = self.region_evidence(rgb, changed_region(explained.changed), top)
+        region = self.region_evidence(rgb, changed_region(explained.changed), host, top)
         if region is not None:
             residual += region.votes
         residual[host] = -1
@@ -332,15 +330,24 @@ class Searcher:
         score[host] = score.max() + 1.0  # the host first
         return score, region
 
-    def region_evidence(self, rgb: np.ndarray, box: np.ndarray | None, top: int) -> Region | None:
-        """Eq. 7 distances of the region's embeddings (as is, mirrored) and its own keypoints' votes."""
+    def region_evidence(self, rgb: np.ndarray, box: np.ndarray | None, host: int, top: int) -> Region | None:
+        """Eq. 7 distances of the region's embeddings (as is, mirrored) and its own keypoints' votes.
+
+        The region's mirror image votes only when no photo but the host gets
+        VOTE_GATE votes from the region as it is (a mirrored paste finds nothing so).
+        """
         if box is None:
             return None
         pending = _POOL.submit(region_keypoints, rgb, box)  # on the other core while the network runs
-        emb = self.engine.region_embeddings(rgb, box, mirror=REGION_MIRRORED)
+        emb = self.engine.region_embeddings(rgb, box)
         distance, _, row_of = self.object_distances(emb, top)
-        region_votes = self.local_votes(pending.result(), ef=REGION_EF)
-        counts = np.max([v.counts for v in region_votes], axis=0) if region_votes else np.zeros(self.n_photos)
+        features, width = pending.result()
+        counts = np.zeros(self.n_photos)
+        for view in (features, mirrored(features, width)):
+            for votes in self.local_votes([view]):
+                counts = np.maximum(counts, votes.counts)
+            if np.delete(counts, host).max(initial=0) >= VOTE_GATE:
+                break
         return Region(box, distance, row_of, counts.astype(np.float64))
 
 
@@ -423,8 +430,8 @@ def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, ds
     return Explained(float((inside & agree).mean()), (inside & ~agree).astype(np.uint8) * 255)
 
 
-def region_keypoints(rgb: np.ndarray, box: np.ndarray) -> list[LocalFeatures]:
-    """RootSIFT of a region enlarged to REGION_KEYPOINT_SIDE, as is and mirrored (in the crop's coordinates).
+def region_keypoints(rgb: np.ndarray, box: np.ndarray) -> tuple[LocalFeatures, int]:
+    """RootSIFT of a region enlarged to REGION_KEYPOINT_SIDE (in the enlarged crop's coordinates) and its width.
 
     Enlarged, a small pasted object yields keypoints at the scales its source
     photo's keypoints were stored at, instead of the few the whole query gives it.
@@ -433,8 +440,7 @@ def region_keypoints(rgb: np.ndarray, box: np.ndarray) -> list[LocalFeatures]:
     scale = REGION_KEYPOINT_SIDE / max(crop.shape[:2])
     size = (max(8, round(crop.shape[1] * scale)), max(8, round(crop.shape[0] * scale)))
     crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    features = extract(crop, REGION_KEYPOINTS)
-    return [features, mirrored(features, crop.shape[1])]
+    return extract(crop, REGION_KEYPOINTS), crop.shape[1]
 
 
 def changed_region(changed: np.ndarray | None) -> np.ndarray | None:
