@@ -55,7 +55,9 @@ def main() -> None:
             secs = (time.perf_counter() - t0) / len(queries)
             res = subprocess.run(
                 [sys.executable, str(data.parent / "bench" / "score.py"), "retrieval", str(data / s / "truth.jsonl"), str(out)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             splice = json.loads(res.stdout)["splice"]
             row[s] = (splice["host@1"], splice["donor@10"], secs)

@@ -74,6 +74,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/oesir-bench-ret"))
     ap.add_argument("--modes", default="fused,objects,local")
     ap.add_argument("--baselines", action="store_true", help="also run MAC/SPoC/GeM")
+    ap.add_argument(
+        "--comparisons",
+        action="store_true",
+        help="also run the comparison rows of bench/baselines.py (R-MAC, OE-HoG, SIFT-500, PDQ, k sweep) from one pass",
+    )
     args = ap.parse_args()
     data = args.data.resolve()
     score_py = data.parent / "bench" / "score.py"
@@ -89,7 +94,7 @@ def main() -> None:
     queries = {s: sorted((data / s / "queries").iterdir()) for s in SETS}
     rows = []
     searcher = api.open_searcher(index_dir)
-    for mode in args.modes.split(","):
+    for mode in [m for m in args.modes.split(",") if m]:
         cols = {}
         for s in SETS:
             path = args.work / f"{mode}-{s}.jsonl"
@@ -107,6 +112,16 @@ def main() -> None:
         per_photo = global_baselines(db_files, queries, args.work)
         for k, secs in per_photo.items():
             cols = {s: (score(score_py, data / s / "truth.jsonl", args.work / f"{k}-{s}.jsonl"), None) for s in SETS}
+            rows.append((k, cols, secs, None))
+            print(_row(*rows[-1]), flush=True)
+    if args.comparisons:
+        import baselines  # bench/baselines.py, next to this file
+
+        db_files = sorted(p for d in db_dirs for p in d.iterdir())
+        per_photo = baselines.run(db_files, queries, args.work, lambda m: print(m, file=sys.stderr, flush=True))
+        for k, secs in per_photo.items():
+            slug = baselines._slug(k)
+            cols = {s: (score(score_py, data / s / "truth.jsonl", args.work / f"{slug}-{s}.jsonl"), None) for s in SETS}
             rows.append((k, cols, secs, None))
             print(_row(*rows[-1]), flush=True)
     print()

@@ -174,13 +174,28 @@ def bench_graph(db: Database, codec: Codec, queries: list[np.ndarray], truth: li
         d = codec.distances(q, stored[cand]).min(0)
         found.append(rank_photos(db, cand, d))
         times.append(time.perf_counter() - t)
-    return {"build_s": build, "structure_B": disk / db.n, "codes_B": codec.code_size, "memory_B": mem / db.n,
-            "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99), "recall@10": recall(found, truth),
-            "sources_kept": sources_kept(found, truth, SOURCES)}
+    return {
+        "build_s": build,
+        "structure_B": disk / db.n,
+        "codes_B": codec.code_size,
+        "memory_B": mem / db.n,
+        "p50_ms": 1e3 * np.percentile(times, 50),
+        "p99_ms": 1e3 * np.percentile(times, 99),
+        "recall@10": recall(found, truth),
+        "sources_kept": sources_kept(found, truth, SOURCES),
+    }
 
 
-def bench_pq(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[np.ndarray], work: Path,
-             nprobes: list[int], k: int, truth_codes: list[np.ndarray]) -> list[dict]:
+def bench_pq(
+    db: Database,
+    codec: Codec,
+    queries: list[np.ndarray],
+    truth: list[np.ndarray],
+    work: Path,
+    nprobes: list[int],
+    k: int,
+    truth_codes: list[np.ndarray],
+) -> list[dict]:
     """One build, one row per nprobe."""
     nlist = nlist_for(db.n)
     rng = np.random.default_rng(2)
@@ -207,11 +222,22 @@ def bench_pq(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[
             ids, d = ivf.search(q, k, nprobe)
             found.append(rank_photos(db, ids.ravel(), d.ravel()))
             times.append(time.perf_counter() - t)
-        rows.append({"build_s": build, "structure_B": disk / db.n, "codes_B": 0, "memory_B": mem / db.n,
-                     "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99),
-                     "recall@10": recall(found, truth), "recall@10_codes": recall(found, truth_codes),
-                     "sources_kept": sources_kept(found, truth, SOURCES),
-                     "nlist": nlist, "nprobe": nprobe, "k": k})
+        rows.append(
+            {
+                "build_s": build,
+                "structure_B": disk / db.n,
+                "codes_B": 0,
+                "memory_B": mem / db.n,
+                "p50_ms": 1e3 * np.percentile(times, 50),
+                "p99_ms": 1e3 * np.percentile(times, 99),
+                "recall@10": recall(found, truth),
+                "recall@10_codes": recall(found, truth_codes),
+                "sources_kept": sources_kept(found, truth, SOURCES),
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "k": k,
+            }
+        )
         # variant: the candidate photos re-ranked exactly over float16 vectors read from a memory-mapped side file
         times, found = [], []
         for q in queries:
@@ -222,11 +248,23 @@ def bench_pq(db: Database, codec: Codec, queries: list[np.ndarray], truth: list[
             d = squared_l2(q, side[cand].astype(np.float32)).min(0)
             found.append(rank_photos(db, cand, d))
             times.append(time.perf_counter() - t)
-        rows.append({"build_s": build, "structure_B": disk / db.n, "codes_B": 2 * codec.dim, "memory_B": mem / db.n,
-                     "p50_ms": 1e3 * np.percentile(times, 50), "p99_ms": 1e3 * np.percentile(times, 99),
-                     "recall@10": recall(found, truth), "recall@10_codes": None,
-                     "sources_kept": sources_kept(found, truth, SOURCES),
-                     "nlist": nlist, "nprobe": nprobe, "k": k, "rerank": "float16 side file"})
+        rows.append(
+            {
+                "build_s": build,
+                "structure_B": disk / db.n,
+                "codes_B": 2 * codec.dim,
+                "memory_B": mem / db.n,
+                "p50_ms": 1e3 * np.percentile(times, 50),
+                "p99_ms": 1e3 * np.percentile(times, 99),
+                "recall@10": recall(found, truth),
+                "recall@10_codes": None,
+                "sources_kept": sources_kept(found, truth, SOURCES),
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "k": k,
+                "rerank": "float16 side file",
+            }
+        )
     del side
     (work / f"f16-{db.n}.npy").unlink()
     return rows
@@ -280,8 +318,11 @@ def main() -> None:
     queries = query_embeddings(args.index, args.queries, args.n_queries, args.work)
     SOURCES[:] = query_sources(args.queries, args.n_queries, cat.paths)
     mixture = Mixture(real)
-    print(f"real objects {len(real)} of {len(cat.paths)} photos; {len(queries)} query photos, "
-          f"{sum(len(q) for q in queries) / len(queries):.1f} objects each", file=sys.stderr)
+    print(
+        f"real objects {len(real)} of {len(cat.paths)} photos; {len(queries)} query photos, "
+        f"{sum(len(q) for q in queries) / len(queries):.1f} objects each",
+        file=sys.stderr,
+    )
 
     nprobes = [int(v) for v in args.nprobe.split(",")]
     rows = []

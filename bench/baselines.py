@@ -1,0 +1,176 @@
+"""The issue's comparison rows for bench/retrieval.py, from one pass over every photo.
+
+Each photo (database and queries) goes through the detector (up to 16
+class-agnostic boxes, score >= 0.05) and the teacher (Lite0 at 512) once; from
+that pass come:
+
+* global descriptors of the stride-32 map: MAC, SPoC, GeM (p=3) and R-MAC
+  (max-pooled regions at 3 scales, ~40% overlap, summed; no region whitening);
+* OE-SIR with k = 1, 2, 4, 8, 16 detections + the whole image (Table 4): ROIAlign
+  (max) embeddings, PCA-whitened with the shipped whitening, Eq. 7;
+* OE-HoG: the same k = 8 boxes described by HoG (64x64 grey, 1,764-d) instead, Eq. 7;
+* SIFT provenance filtering: 500 RootSIFT keypoints per photo, k-NN voting
+  (hnswlib, 5 neighbours, ratio 0.7 to the 5th), no mirror;
+* PDQ (the `pdqhash` package, `[bench]` extra): 256-bit hash, Hamming distance.
+
+Each system writes one results file per query set, in score.py's format.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import hnswlib
+import numpy as np
+
+from oesir_cli.detector import Detector
+from oesir_cli.embed import Whitening, region_descriptors
+from oesir_cli.engine import EngineConfig
+from oesir_cli.imageio import load_rgb
+from oesir_cli.local import extract
+from oesir_cli.registry import verified_file
+from oesir_cli.teacher import Teacher
+
+GLOBAL = ("MAC", "SPoC", "GeM", "R-MAC")
+KS = (1, 2, 4, 8, 16)
+SIFT_KEYPOINTS = 500
+_HOG = cv2.HOGDescriptor((64, 64), (16, 16), (8, 8), (8, 8), 9)
+
+
+def pooled(fmap: np.ndarray, kind: str) -> np.ndarray:
+    """MAC / SPoC / GeM (p=3) / R-MAC of a (C, H, W) map, L2-normalised."""
+    x = np.maximum(fmap, 0)
+    if kind == "R-MAC":
+        v = sum(_l2(r.reshape(r.shape[0], -1).max(1)) for r in rmac_regions(x))
+    else:
+        flat = x.reshape(x.shape[0], -1)
+        v = flat.max(1) if kind == "MAC" else flat.mean(1) if kind == "SPoC" else np.cbrt((flat**3).mean(1))
+    return _l2(v)
+
+
+def rmac_regions(x: np.ndarray, levels: int = 3) -> list[np.ndarray]:
+    """Square regions of side 2 min(H, W) / (l + 1) at levels l = 1..3, ~40% overlap (Tolias et al.), plus the whole map."""
+    _, h, w = x.shape
+    out = [x]
+    for level in range(1, levels + 1):
+        side = max(1, int(round(2 * min(h, w) / (level + 1))))
+        for ys in _starts(h, side, level):
+            for xs in _starts(w, side, level):
+                out.append(x[:, ys : ys + side, xs : xs + side])
+    return out
+
+
+def _starts(n: int, side: int, level: int) -> list[int]:
+    count = max(1, level + (1 if n > side * (level + 1) * 0.6 else 0))
+    return sorted({int(round(v)) for v in np.linspace(0, max(n - side, 0), count)})
+
+
+def hog(rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    out = []
+    for x1, y1, x2, y2 in boxes.astype(int):
+        patch = grey[max(y1, 0) : max(y2, y1 + 1), max(x1, 0) : max(x2, x1 + 1)]
+        out.append(_HOG.compute(cv2.resize(patch, (64, 64), interpolation=cv2.INTER_AREA)).ravel())
+    return _l2(np.asarray(out, np.float32))
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class Describer:
+    """Everything the comparison rows need from one photo."""
+
+    def __init__(self) -> None:
+        cfg = EngineConfig()
+        self.detector, self.teacher = Detector(), Teacher(cfg.teacher, cfg.long_side)
+        self.whitening = Whitening.load(verified_file(cfg.whitening_file())[0])
+        try:
+            import pdqhash
+
+            self.pdq: Callable | None = pdqhash.compute
+        except ImportError:
+            self.pdq = None
+
+    def __call__(self, path: Path) -> dict:
+        rgb = load_rgb(path)
+        h, w = rgb.shape[:2]
+        det = self.detector.detect(rgb, min_score=0.05, limit=max(KS), class_agnostic=True)
+        boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), det.boxes]).astype(np.float32)
+        maps = self.teacher.features(rgb)
+        out = {k: pooled(maps.s32, k) for k in GLOBAL}
+        out["objects"] = self.whitening.apply(region_descriptors(maps, boxes))
+        out["hog"] = hog(rgb, boxes[:9])
+        out["sift"] = extract(rgb, SIFT_KEYPOINTS).descriptors
+        if self.pdq:
+            bits, _ = self.pdq(np.ascontiguousarray(rgb))
+            out["pdq"] = np.asarray(bits, np.uint8)
+        return out
+
+
+def eq7(query: np.ndarray, db: list[np.ndarray]) -> np.ndarray:
+    """Eq. 7 distance of a query's objects to every database photo's objects."""
+    flat = np.concatenate(db)
+    owner = np.repeat(np.arange(len(db)), [len(d) for d in db])
+    d = ((query * query).sum(1)[:, None] - 2 * query @ flat.T + (flat * flat).sum(1)[None]).min(0)
+    out = np.full(len(db), np.inf)
+    np.minimum.at(out, owner, d)
+    return out
+
+
+def run(db_files: list[Path], queries: dict[str, list[Path]], out: Path, progress: Callable[[str], None]) -> dict[str, float]:
+    """Write `<system>-<set>.jsonl` for every comparison system; returns indexing seconds per photo (shared pass)."""
+    describe = Describer()
+    t0 = time.perf_counter()
+    db = []
+    for i, f in enumerate(db_files):
+        db.append(describe(f))
+        if i % 200 == 0:
+            progress(f"database {i}/{len(db_files)}")
+    per_photo = (time.perf_counter() - t0) / len(db_files)
+    sift = np.concatenate([d["sift"] for d in db]).astype(np.float32) / 255.0
+    sift_owner = np.repeat(np.arange(len(db)), [len(d["sift"]) for d in db])
+    graph = hnswlib.Index(space="l2", dim=128)
+    graph.init_index(len(sift), M=16, ef_construction=64)
+    graph.add_items(sift)
+    graph.set_ef(32)
+    mats = {k: np.stack([d[k] for d in db]) for k in GLOBAL}
+    pdq = np.stack([d["pdq"] for d in db]) if describe.pdq else None
+    systems = [*GLOBAL, *(f"OE-SIR k={k}" for k in KS), "OE-HoG", "SIFT-500", *(["PDQ"] if pdq is not None else [])]
+    for name, files in queries.items():
+        handles = {s: open(out / f"{_slug(s)}-{name}.jsonl", "w") for s in systems}
+        for q in files:
+            d = describe(q)
+            scores = {k: mats[k] @ d[k] for k in GLOBAL}
+            for k in KS:
+                scores[f"OE-SIR k={k}"] = -eq7(d["objects"][: k + 1], [x["objects"][: k + 1] for x in db])
+            scores["OE-HoG"] = -eq7(d["hog"], [x["hog"] for x in db])
+            scores["SIFT-500"] = sift_votes(graph, sift_owner, d["sift"], len(db))
+            if pdq is not None:
+                scores["PDQ"] = -(pdq != d["pdq"][None]).sum(1).astype(float)
+            for s in systems:
+                order = np.argsort(-scores[s], kind="stable")[:100]
+                handles[s].write(json.dumps({"query": str(q), "matches": [{"image": str(db_files[i])} for i in order]}) + "\n")
+        for fh in handles.values():
+            fh.close()
+        progress(f"queries {name} done")
+    return {s: per_photo for s in systems}
+
+
+def sift_votes(graph: hnswlib.Index, owner: np.ndarray, desc: np.ndarray, n_photos: int) -> np.ndarray:
+    """Provenance filtering: each query keypoint votes once for the photo of each accepted neighbour."""
+    if len(desc) == 0:
+        return np.zeros(n_photos)
+    rows, dists = graph.knn_query(desc.astype(np.float32) / 255.0, k=5)
+    ok = (dists < 0.7 * dists[:, -1:]).ravel()
+    keypoint = np.repeat(np.arange(len(rows)), rows.shape[1])[ok]
+    pairs = np.unique(np.stack([keypoint, owner[rows.ravel()[ok]]], 1), axis=0)
+    return np.bincount(pairs[:, 1], minlength=n_photos).astype(float)
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_").replace("=", "")
