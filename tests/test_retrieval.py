@@ -125,7 +125,7 @@ def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
     assert 0.5 < explained.share < 0.98
     box = changed_region(explained.changed)
     assert box is not None and _iou(box, PASTED) > 0.6, box
-    region = s.region_evidence(rgb, box, top=10)
+    region = s.region_evidence(rgb, box, host, top=10)
     others = [p for p in range(len(names)) if p != host]
     assert names[min(others, key=lambda p: region.distance[p])] == "coffee.jpg"
     assert names[max(others, key=lambda p: region.votes[p])] == "coffee.jpg"
