@@ -46,6 +46,7 @@ MIRROR_FALLBACK_VOTES = 20  # the whole query's mirror image votes only if no ph
 HOST_CANDIDATES_VOTES = 3  # host candidates: the vote leaders ...
 HOST_CANDIDATES_IMAGE = 2  # ... and the nearest whole-image embeddings
 HOST_MARGIN = 0.05
+HOST_FRAME = 0.1
 RRF_K = 10.0
 OBJECT_WEIGHT = 1.0
 REGION_WEIGHT = 1.0
@@ -230,7 +231,7 @@ class Searcher:
         try:
             original = load_rgb(self.cat.paths[photo])
         except ImageError:
-            return Explained(spread(best_dst, w, h), None)
+            return Explained(spread(best_dst, w, h), None, spread(best_dst, w, h))
         return explained_share(rgb, original, best_src, best_dst)
 
     def pick_host(
@@ -242,8 +243,8 @@ class Searcher:
         candidates = list(dict.fromkeys(by_votes + by_image)) or [int(np.argmax(counts))]
         evidence = {p: self.host_evidence(rgb, p, feats, votes) for p in candidates}
         leader = by_votes[0] if by_votes else candidates[0]
-        best = max(candidates, key=lambda p: (evidence[p].share, counts[p]))
-        host = best if evidence[best].share > evidence[leader].share + HOST_MARGIN else leader
+        best = max(candidates, key=lambda p: (evidence[p].host_score, counts[p]))
+        host = best if evidence[best].host_score > evidence[leader].host_score + HOST_MARGIN else leader
         return host, evidence[host]
 
     # -- ranking ----------------------------------------------------------
@@ -411,10 +412,16 @@ class Explained:
 
     share: float  # share of the query's pixels that agree with the aligned photo
     changed: np.ndarray | None  # uint8 0/255 [H, W]: inside the aligned photo but disagreeing; None if not aligned
+    frame: float = 0.0  # the same share over the query's outer band (HOST_FRAME of its smaller side)
 
     @classmethod
     def nothing(cls) -> Explained:
         return cls(0.0, None)
+
+    @property
+    def host_score(self) -> float:
+        """A host explains most of the query and its frame: a pasted object seldom reaches the edges all round."""
+        return 0.5 * (self.share + self.frame)
 
 
 def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: np.ndarray) -> Explained:
@@ -427,7 +434,11 @@ def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, ds
     warped = cv2.warpAffine(original, a, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     inside = cv2.warpAffine(np.full(original.shape[:2], 255, np.uint8), a, (w, h), flags=cv2.INTER_NEAREST) > 0
     agree = colour_difference(query, warped, sigma=2.0) < 12.0
-    return Explained(float((inside & agree).mean()), (inside & ~agree).astype(np.uint8) * 255)
+    band = max(1, round(HOST_FRAME * min(h, w)))
+    frame = np.ones((h, w), bool)
+    frame[band:-band, band:-band] = False
+    explained = inside & agree
+    return Explained(float(explained.mean()), (inside & ~agree).astype(np.uint8) * 255, float(explained[frame].mean()))
 
 
 def region_keypoints(rgb: np.ndarray, box: np.ndarray) -> tuple[LocalFeatures, int]:

@@ -19,7 +19,7 @@ from oesir_cli.codec import squared_l2
 from oesir_cli.engine import crop_region
 from oesir_cli.imageio import load_rgb
 from oesir_cli.local import extract, mirrored
-from oesir_cli.search import QUERY_KEYPOINTS, changed_region
+from oesir_cli.search import QUERY_KEYPOINTS, changed_region, explained_share
 from oesir_cli.store import IndexError_, Store
 
 runner = CliRunner()
@@ -248,3 +248,18 @@ def test_search_runs_each_network_once_per_query(photo_dir, tmp_path, monkeypatc
     monkeypatch.setattr(detector, "heads", heads)
     api.search_path(searcher, photo_dir / "rocket.jpg", top=2)
     assert calls == {"teacher": 1, "detector": 1}
+
+
+def test_explained_share_counts_the_frame_apart():
+    """A central paste leaves the host all of the frame; the donor explains the middle only."""
+    rng = np.random.default_rng(3)
+    host = cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
+    donor = cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
+    query = host.copy()
+    query[60:240, 80:320] = donor[60:240, 80:320]  # 36% of the photo, away from the edges
+    pts = np.array([[x, y] for x in range(90, 320, 40) for y in range(70, 240, 40)], np.float64)
+    as_host, as_donor = explained_share(query, host, pts, pts), explained_share(query, donor, pts, pts)
+    assert abs(as_host.share - 0.64) < 0.05 and as_host.frame > 0.95
+    assert abs(as_donor.share - 0.36) < 0.05 and as_donor.frame < 0.05
+    assert as_host.host_score > as_donor.host_score + 0.5
+    assert changed_region(as_host.changed).tolist() == pytest.approx([80, 60, 320, 240], abs=4)
