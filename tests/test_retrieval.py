@@ -224,6 +224,11 @@ def test_student_index_ranks_by_eq7_and_keeps_its_model(photo_dir, tmp_path, mod
     assert searcher.engine.config.model == model and "student-s3@" in searcher.engine.version
     for path in sorted(photo_dir.iterdir()):
         assert _names(api.search_path(searcher, path, top=1, mode="objects")) == [path.name]
+    # the default ranking, region stage included, runs on the student's maps too
+    qpath = _splice(photo_dir, tmp_path / "query.jpg")
+    assert _names(api.search_path(searcher, qpath, top=2)) == ["astronaut.jpg", "coffee.jpg"]
+    region = searcher.engine.region_embeddings(load_rgb(qpath), np.array(PASTED, np.float32))
+    assert region.shape == (2, searcher.engine.embedding_dim) and np.allclose(np.linalg.norm(region, axis=1), 1, atol=1e-4)
     with pytest.raises(IndexError_, match="--rebuild"):
         api.index([photo_dir], index_dir=idx, model="teacher")
 
