@@ -6,8 +6,8 @@ Two kinds of evidence, each computed exactly over the whole index:
   L2 distance between whitened object embeddings. hnswlib proposes the
   candidate photos; their distances are then recomputed exactly, so the ranking
   equals brute force over the stored embeddings.
-* local features: every RootSIFT descriptor of the query, and of its mirror
-  image (splices are often mirrored), votes for the photos of its nearest
+* local features: every RootSIFT descriptor of the query (and of its mirror
+  image when no host is found as it is), votes for the photos of its nearest
   stored descriptors; a photo's score is the number of query keypoints that
   voted for it.
 
@@ -219,12 +219,12 @@ class Searcher:
         db_desc = self.cat.descriptors[lo:hi].astype(np.float32)
         db_pts = self.cat.keypoints[lo:hi, :2].astype(np.float64)
         # the orientation (as is, mirrored) that voted more for this photo
-        mirrored = int(len(votes) > 1 and votes[1].counts[photo] > votes[0].counts[photo])
-        f = feats[mirrored]
+        flip = int(len(votes) > 1 and votes[1].counts[photo] > votes[0].counts[photo])
+        f = feats[flip]
         pairs = match_ratio(f.descriptors.astype(np.float32), db_desc)
         best_src = db_pts[pairs[:, 1]]
         best_dst = f.keypoints[pairs[:, 0], :2].astype(np.float64)
-        if mirrored:
+        if flip:
             best_dst[:, 0] = w - best_dst[:, 0]
         if len(best_src) < 4:
             return Explained.nothing()
