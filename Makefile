@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-DEMO_INDEX ?= /tmp/oesir-demo-index
+DEMO_INDEX ?= .oesir-demo  # inside the checkout: another checkout's demo never mixes in
 
 .PHONY: demo test install install-test lint
 
