@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-DEMO_INDEX ?= .oesir-demo  # inside the checkout: another checkout's demo never mixes in
+# the demo index lives inside the checkout: another checkout's demo never mixes in
+DEMO_INDEX ?= .oesir-demo
 
 .PHONY: demo test install install-test lint
 
