@@ -142,7 +142,7 @@ def run(db_files: list[Path], queries: dict[str, list[Path]], out: Path, progres
     pdq = np.stack([d["pdq"] for d in db]) if describe.pdq else None
     systems = [*GLOBAL, *(f"OE-SIR k={k}" for k in KS), "OE-HoG", "SIFT-500", *(["PDQ"] if pdq is not None else [])]
     for name, files in queries.items():
-        handles = {s: open(out / f"{_slug(s)}-{name}.jsonl", "w") for s in systems}
+        handles = {s: open(out / f"{slug(s)}-{name}.jsonl", "w") for s in systems}
         for q in files:
             d = describe(q)
             scores = {k: mats[k] @ d[k] for k in GLOBAL}
@@ -172,5 +172,5 @@ def sift_votes(graph: hnswlib.Index, owner: np.ndarray, desc: np.ndarray, n_phot
     return np.bincount(pairs[:, 1], minlength=n_photos).astype(float)
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return name.replace(" ", "_").replace("=", "")

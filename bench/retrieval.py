@@ -120,8 +120,8 @@ def main() -> None:
         db_files = sorted(p for d in db_dirs for p in d.iterdir())
         per_photo = baselines.run(db_files, queries, args.work, lambda m: print(m, file=sys.stderr, flush=True))
         for k, secs in per_photo.items():
-            slug = baselines._slug(k)
-            cols = {s: (score(score_py, data / s / "truth.jsonl", args.work / f"{slug}-{s}.jsonl"), None) for s in SETS}
+            name = baselines.slug(k)
+            cols = {s: (score(score_py, data / s / "truth.jsonl", args.work / f"{name}-{s}.jsonl"), None) for s in SETS}
             rows.append((k, cols, secs, None))
             print(_row(*rows[-1]), flush=True)
     print()

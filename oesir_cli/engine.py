@@ -70,6 +70,7 @@ class Engine:
             self.net = None
             self.detector = Detector()
             self.teacher = Teacher(self.config.teacher, self.config.long_side)
+            self.region_teacher = Teacher(self.config.teacher, REGION_SIDE, model=self.teacher.model)  # same session
         path, digest = verified_file(self.config.whitening_file())
         self.whitening = Whitening.load(path)
         self._whitening_sha = digest[:12]
@@ -121,7 +122,7 @@ class Engine:
             if self.net:
                 maps = self.net.run(view, self.config.min_score, 1)[1]
             else:
-                maps = Teacher(self.config.teacher, REGION_SIDE, model=self.teacher.model).features(view)
+                maps = self.region_teacher.features(view)
             out.append(self._embed_maps(maps, whole))
         return np.concatenate(out)
 
