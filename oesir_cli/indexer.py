@@ -124,7 +124,7 @@ def index_paths(
     def flush() -> None:
         if not pending:
             return
-        with store.transaction() as db:
+        with store.transaction(changes_vectors=any(data is not None for _, data in pending)) as db:
             for rec, data in pending:
                 if data is None:  # same bytes, new mtime: refresh the record only
                     store.touch(db, rec)

@@ -293,7 +293,7 @@ class Store:
             self.db.execute("ALTER TABLE vectors ADD COLUMN digest TEXT")
         missing = self.db.execute("SELECT image_id FROM vectors WHERE digest IS NULL").fetchall()
         if missing:
-            with self.transaction() as db:
+            with self.transaction(changes_vectors=False) as db:
                 for (image_id,) in missing:
                     db.execute("UPDATE vectors SET digest=? WHERE image_id=?", (self._compute_digest(image_id), image_id))
 
@@ -339,7 +339,10 @@ class Store:
         self._codec = None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, changes_vectors: bool = True) -> Iterator[sqlite3.Connection]:
+        """One all-or-nothing write. Unless `changes_vectors` is False, it moves the generation on,
+        which makes the derived graphs stale: record-only updates (a new mtime for the same bytes,
+        row digests) must say so, or they cost a full graph rebuild."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -347,8 +350,9 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         else:
-            self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '1')")
+            if changes_vectors:
+                self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '1')")
             self.db.execute("COMMIT")
 
     # -- records ----------------------------------------------------------
