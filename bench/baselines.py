@@ -9,8 +9,16 @@ that pass come:
 * OE-SIR with k = 1, 2, 4, 8, 16 detections + the whole image (Table 4): ROIAlign
   (max) embeddings, PCA-whitened with the shipped whitening, Eq. 7;
 * OE-HoG: the same k = 8 boxes described by HoG (64x64 grey, 1,764-d) instead, Eq. 7;
+* OE-detector: the same k = 8 boxes, ROIAlign (max) on the detector's own
+  backbone maps (F3 as stride 16, F4 as stride 32), PCA-whitened with a
+  whitening learned here on imagenet-sample/train, Eq. 7;
 * SIFT provenance filtering: 500 RootSIFT keypoints per photo, k-NN voting
   (hnswlib, 5 neighbours, ratio 0.7 to the 5th), no mirror;
+* its tuned form (the issue's strongest peer): 2,000 RootSIFT keypoints per
+  photo, the query also searched mirrored (max of the two vote counts); of the
+  top two photos the one whose voting query keypoints spread over more of the
+  query first ("spread" host rule); then reciprocal-rank fusion (3:1, k = 60)
+  with OE-SIR k = 8 (the issue fused with a weaker OE-SIR: boxes >= 0.3, s32);
 * PDQ (the `pdqhash` package, `[bench]` extra): 256-bit hash, Hamming distance.
 
 Each system writes one results file per query set, in score.py's format.
@@ -27,17 +35,21 @@ import cv2
 import hnswlib
 import numpy as np
 
-from oesir_cli.detector import Detector
-from oesir_cli.embed import Whitening, region_descriptors
+from oesir_cli.detector import Detector, postprocess
+from oesir_cli.detector import preprocess as det_preprocess
+from oesir_cli.embed import Whitening, learn_whitening, region_descriptors
 from oesir_cli.engine import EngineConfig
 from oesir_cli.imageio import load_rgb
-from oesir_cli.local import extract
+from oesir_cli.local import LocalFeatures, extract, mirrored, spread
 from oesir_cli.registry import verified_file
-from oesir_cli.teacher import Teacher
+from oesir_cli.single_pass import STUDENT_VIEW
+from oesir_cli.teacher import FeatureMaps, Teacher
 
 GLOBAL = ("MAC", "SPoC", "GeM", "R-MAC")
 KS = (1, 2, 4, 8, 16)
 SIFT_KEYPOINTS = 500
+TUNED_KEYPOINTS = 2000
+TUNED_FUSION = (3.0, 1.0, 60.0)  # RRF weights (SIFT, OE-SIR) and its k
 _HOG = cv2.HOGDescriptor((64, 64), (16, 16), (8, 8), (8, 8), 9)
 
 
@@ -99,17 +111,28 @@ class Describer:
     def __call__(self, path: Path) -> dict:
         rgb = load_rgb(path)
         h, w = rgb.shape[:2]
-        det = self.detector.detect(rgb, min_score=0.05, limit=max(KS), class_agnostic=True)
+        session = self.detector.model.session
+        heads = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": det_preprocess(rgb)})))
+        det = postprocess(heads, w, h, min_score=0.05, limit=max(KS), class_agnostic=True)
         boxes = np.concatenate([np.array([[0, 0, w, h]], np.float32), det.boxes]).astype(np.float32)
         maps = self.teacher.features(rgb)
         out = {k: pooled(maps.s32, k) for k in GLOBAL}
         out["objects"] = self.whitening.apply(region_descriptors(maps, boxes))
+        f3, f4 = (heads[k][0].transpose(2, 0, 1) for k in ("F3", "F4"))
+        own = FeatureMaps(f3, f4, STUDENT_VIEW / w, STUDENT_VIEW / h)
+        out["detector"] = region_descriptors(own, boxes[:9])  # whitened once the training photos are described
         out["hog"] = hog(rgb, boxes[:9])
         out["sift"] = extract(rgb, SIFT_KEYPOINTS).descriptors
+        tuned = extract(rgb, TUNED_KEYPOINTS)
+        out["sift2000"], out["sift2000_xy"], out["size"] = tuned.descriptors, tuned.keypoints, (w, h)
         if self.pdq:
             bits, _ = self.pdq(np.ascontiguousarray(rgb))
             out["pdq"] = np.asarray(bits, np.uint8)
         return out
+
+    def detector_whitening(self, train_files: list[Path]) -> Whitening:
+        """PCA whitening of the detector's own region descriptors, learned on the training photos."""
+        return learn_whitening(np.concatenate([self(f)["detector"] for f in train_files]), 256)
 
 
 def eq7(query: np.ndarray, db: list[np.ndarray]) -> np.ndarray:
@@ -122,25 +145,27 @@ def eq7(query: np.ndarray, db: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def run(db_files: list[Path], queries: dict[str, list[Path]], out: Path, progress: Callable[[str], None]) -> dict[str, float]:
+def run(
+    db_files: list[Path], queries: dict[str, list[Path]], train_files: list[Path], out: Path, progress: Callable[[str], None]
+) -> dict[str, float]:
     """Write `<system>-<set>.jsonl` for every comparison system; returns indexing seconds per photo (shared pass)."""
     describe = Describer()
+    progress(f"whitening of the detector's features: {len(train_files)} training photos")
+    own_whitening = describe.detector_whitening(train_files)
     t0 = time.perf_counter()
     db = []
     for i, f in enumerate(db_files):
         db.append(describe(f))
+        db[-1]["detector"] = own_whitening.apply(db[-1]["detector"])
         if i % 200 == 0:
             progress(f"database {i}/{len(db_files)}")
     per_photo = (time.perf_counter() - t0) / len(db_files)
-    sift = np.concatenate([d["sift"] for d in db]).astype(np.float32) / 255.0
-    sift_owner = np.repeat(np.arange(len(db)), [len(d["sift"]) for d in db])
-    graph = hnswlib.Index(space="l2", dim=128)
-    graph.init_index(len(sift), M=16, ef_construction=64)
-    graph.add_items(sift)
-    graph.set_ef(32)
+    sift = Votes.graph(db, "sift")
+    tuned = Votes.graph(db, "sift2000")
     mats = {k: np.stack([d[k] for d in db]) for k in GLOBAL}
     pdq = np.stack([d["pdq"] for d in db]) if describe.pdq else None
-    systems = [*GLOBAL, *(f"OE-SIR k={k}" for k in KS), "OE-HoG", "SIFT-500", *(["PDQ"] if pdq is not None else [])]
+    systems = [*GLOBAL, *(f"OE-SIR k={k}" for k in KS), "OE-HoG", "OE-detector", "SIFT-500", "SIFT tuned"]
+    systems += ["PDQ"] if pdq is not None else []
     for name, files in queries.items():
         handles = {s: open(out / f"{slug(s)}-{name}.jsonl", "w") for s in systems}
         for q in files:
@@ -149,7 +174,9 @@ def run(db_files: list[Path], queries: dict[str, list[Path]], out: Path, progres
             for k in KS:
                 scores[f"OE-SIR k={k}"] = -eq7(d["objects"][: k + 1], [x["objects"][: k + 1] for x in db])
             scores["OE-HoG"] = -eq7(d["hog"], [x["hog"] for x in db])
-            scores["SIFT-500"] = sift_votes(graph, sift_owner, d["sift"], len(db))
+            scores["OE-detector"] = -eq7(own_whitening.apply(d["detector"]), [x["detector"] for x in db])
+            scores["SIFT-500"] = sift.counts(d["sift"])
+            scores["SIFT tuned"] = tuned_sift(tuned, d, scores["OE-SIR k=8"])
             if pdq is not None:
                 scores["PDQ"] = -(pdq != d["pdq"][None]).sum(1).astype(float)
             for s in systems:
@@ -161,15 +188,60 @@ def run(db_files: list[Path], queries: dict[str, list[Path]], out: Path, progres
     return {s: per_photo for s in systems}
 
 
-def sift_votes(graph: hnswlib.Index, owner: np.ndarray, desc: np.ndarray, n_photos: int) -> np.ndarray:
-    """Provenance filtering: each query keypoint votes once for the photo of each accepted neighbour."""
-    if len(desc) == 0:
-        return np.zeros(n_photos)
-    rows, dists = graph.knn_query(desc.astype(np.float32) / 255.0, k=5)
-    ok = (dists < 0.7 * dists[:, -1:]).ravel()
-    keypoint = np.repeat(np.arange(len(rows)), rows.shape[1])[ok]
-    pairs = np.unique(np.stack([keypoint, owner[rows.ravel()[ok]]], 1), axis=0)
-    return np.bincount(pairs[:, 1], minlength=n_photos).astype(float)
+class Votes:
+    """A k-NN graph over every database photo's RootSIFT descriptors, and provenance-filtering votes from it."""
+
+    def __init__(self, graph: hnswlib.Index, owner: np.ndarray, n_photos: int):
+        self.graph, self.owner, self.n_photos = graph, owner, n_photos
+
+    @classmethod
+    def graph(cls, db: list[dict], key: str) -> Votes:
+        desc = np.concatenate([d[key] for d in db]).astype(np.float32) / 255.0
+        graph = hnswlib.Index(space="l2", dim=128)
+        graph.init_index(len(desc), M=16, ef_construction=64)
+        graph.add_items(desc)
+        graph.set_ef(32)
+        return cls(graph, np.repeat(np.arange(len(db)), [len(d[key]) for d in db]), len(db))
+
+    def pairs(self, desc: np.ndarray) -> np.ndarray:
+        """Distinct (query keypoint, photo) pairs of neighbours passing the ratio test (0.7 to the 5th)."""
+        if len(desc) == 0:
+            return np.zeros((0, 2), np.int64)
+        rows, dists = self.graph.knn_query(desc.astype(np.float32) / 255.0, k=5)
+        ok = (dists < 0.7 * dists[:, -1:]).ravel()
+        keypoint = np.repeat(np.arange(len(rows)), rows.shape[1])[ok]
+        return np.unique(np.stack([keypoint, self.owner[rows.ravel()[ok]]], 1), axis=0)
+
+    def counts(self, desc: np.ndarray) -> np.ndarray:
+        """Provenance filtering: each query keypoint votes once for the photo of each accepted neighbour."""
+        return np.bincount(self.pairs(desc)[:, 1], minlength=self.n_photos).astype(float)
+
+
+def tuned_sift(votes: Votes, query: dict, objects: np.ndarray) -> np.ndarray:
+    """The issue's tuned local-feature pipeline: mirrored voting, the spread host rule, RRF with OE-SIR."""
+    w, h = query["size"]
+    feats = LocalFeatures(query["sift2000_xy"], query["sift2000"])
+    views = [feats, mirrored(feats, w)]
+    pairs = [votes.pairs(v.descriptors) for v in views]
+    counts = [np.bincount(p[:, 1], minlength=votes.n_photos) for p in pairs]
+    best = np.maximum(*counts).astype(float)
+    top2 = np.argsort(-best, kind="stable")[:2]
+
+    def spread_of(photo: int) -> float:
+        view = int(counts[1][photo] > counts[0][photo])
+        keypoints = pairs[view][pairs[view][:, 1] == photo, 0]
+        return spread(views[view].keypoints[keypoints, :2], w, h)
+
+    if best[top2[1]] > 0 and spread_of(int(top2[1])) > spread_of(int(top2[0])):
+        best[top2[1]] = best[top2[0]] + 1.0
+    w_sift, w_obj, k = TUNED_FUSION
+    return w_sift / (k + _ranks(-best)) + w_obj / (k + _ranks(-objects))
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return ranks
 
 
 def slug(name: str) -> str:

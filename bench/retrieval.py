@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument(
         "--comparisons",
         action="store_true",
-        help="also run the comparison rows of bench/baselines.py (R-MAC, OE-HoG, SIFT-500, PDQ, k sweep) from one pass",
+        help="also run the comparison rows of bench/baselines.py (R-MAC, OE-HoG, OE-detector, SIFT, PDQ, k sweep) from one pass",
     )
     args = ap.parse_args()
     data = args.data.resolve()
@@ -118,7 +118,8 @@ def main() -> None:
         import baselines  # bench/baselines.py, next to this file
 
         db_files = sorted(p for d in db_dirs for p in d.iterdir())
-        per_photo = baselines.run(db_files, queries, args.work, lambda m: print(m, file=sys.stderr, flush=True))
+        train = sorted((data / "imagenet-sample" / "train").iterdir())
+        per_photo = baselines.run(db_files, queries, train, args.work, lambda m: print(m, file=sys.stderr, flush=True))
         for k, secs in per_photo.items():
             name = baselines.slug(k)
             cols = {s: (score(score_py, data / s / "truth.jsonl", args.work / f"{name}-{s}.jsonl"), None) for s in SETS}

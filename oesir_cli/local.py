@@ -43,14 +43,17 @@ def rootsift(desc: np.ndarray) -> np.ndarray:
     return np.clip(np.sqrt(d) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def extract(rgb: np.ndarray, max_keypoints: int = 1000) -> LocalFeatures:
-    """RootSIFT features of a photo."""
+def extract(rgb: np.ndarray, max_keypoints: int = 1000, where: np.ndarray | None = None) -> LocalFeatures:
+    """RootSIFT features of a photo; with `where` (bool [H, W]) only keypoints centred there."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     h, w = grey.shape
     s = min(1.0, MAX_SIDE / max(h, w))
+    mask = None if where is None else where.astype(np.uint8) * 255
     if s < 1.0:
-        grey = cv2.resize(grey, (int(round(w * s)), int(round(h * s))), interpolation=cv2.INTER_AREA)
-    kps, desc = _sift(max_keypoints).detectAndCompute(grey, None)
+        size = (int(round(w * s)), int(round(h * s)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        mask = None if mask is None else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    kps, desc = _sift(max_keypoints).detectAndCompute(grey, mask)
     if desc is None or not kps:
         return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
     kp = np.array([(k.pt[0] / s, k.pt[1] / s, k.size / s, k.angle) for k in kps], np.float32)

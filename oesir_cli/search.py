@@ -51,10 +51,12 @@ RRF_K = 10.0
 OBJECT_WEIGHT = 1.0
 REGION_WEIGHT = 1.0
 VOTE_GATE = 4  # this many pasted-region keypoints voting for a photo outweigh embedding evidence
+REGION_CLEAR_VOTES = 8  # the region's mirror image is searched unless a photo (not the host) gets this many as is
 REGION_MIN_SHARE = 0.002  # changed blobs smaller than this share of the query are noise
 REGION_MAX_SHARE = 0.5  # a "changed" area larger than this means the host was not aligned
-REGION_KEYPOINT_SIDE = 384  # the region is enlarged to this longer side for its own keypoints ...
+REGION_KEYPOINT_SIDE = 256  # the region (with its margin) is resized to this longer side for its own keypoints ...
 REGION_KEYPOINTS = 500  # ... up to this many
+REGION_BLOB_GROW = 0.05  # region keypoints: within the changed pixels grown by this share of the region's size
 EXACT_OBJECTS_MAX = 200_000
 OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
@@ -319,7 +321,8 @@ class Searcher:
             return np.where(np.isfinite(dist), -dist, -np.inf), None
         host, explained = self.pick_host(rgb, counts, self.whole_image_distances(emb0), feats, votes)
         residual = np.max([v.residual_counts(host) for v in votes], axis=0).astype(np.float64)
-        region = self.region_evidence(rgb, changed_region(explained.changed), host, top)
+        blob = changed_blob(explained.changed)
+        region = None if blob is None else self.region_evidence(rgb, blob_box(blob), host, top, blob)
         if region is not None:
             residual += region.votes
         residual[host] = -1
@@ -331,15 +334,18 @@ class Searcher:
         score[host] = score.max() + 1.0  # the host first
         return score, region
 
-    def region_evidence(self, rgb: np.ndarray, box: np.ndarray | None, host: int, top: int) -> Region | None:
+    def region_evidence(
+        self, rgb: np.ndarray, box: np.ndarray | None, host: int, top: int, blob: np.ndarray | None = None
+    ) -> Region | None:
         """Eq. 7 distances of the region's embeddings (as is, mirrored) and its own keypoints' votes.
 
-        The region's mirror image votes only when no photo but the host gets
-        VOTE_GATE votes from the region as it is (a mirrored paste finds nothing so).
+        The region's mirror image votes unless a photo other than the host
+        gets REGION_CLEAR_VOTES votes from the region as it is (a mirrored paste
+        finds nothing so, or only a few chance votes).
         """
         if box is None:
             return None
-        pending = _POOL.submit(region_keypoints, rgb, box)  # on the other core while the network runs
+        pending = _POOL.submit(region_keypoints, rgb, box, blob)  # on the other core while the network runs
         emb = self.engine.region_embeddings(rgb, box)
         distance, _, row_of = self.object_distances(emb, top)
         features, width = pending.result()
@@ -347,7 +353,7 @@ class Searcher:
         for view in (features, mirrored(features, width)):
             for votes in self.local_votes([view]):
                 counts = np.maximum(counts, votes.counts)
-            if np.delete(counts, host).max(initial=0) >= VOTE_GATE:
+            if np.delete(counts, host).max(initial=0) >= REGION_CLEAR_VOTES:
                 break
         return Region(box, distance, row_of, counts.astype(np.float64))
 
@@ -441,35 +447,58 @@ def explained_share(query: np.ndarray, original: np.ndarray, src: np.ndarray, ds
     return Explained(float(explained.mean()), (inside & ~agree).astype(np.uint8) * 255, float(explained[frame].mean()))
 
 
-def region_keypoints(rgb: np.ndarray, box: np.ndarray) -> tuple[LocalFeatures, int]:
-    """RootSIFT of a region enlarged to REGION_KEYPOINT_SIDE (in the enlarged crop's coordinates) and its width.
+def region_keypoints(rgb: np.ndarray, box: np.ndarray, blob: np.ndarray | None = None) -> tuple[LocalFeatures, int]:
+    """RootSIFT of a region resized to REGION_KEYPOINT_SIDE (in the resized crop's coordinates) and its width.
 
-    Enlarged, a small pasted object yields keypoints at the scales its source
-    photo's keypoints were stored at, instead of the few the whole query gives it.
+    Enlarged to about the size a pasted object has in its source photo, a
+    small paste yields keypoints at the scales the source's stored keypoints
+    were taken at, instead of the few the whole query gives it; enlarged much
+    further, it only interpolates detail the source's keypoints never saw.
+    With `blob` (bool [H, W], the changed pixels) keypoints are taken only
+    there (grown by REGION_BLOB_GROW of the region's size): the host around a
+    pasted object would otherwise take most of the keypoint budget and vote
+    for the host, which is already known.
     """
     crop = crop_region(rgb, box, REGION_MARGIN)
     scale = REGION_KEYPOINT_SIDE / max(crop.shape[:2])
     size = (max(8, round(crop.shape[1] * scale)), max(8, round(crop.shape[0] * scale)))
     crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    return extract(crop, REGION_KEYPOINTS), crop.shape[1]
+    where = None
+    if blob is not None:
+        grow = max(1, round(REGION_BLOB_GROW * float(max(box[2] - box[0], box[3] - box[1]))))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+        grown = cv2.dilate(blob.astype(np.uint8), kernel)
+        where = cv2.resize(crop_region(grown[:, :, None], box, REGION_MARGIN)[:, :, 0], size, interpolation=cv2.INTER_NEAREST) > 0
+    return extract(crop, REGION_KEYPOINTS, where), crop.shape[1]
 
 
-def changed_region(changed: np.ndarray | None) -> np.ndarray | None:
-    """Box [x1, y1, x2, y2] of the largest cleaned-up changed blob, or None (nothing, or over half the photo).
+def changed_blob(changed: np.ndarray | None) -> np.ndarray | None:
+    """The largest cleaned-up changed blob (bool [H, W]), or None (nothing, or over half the photo).
 
     Over half the photo means the alignment explains little: no reliable region.
     """
     if changed is None:
         return None
     m = clean_mask(changed, REGION_MIN_SHARE)
-    n, _, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), connectivity=8)
     if n <= 1:
         return None
     i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, bw, bh, area = stats[i]
-    if area > REGION_MAX_SHARE * m.size:
+    if stats[i, cv2.CC_STAT_AREA] > REGION_MAX_SHARE * m.size:
         return None
-    return np.array([x, y, x + bw, y + bh], np.float32)
+    return labels == i
+
+
+def blob_box(blob: np.ndarray) -> np.ndarray:
+    """Box [x1, y1, x2, y2] (exclusive right/bottom) of a non-empty bool mask."""
+    ys, xs = np.nonzero(blob)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+
+
+def changed_region(changed: np.ndarray | None) -> np.ndarray | None:
+    """Box [x1, y1, x2, y2] of the largest cleaned-up changed blob, or None (see `changed_blob`)."""
+    blob = changed_blob(changed)
+    return None if blob is None else blob_box(blob)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -53,3 +53,14 @@ def test_match_ratio_equals_opencv_brute_force():
     got = [tuple(p) for p in match_ratio(a, b).tolist()]
     assert len(expected) > 50
     assert len(set(got) ^ set(expected)) <= 0.01 * len(expected)  # float rounding at the ratio threshold
+
+
+def test_extract_where_keeps_keypoints_inside_the_mask():
+    rgb = load_rgb(EXAMPLES / "astronaut.jpg")
+    where = np.zeros(rgb.shape[:2], bool)
+    where[100:300, 150:350] = True
+    f = extract(rgb, 300, where)
+    assert len(f) > 20
+    x, y = f.keypoints[:, 0], f.keypoints[:, 1]
+    assert ((x >= 149) & (x <= 351) & (y >= 99) & (y <= 301)).all()
+    assert len(extract(rgb, 300, np.zeros_like(where))) == 0

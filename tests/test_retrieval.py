@@ -19,7 +19,7 @@ from oesir_cli.codec import squared_l2
 from oesir_cli.engine import crop_region
 from oesir_cli.imageio import load_rgb
 from oesir_cli.local import extract, mirrored
-from oesir_cli.search import QUERY_KEYPOINTS, changed_region, explained_share
+from oesir_cli.search import QUERY_KEYPOINTS, blob_box, changed_blob, changed_region, explained_share, region_keypoints
 from oesir_cli.store import IndexError_, Store
 
 runner = CliRunner()
@@ -46,6 +46,21 @@ def test_incremental_index_add_modify_delete(photo_dir, tmp_path):
     assert s3.photos == 7
     names = {Path(p).name for p in Store(idx).images()}
     assert "synthetic_1.png" not in names and "rocket_copy.jpg" in names
+
+
+def test_unchanged_photos_never_rebuild_the_graphs(photo_dir, tmp_path):
+    """A re-index that changes no vectors (nothing new, or only a new mtime for the same bytes) keeps the graphs."""
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx)
+    graph = idx / "local.hnsw"
+    before = (graph.stat().st_mtime_ns, Store(idx).generation)
+    api.index([photo_dir], index_dir=idx)
+    os.utime(photo_dir / "coffee.jpg", ns=(1_000_000_000, 1_000_000_000))  # same bytes, another mtime
+    s = api.index([photo_dir], index_dir=idx)
+    assert (s.added, s.updated, s.removed, s.unchanged) == (0, 0, 0, 7)
+    assert (graph.stat().st_mtime_ns, Store(idx).generation) == before
+    assert Store(idx).images()[str(photo_dir / "coffee.jpg")].mtime_ns == 1_000_000_000, "the new mtime is recorded"
+    assert api.check(idx).ok
 
 
 def test_keep_missing(photo_dir, tmp_path):
@@ -125,7 +140,9 @@ def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
     assert 0.5 < explained.share < 0.98
     box = changed_region(explained.changed)
     assert box is not None and _iou(box, PASTED) > 0.6, box
-    region = s.region_evidence(rgb, box, host, top=10)
+    blob = changed_blob(explained.changed)
+    assert blob_box(blob).tolist() == box.tolist()
+    region = s.region_evidence(rgb, box, host, top=10, blob=blob)
     others = [p for p in range(len(names)) if p != host]
     assert names[min(others, key=lambda p: region.distance[p])] == "coffee.jpg"
     assert names[max(others, key=lambda p: region.votes[p])] == "coffee.jpg"
@@ -142,6 +159,33 @@ def test_changed_region_box_and_refusals():
     assert changed_region(changed).tolist() == [100, 50, 160, 90]
     changed[:, :200] = 255  # over half the photo: the host was not aligned
     assert changed_region(changed) is None
+
+
+def test_changed_blob_is_the_largest_blob():
+    changed = np.zeros((200, 300), np.uint8)
+    changed[50:90, 100:160] = 255
+    changed[150:170, 20:40] = 255  # a smaller second blob
+    blob = changed_blob(changed)
+    assert blob.dtype == bool and abs(int(blob.sum()) - 40 * 60) <= 8 and blob[60, 120] and not blob[160, 30]
+
+
+def test_region_keypoints_come_from_the_blob_only(photo_dir):
+    """With the changed pixels given, no region keypoint lies on the host around them."""
+    rgb = load_rgb(photo_dir / "astronaut.jpg")
+    box = np.array([100, 100, 300, 260], np.float32)
+    blob = np.zeros(rgb.shape[:2], bool)
+    blob[140:220, 150:250] = True  # inside the box, leaving a host margin within it
+    everywhere, width = region_keypoints(rgb, box)
+    only_blob, width_blob = region_keypoints(rgb, box, blob)
+    assert width == width_blob and len(only_blob) > 20
+    # crop coordinates -> query pixels: the crop starts REGION_MARGIN x the box size before the box
+    scale = width / (1.2 * 200)
+    x = only_blob.keypoints[:, 0] / scale + 100 - 20
+    y = only_blob.keypoints[:, 1] / scale + 100 - 16
+    grow = 0.05 * 200 + 2
+    assert (x > 150 - grow).all() and (x < 250 + grow).all() and (y > 140 - grow).all() and (y < 220 + grow).all()
+    outside = (everywhere.keypoints[:, 0] / scale + 80 < 150 - grow) | (everywhere.keypoints[:, 1] / scale + 84 > 220 + grow)
+    assert outside.any(), "without the blob, keypoints fall on the host too"
 
 
 def test_crop_region_clips_to_the_photo():
