@@ -47,6 +47,7 @@ HOST_CANDIDATES_VOTES = 3  # host candidates: the vote leaders ...
 HOST_CANDIDATES_IMAGE = 2  # ... and the nearest whole-image embeddings
 HOST_MARGIN = 0.05
 HOST_FRAME = 0.1
+HOST_MIN_SCORE = 0.05  # below this (nothing aligns), the nearest whole image is the host
 RRF_K = 10.0
 OBJECT_WEIGHT = 1.0
 REGION_WEIGHT = 1.0
@@ -57,6 +58,7 @@ REGION_MAX_SHARE = 0.5  # a "changed" area larger than this means the host was n
 REGION_KEYPOINT_SIDE = 256  # the region (with its margin) is resized to this longer side for its own keypoints ...
 REGION_KEYPOINTS = 500  # ... up to this many
 REGION_BLOB_GROW = 0.05  # region keypoints: within the changed pixels grown by this share of the region's size
+REGION_FILL_HOST = True  # the region's embedding sees only the grown changed pixels (the rest: their mean colour)
 EXACT_OBJECTS_MAX = 200_000
 OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
@@ -239,13 +241,20 @@ class Searcher:
     def pick_host(
         self, rgb: np.ndarray, counts: np.ndarray, dist0: np.ndarray, feats: list[LocalFeatures], votes: list[Votes]
     ) -> tuple[int, Explained]:
-        """The photo that explains most of the query, among the vote leaders and the nearest whole images."""
+        """The photo that explains most of the query, among the vote leaders and the nearest whole images.
+
+        If none explains even HOST_MIN_SCORE of it (a flat photo such as sand
+        and sky aligns with nothing), the nearest whole image is taken: the vote
+        leader is then often the donor, whose pasted object has the texture.
+        """
         by_votes = [int(p) for p in np.argsort(-counts, kind="stable")[:HOST_CANDIDATES_VOTES] if counts[p] > 0]
         by_image = [int(p) for p in np.argsort(dist0, kind="stable")[:HOST_CANDIDATES_IMAGE] if np.isfinite(dist0[p])]
         candidates = list(dict.fromkeys(by_votes + by_image)) or [int(np.argmax(counts))]
         evidence = {p: self.host_evidence(rgb, p, feats, votes) for p in candidates}
         leader = by_votes[0] if by_votes else candidates[0]
         best = max(candidates, key=lambda p: (evidence[p].host_score, counts[p]))
+        if evidence[best].host_score < HOST_MIN_SCORE and by_image:
+            return by_image[0], evidence[by_image[0]]
         host = best if evidence[best].host_score > evidence[leader].host_score + HOST_MARGIN else leader
         return host, evidence[host]
 
@@ -346,7 +355,8 @@ class Searcher:
         if box is None:
             return None
         pending = _POOL.submit(region_keypoints, rgb, box, blob)  # on the other core while the network runs
-        emb = self.engine.region_embeddings(rgb, box)
+        where = grown_blob(blob, box) if blob is not None and REGION_FILL_HOST else None
+        emb = self.engine.region_embeddings(rgb, box, where)
         distance, _, row_of = self.object_distances(emb, top)
         features, width = pending.result()
         counts = np.zeros(self.n_photos)
@@ -465,11 +475,16 @@ def region_keypoints(rgb: np.ndarray, box: np.ndarray, blob: np.ndarray | None =
     crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
     where = None
     if blob is not None:
-        grow = max(1, round(REGION_BLOB_GROW * float(max(box[2] - box[0], box[3] - box[1]))))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-        grown = cv2.dilate(blob.astype(np.uint8), kernel)
+        grown = grown_blob(blob, box).astype(np.uint8)
         where = cv2.resize(crop_region(grown[:, :, None], box, REGION_MARGIN)[:, :, 0], size, interpolation=cv2.INTER_NEAREST) > 0
     return extract(crop, REGION_KEYPOINTS, where), crop.shape[1]
+
+
+def grown_blob(blob: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The changed pixels grown by REGION_BLOB_GROW of the region's longer side (bool [H, W])."""
+    grow = max(1, round(REGION_BLOB_GROW * float(max(box[2] - box[0], box[3] - box[1]))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    return cv2.dilate(blob.astype(np.uint8), kernel) > 0
 
 
 def changed_blob(changed: np.ndarray | None) -> np.ndarray | None:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from oesir_cli import api
 from oesir_cli.cli import app
 from oesir_cli.codec import squared_l2
-from oesir_cli.engine import crop_region
+from oesir_cli.engine import Engine, crop_region
 from oesir_cli.imageio import load_rgb
 from oesir_cli.local import extract, mirrored
 from oesir_cli.search import QUERY_KEYPOINTS, blob_box, changed_blob, changed_region, explained_share, region_keypoints
@@ -123,6 +123,29 @@ def test_spliced_query_retrieves_host_and_donor(photo_dir, tmp_path):
         assert top2[0] == "astronaut.jpg", "the host ranks first"
 
 
+def _flat_photo(w: int = 480, h: int = 320) -> np.ndarray:
+    """Sky over sand, smooth gradients only: almost no keypoints, nothing to align."""
+    y = np.linspace(0, 1, h)[:, None, None]
+    sky = np.array([200, 150, 90]) * (1 - 0.3 * y) + 20 * y
+    sand = np.array([120, 180, 215]) * (0.9 + 0.1 * y)
+    img = np.where(np.arange(h)[:, None, None] < h * 0.45, sky, sand) * np.ones((1, w, 1))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_a_host_nothing_aligns_with_is_the_nearest_whole_image(photo_dir, tmp_path):
+    """A textured object pasted on a flat photo: votes lead to the donor, but the flat photo is the host."""
+    cv2.imwrite(str(photo_dir / "desert.png"), _flat_photo())
+    query = _flat_photo()
+    donor = cv2.imread(str(photo_dir / "astronaut.jpg"))
+    query[200:260, 200:260] = cv2.resize(donor[60:260, 140:340], (60, 60))
+    cv2.imwrite(str(tmp_path / "query.jpg"), query, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    api.index([photo_dir], index_dir=tmp_path / "idx")
+    searcher = api.open_searcher(tmp_path / "idx")
+    matches = api.search_path(searcher, tmp_path / "query.jpg", top=3)
+    assert _names(matches)[:2] == ["desert.png", "astronaut.jpg"], _names(matches)
+    assert matches[1].votes > matches[0].votes, "the donor leads by votes; the host is chosen by its whole image"
+
+
 def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
     """After aligning the host, the changed region is the pasted cup; its own evidence points at coffee.jpg."""
     qpath = _splice(photo_dir, tmp_path / "query.jpg")
@@ -186,6 +209,21 @@ def test_region_keypoints_come_from_the_blob_only(photo_dir):
     assert (x > 150 - grow).all() and (x < 250 + grow).all() and (y > 140 - grow).all() and (y < 220 + grow).all()
     outside = (everywhere.keypoints[:, 0] / scale + 80 < 150 - grow) | (everywhere.keypoints[:, 1] / scale + 84 > 220 + grow)
     assert outside.any(), "without the blob, keypoints fall on the host too"
+
+
+def test_region_embedding_sees_only_the_pixels_it_is_given():
+    """With `where`, changing the photo outside it leaves the region's embedding alone; without, it does not."""
+    engine = Engine()
+    rgb = load_rgb(Path(__file__).parent.parent / "examples" / "photos" / "astronaut.jpg")
+    box = np.array([150, 100, 350, 300], np.float32)
+    where = np.zeros(rgb.shape[:2], bool)
+    where[140:260, 190:310] = True
+    other = rgb.copy()
+    other[~where] = 255 - other[~where]  # another "host" around the same region
+    a, b = engine.region_embeddings(rgb, box, where), engine.region_embeddings(other, box, where)
+    assert a.shape == (2, engine.embedding_dim) and np.abs(a - b).max() < 1e-5
+    plain_a, plain_b = engine.region_embeddings(rgb, box), engine.region_embeddings(other, box)
+    assert np.abs(plain_a - plain_b).max() > 1e-2
 
 
 def test_crop_region_clips_to_the_photo():
