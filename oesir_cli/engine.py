@@ -108,21 +108,14 @@ class Engine:
         boxes, _, _, maps = self.analyse(rgb)
         return boxes, self._embed_maps(maps, boxes)
 
-    def region_embeddings(self, rgb: np.ndarray, box: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    def region_embeddings(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
         """Embeddings [2, D] of one region of a photo seen on its own, as is and mirrored.
 
         A pasted object covers a few cells of the photo's feature map; cropped
         and enlarged it is described as its source photo's object was, and the
-        mirrored view matches a source the splicer flipped. With `where` (bool
-        [H, W]) the crop's pixels outside it are set to the mean colour of those
-        inside, so that only the region's own pixels describe it.
+        mirrored view matches a source the splicer flipped.
         """
         crop = crop_region(rgb, box, REGION_MARGIN)
-        if where is not None:
-            inside = crop_region(where[:, :, None], box, REGION_MARGIN)[:, :, 0]
-            if inside.any():
-                crop = crop.copy()
-                crop[~inside] = crop[inside].mean(0).round().astype(crop.dtype)
         out = []
         for view in (crop, np.ascontiguousarray(crop[:, ::-1])):
             whole = np.array([[0, 0, view.shape[1], view.shape[0]]], np.float32)

@@ -58,7 +58,6 @@ REGION_MAX_SHARE = 0.5  # a "changed" area larger than this means the host was n
 REGION_KEYPOINT_SIDE = 256  # the region (with its margin) is resized to this longer side for its own keypoints ...
 REGION_KEYPOINTS = 500  # ... up to this many
 REGION_BLOB_GROW = 0.05  # region keypoints: within the changed pixels grown by this share of the region's size
-REGION_FILL_HOST = True  # the region's embedding sees only the grown changed pixels (the rest: their mean colour)
 EXACT_OBJECTS_MAX = 200_000
 OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
@@ -355,8 +354,7 @@ class Searcher:
         if box is None:
             return None
         pending = _POOL.submit(region_keypoints, rgb, box, blob)  # on the other core while the network runs
-        where = grown_blob(blob, box) if blob is not None and REGION_FILL_HOST else None
-        emb = self.engine.region_embeddings(rgb, box, where)
+        emb = self.engine.region_embeddings(rgb, box)
         distance, _, row_of = self.object_distances(emb, top)
         features, width = pending.result()
         counts = np.zeros(self.n_photos)

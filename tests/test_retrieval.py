@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from oesir_cli import api
 from oesir_cli.cli import app
 from oesir_cli.codec import squared_l2
-from oesir_cli.engine import Engine, crop_region
+from oesir_cli.engine import crop_region
 from oesir_cli.imageio import load_rgb
 from oesir_cli.local import extract, mirrored
 from oesir_cli.search import QUERY_KEYPOINTS, blob_box, changed_blob, changed_region, explained_share, region_keypoints
@@ -209,21 +209,6 @@ def test_region_keypoints_come_from_the_blob_only(photo_dir):
     assert (x > 150 - grow).all() and (x < 250 + grow).all() and (y > 140 - grow).all() and (y < 220 + grow).all()
     outside = (everywhere.keypoints[:, 0] / scale + 80 < 150 - grow) | (everywhere.keypoints[:, 1] / scale + 84 > 220 + grow)
     assert outside.any(), "without the blob, keypoints fall on the host too"
-
-
-def test_region_embedding_sees_only_the_pixels_it_is_given():
-    """With `where`, changing the photo outside it leaves the region's embedding alone; without, it does not."""
-    engine = Engine()
-    rgb = load_rgb(Path(__file__).parent.parent / "examples" / "photos" / "astronaut.jpg")
-    box = np.array([150, 100, 350, 300], np.float32)
-    where = np.zeros(rgb.shape[:2], bool)
-    where[140:260, 190:310] = True
-    other = rgb.copy()
-    other[~where] = 255 - other[~where]  # another "host" around the same region
-    a, b = engine.region_embeddings(rgb, box, where), engine.region_embeddings(other, box, where)
-    assert a.shape == (2, engine.embedding_dim) and np.abs(a - b).max() < 1e-5
-    plain_a, plain_b = engine.region_embeddings(rgb, box), engine.region_embeddings(other, box)
-    assert np.abs(plain_a - plain_b).max() > 1e-2
 
 
 def test_crop_region_clips_to_the_photo():
