@@ -77,6 +77,18 @@ def test_codec_index_round_trip(codec, photo_dir, tmp_path):
     assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
 
 
+def test_student_index_with_pq_codes(photo_dir, tmp_path):
+    """The student's own shipped codebook: a student pq index keeps the exact top 2 of a student float32 index."""
+    ref_idx, idx = tmp_path / "ref", tmp_path / "pq"
+    api.index([photo_dir], index_dir=ref_idx, local_features=False, model="student")
+    api.index([photo_dir], index_dir=idx, local_features=False, model="student", codec="pq")
+    rgb = load_rgb(SPLICED)
+    exact = _bruteforce_ranking(api.open_searcher(ref_idx), rgb)
+    got = [m.image for m in api.open_searcher(idx).search_rgb(rgb, top=len(exact), mode="objects")]
+    assert got[:2] == exact[:2] and api.info(idx)["codec"] == "pq"
+    assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
+
+
 def test_transcode_in_place_equals_fresh_index(photo_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     api.index([photo_dir], index_dir=a, local_features=False)
