@@ -17,7 +17,7 @@ that pass come:
 * its tuned form (the issue's strongest peer): 2,000 RootSIFT keypoints per
   photo, the query also searched mirrored (max of the two vote counts); of the
   top two photos the one whose voting query keypoints spread over more of the
-  query first ("spread" host rule); then reciprocal-rank fusion (3:1, k = 60)
+  query first ("spread" host rule), kept first; the others by reciprocal-rank fusion (3:1, k = 60)
   with OE-SIR k = 8 (the issue fused with a weaker OE-SIR: boxes >= 0.3, s32);
 * PDQ (the `pdqhash` package, `[bench]` extra): 256-bit hash, Hamming distance.
 
@@ -145,47 +145,63 @@ def eq7(query: np.ndarray, db: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+SYSTEMS = (*GLOBAL, *(f"OE-SIR k={k}" for k in KS), "OE-HoG", "OE-detector", "SIFT-500", "SIFT tuned", "PDQ")
+
+
 def run(
-    db_files: list[Path], queries: dict[str, list[Path]], train_files: list[Path], out: Path, progress: Callable[[str], None]
+    db_files: list[Path],
+    queries: dict[str, list[Path]],
+    train_files: list[Path],
+    out: Path,
+    progress: Callable[[str], None],
+    systems: list[str] | None = None,
 ) -> dict[str, float]:
-    """Write `<system>-<set>.jsonl` for every comparison system; returns indexing seconds per photo (shared pass)."""
+    """Write `<system>-<set>.jsonl` for every comparison system (or those named); returns indexing s/photo (shared pass)."""
     describe = Describer()
-    progress(f"whitening of the detector's features: {len(train_files)} training photos")
-    own_whitening = describe.detector_whitening(train_files)
+    chosen = [s for s in (systems or SYSTEMS) if s != "PDQ" or describe.pdq]
+    unknown = set(chosen) - set(SYSTEMS)
+    if unknown:
+        raise ValueError(f"unknown systems: {', '.join(sorted(unknown))}")
+    own_whitening = None
+    if "OE-detector" in chosen:
+        progress(f"whitening of the detector's features: {len(train_files)} training photos")
+        own_whitening = describe.detector_whitening(train_files)
     t0 = time.perf_counter()
     db = []
     for i, f in enumerate(db_files):
         db.append(describe(f))
-        db[-1]["detector"] = own_whitening.apply(db[-1]["detector"])
+        if own_whitening:
+            db[-1]["detector"] = own_whitening.apply(db[-1]["detector"])
         if i % 200 == 0:
             progress(f"database {i}/{len(db_files)}")
     per_photo = (time.perf_counter() - t0) / len(db_files)
-    sift = Votes.graph(db, "sift")
-    tuned = Votes.graph(db, "sift2000")
+    sift = Votes.graph(db, "sift") if "SIFT-500" in chosen else None
+    tuned = Votes.graph(db, "sift2000") if "SIFT tuned" in chosen else None
     mats = {k: np.stack([d[k] for d in db]) for k in GLOBAL}
-    pdq = np.stack([d["pdq"] for d in db]) if describe.pdq else None
-    systems = [*GLOBAL, *(f"OE-SIR k={k}" for k in KS), "OE-HoG", "OE-detector", "SIFT-500", "SIFT tuned"]
-    systems += ["PDQ"] if pdq is not None else []
+    pdq = np.stack([d["pdq"] for d in db]) if "PDQ" in chosen else None
     for name, files in queries.items():
-        handles = {s: open(out / f"{slug(s)}-{name}.jsonl", "w") for s in systems}
+        handles = {s: open(out / f"{slug(s)}-{name}.jsonl", "w") for s in chosen}
         for q in files:
             d = describe(q)
             scores = {k: mats[k] @ d[k] for k in GLOBAL}
             for k in KS:
                 scores[f"OE-SIR k={k}"] = -eq7(d["objects"][: k + 1], [x["objects"][: k + 1] for x in db])
             scores["OE-HoG"] = -eq7(d["hog"], [x["hog"] for x in db])
-            scores["OE-detector"] = -eq7(own_whitening.apply(d["detector"]), [x["detector"] for x in db])
-            scores["SIFT-500"] = sift.counts(d["sift"])
-            scores["SIFT tuned"] = tuned_sift(tuned, d, scores["OE-SIR k=8"])
+            if own_whitening:
+                scores["OE-detector"] = -eq7(own_whitening.apply(d["detector"]), [x["detector"] for x in db])
+            if sift:
+                scores["SIFT-500"] = sift.counts(d["sift"])
+            if tuned:
+                scores["SIFT tuned"] = tuned_sift(tuned, d, scores["OE-SIR k=8"])
             if pdq is not None:
                 scores["PDQ"] = -(pdq != d["pdq"][None]).sum(1).astype(float)
-            for s in systems:
+            for s in chosen:
                 order = np.argsort(-scores[s], kind="stable")[:100]
                 handles[s].write(json.dumps({"query": str(q), "matches": [{"image": str(db_files[i])} for i in order]}) + "\n")
         for fh in handles.values():
             fh.close()
         progress(f"queries {name} done")
-    return {s: per_photo for s in systems}
+    return {s: per_photo for s in chosen}
 
 
 class Votes:
@@ -232,10 +248,13 @@ def tuned_sift(votes: Votes, query: dict, objects: np.ndarray) -> np.ndarray:
         keypoints = pairs[view][pairs[view][:, 1] == photo, 0]
         return spread(views[view].keypoints[keypoints, :2], w, h)
 
-    if best[top2[1]] > 0 and spread_of(int(top2[1])) > spread_of(int(top2[0])):
-        best[top2[1]] = best[top2[0]] + 1.0
+    host = int(top2[0])
+    if best[top2[1]] > 0 and spread_of(int(top2[1])) > spread_of(host):
+        host = int(top2[1])
     w_sift, w_obj, k = TUNED_FUSION
-    return w_sift / (k + _ranks(-best)) + w_obj / (k + _ranks(-objects))
+    fused = w_sift / (k + _ranks(-best)) + w_obj / (k + _ranks(-objects))
+    fused[host] = fused.max() + 1.0  # the host rule's choice stays first; the fusion ranks the others
+    return fused
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

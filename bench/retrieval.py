@@ -79,6 +79,7 @@ def main() -> None:
         action="store_true",
         help="also run the comparison rows of bench/baselines.py (R-MAC, OE-HoG, OE-detector, SIFT, PDQ, k sweep) from one pass",
     )
+    ap.add_argument("--systems", default="", help="with --comparisons: only these rows (comma-separated, e.g. 'SIFT tuned')")
     args = ap.parse_args()
     data = args.data.resolve()
     score_py = data.parent / "bench" / "score.py"
@@ -119,7 +120,8 @@ def main() -> None:
 
         db_files = sorted(p for d in db_dirs for p in d.iterdir())
         train = sorted((data / "imagenet-sample" / "train").iterdir())
-        per_photo = baselines.run(db_files, queries, train, args.work, lambda m: print(m, file=sys.stderr, flush=True))
+        only = [x.strip() for x in args.systems.split(",") if x.strip()] or None
+        per_photo = baselines.run(db_files, queries, train, args.work, lambda m: print(m, file=sys.stderr, flush=True), only)
         for k, secs in per_photo.items():
             name = baselines.slug(k)
             cols = {s: (score(score_py, data / s / "truth.jsonl", args.work / f"{name}-{s}.jsonl"), None) for s in SETS}
