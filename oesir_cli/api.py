@@ -71,7 +71,7 @@ def index(
     with writer_lock(directory):
         if rebuild:
             start_over(directory, on_error)
-        store = Store(directory, create=True)
+        store = Store(directory, create=True, locked=True)
         try:
             store.prepare_for_writing()
             have = store.meta("engine_config")
@@ -123,7 +123,7 @@ def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
     _check_codec(codec)
     directory = Path(index_dir) if index_dir else default_index_dir()
     with writer_lock(directory):
-        store = Store(directory)
+        store = Store(directory, locked=True)
         try:
             store.prepare_for_writing()
             if codec == store.codec().name:
@@ -146,7 +146,7 @@ def start_over(directory: Path, on_error: Callable[[str, str], None] | None = No
     for name in GRAPH_FILES:
         (directory / name).unlink(missing_ok=True)
     try:
-        store = Store(directory)
+        store = Store(directory, locked=True)
         try:
             store.clear()
             return

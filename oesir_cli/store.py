@@ -1,7 +1,7 @@
 """The index on disk: SQLite is the source of truth, hnswlib graphs are derived.
 
 Layout of an index folder:
-    oesir.sqlite        images, objects, embeddings and local descriptors (WAL mode)
+    oesir.sqlite        one packed row per photo: record, objects, embeddings, local descriptors (WAL mode)
     objects.hnsw(.json) hnswlib graph over object embeddings + its stamp
     local.hnsw(.json)   hnswlib graph over local descriptors + its stamp
     lock                held (flock) by the one writer
@@ -32,36 +32,35 @@ import numpy as np
 
 from .codec import Codec, CodecError, make_codec
 
-FORMAT = 1
+FORMAT = 2  # 1: images/objects/vectors tables (upgraded in place on open, see upgrade.py)
 DB_NAME = "oesir.sqlite"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # photos' folders, stored once (most photos share a few): text, or bytes when not UTF-8
+    "CREATE TABLE IF NOT EXISTS folders (id INTEGER PRIMARY KEY, path NOT NULL UNIQUE)",
+    # one row per photo, everything packed (issue #7: bytes per object); no index on the
+    # name: writers look paths up in a map they load under the lock (`Store._path_ids`)
+    """CREATE TABLE IF NOT EXISTS photos (
     id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
-    sha256 TEXT NOT NULL,
+    folder INTEGER NOT NULL REFERENCES folders(id),
+    name NOT NULL,
+    sha256 BLOB NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
-    indexed_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS objects (
-    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-    idx INTEGER NOT NULL,
-    x1 REAL, y1 REAL, x2 REAL, y2 REAL,
-    score REAL, class INTEGER,
-    PRIMARY KEY (image_id, idx)
-);
-CREATE TABLE IF NOT EXISTS vectors (
-    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    indexed_at INTEGER NOT NULL,
+    objects BLOB NOT NULL,
     embeddings BLOB NOT NULL,
-    keypoints BLOB NOT NULL,
-    descriptors BLOB NOT NULL,
-    digest TEXT
-);
-"""
+    keypoints BLOB,
+    descriptors BLOB,
+    digest BLOB NOT NULL
+)""",
+)
+# One detected object in `photos.objects`: its box as fractions of the photo's sides in
+# 1/65535 steps (under 0.1 px for a 6,000 px side), detector score in 1/255 steps, COCO class.
+OBJECT_RECORD = np.dtype([("box", "<u2", (4,)), ("score", "u1"), ("cls", "u1")])
 GRAPH_FILES = ("objects.hnsw", "objects.hnsw.json", "local.hnsw", "local.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
 
@@ -111,13 +110,36 @@ def path_from_db(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
-def row_digest(path: str, sha256: str, boxes: np.ndarray, embeddings: bytes, keypoints: bytes, descriptors: bytes) -> str:
+def split_path(path: str) -> tuple[str | bytes, str | bytes]:
+    """(folder, name) as stored."""
+    folder, name = os.path.split(path)
+    return db_path_value(folder), db_path_value(name)
+
+
+def pack_objects(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, width: int, height: int) -> bytes:
+    """Boxes (photo pixels), scores and classes as `OBJECT_RECORD`s: 10 bytes per object."""
+    rec = np.zeros(len(boxes), OBJECT_RECORD)
+    sides = np.array([width, height, width, height], np.float64)
+    rec["box"] = np.clip(np.rint(np.asarray(boxes, np.float64).reshape(-1, 4) / sides * 65535), 0, 65535)
+    rec["score"] = np.clip(np.rint(np.asarray(scores, np.float64) * 255), 0, 255)
+    rec["cls"] = np.clip(np.asarray(classes), 0, 255)
+    return rec.tobytes()
+
+
+def unpack_boxes(blob: bytes, width: int, height: int) -> np.ndarray:
+    """[K, 4] float32 boxes in photo pixels from a `pack_objects` blob."""
+    rec = np.frombuffer(blob, OBJECT_RECORD)
+    sides = np.array([width, height, width, height], np.float32)
+    return (rec["box"].astype(np.float32) * (sides / 65535)).reshape(-1, 4)
+
+
+def row_digest(path: str, sha256: str, objects: bytes, embeddings: bytes, keypoints: bytes, descriptors: bytes) -> bytes:
     """Checksum of everything stored for one photo (detects damage SQLite itself would not)."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in (os.fsencode(path), sha256.encode(), np.asarray(boxes, np.float32).tobytes(), embeddings, keypoints, descriptors):
+    h = hashlib.blake2b(digest_size=8)
+    for part in (os.fsencode(path), bytes.fromhex(sha256), objects, embeddings, keypoints, descriptors):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
-    return h.hexdigest()
+    return h.digest()
 
 
 @contextlib.contextmanager
@@ -177,9 +199,13 @@ def _fsync_dir(directory: Path) -> None:
 class Store:
     """Open index folder. Readers need no lock; `writer()` takes the folder's lock."""
 
-    def __init__(self, directory: Path, create: bool = False):
+    def __init__(self, directory: Path, create: bool = False, locked: bool = False):
+        """Open (or with `create`, make) the index at `directory`. `locked`: the caller holds the
+        writer lock; an index in an older format is upgraded in place, under that lock or one taken here."""
         self.dir = Path(directory)
         self._codec: Codec | None = None
+        self._ids: dict[str, int] | None = None  # path -> photo id, for writers (see `_path_ids`)
+        self._folders: dict[str | bytes, int] | None = None
         db_path = self.dir / DB_NAME
         if not db_path.exists():
             if not create:
@@ -190,10 +216,24 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA) if create else None
-            self.db.execute("SELECT count(*) FROM images").fetchone()
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "images" in tables:
+                from .upgrade import upgrade_format1
+
+                if locked:
+                    upgrade_format1(self)
+                else:
+                    with writer_lock(self.dir):
+                        upgrade_format1(self)
+            elif create:
+                for statement in SCHEMA:
+                    self.db.execute(statement)
+            fmt = int(self.meta("format", str(FORMAT)) or FORMAT)
+            self.db.execute("SELECT count(*) FROM photos").fetchone()
         except sqlite3.DatabaseError as exc:
             raise IndexError_(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
+        if fmt > FORMAT:
+            raise IndexError_(f"index at {self.dir} was written by a newer oesir (format {fmt}; this one reads {FORMAT})")
 
     # -- meta -------------------------------------------------------------
     def meta(self, key: str, default: str | None = None) -> str | None:
@@ -240,20 +280,24 @@ class Store:
     def transcode(self, target: Codec, codebook: str | None = None, progress: Callable[[int, int], None] | None = None) -> int:
         """Re-encode every stored embedding with `target` in one transaction (lossy one way: float32 > float16 > pq).
 
-        Each photo's digest is recomputed, so `oesir check` still vouches for it. Returns the photos re-encoded.
+        Each photo's digest is recomputed, so `oesir check` still vouches for it (a photo whose data
+        already failed its digest keeps failing it). Returns the photos re-encoded.
         """
         source = self.codec()
-        ids = [r[0] for r in self.db.execute("SELECT image_id FROM vectors").fetchall()]
+        ids = [r[0] for r in self.db.execute("SELECT id FROM photos").fetchall()]
+        folders = self._folder_paths()
         with self.transaction() as db:
             for i, image_id in enumerate(ids):
                 if progress:
                     progress(i, len(ids))
-                (blob,) = db.execute("SELECT embeddings FROM vectors WHERE image_id=?", (image_id,)).fetchone()
-                codes = np.frombuffer(blob, np.uint8).reshape(-1, source.code_size)
+                row = db.execute(f"SELECT {_ROW_COLUMNS} FROM photos WHERE id=?", (image_id,)).fetchone()
+                intact = _row_digest(row, folders) == row[-1]
+                codes = np.frombuffer(row[6], np.uint8).reshape(-1, source.code_size)
+                row = (*row[:6], target.encode(source.decode(codes)).tobytes(), *row[7:])
                 db.execute(
-                    "UPDATE vectors SET embeddings=? WHERE image_id=?", (target.encode(source.decode(codes)).tobytes(), image_id)
+                    "UPDATE photos SET embeddings=?, digest=? WHERE id=?",
+                    (row[6], _row_digest(row, folders) if intact else b"", image_id),
                 )
-                db.execute("UPDATE vectors SET digest=? WHERE image_id=?", (self._compute_digest(image_id), image_id))
             self.set_codec(target.name, codebook)
         self.db.execute("VACUUM")  # give the freed pages back to the file system (the point of a smaller codec)
         return len(ids)
@@ -282,59 +326,31 @@ class Store:
             yield
 
     def prepare_for_writing(self) -> None:
-        """With the lock held: drop temp files a killed writer left, give old-format rows their digests."""
+        """With the lock held: drop temp files a killed writer left."""
         remove_temp_files(self.dir)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Indexes from before row digests: add the column and fill it."""
-        cols = [r[1] for r in self.db.execute("PRAGMA table_info(vectors)")]
-        if "digest" not in cols:
-            self.db.execute("ALTER TABLE vectors ADD COLUMN digest TEXT")
-        missing = self.db.execute("SELECT image_id FROM vectors WHERE digest IS NULL").fetchall()
-        if missing:
-            with self.transaction(changes_vectors=False) as db:
-                for (image_id,) in missing:
-                    db.execute("UPDATE vectors SET digest=? WHERE image_id=?", (self._compute_digest(image_id), image_id))
-
-    def _compute_digest(self, image_id: int) -> str:
-        path, sha, e, k, d = self.db.execute(
-            "SELECT i.path, i.sha256, v.embeddings, v.keypoints, v.descriptors FROM images i "
-            "JOIN vectors v ON v.image_id = i.id WHERE i.id=?",
-            (image_id,),
-        ).fetchone()
-        boxes = self.db.execute("SELECT x1, y1, x2, y2 FROM objects WHERE image_id=? ORDER BY idx", (image_id,)).fetchall()
-        return row_digest(path_from_db(path), sha, np.asarray(boxes, np.float32).reshape(-1, 4), e, k, d)
 
     def damaged_rows(self) -> list[tuple[int, str, str]]:
-        """(image id, path, problem) for every photo whose stored data fails its digest or is incomplete."""
+        """(photo id, path, problem) for every photo whose stored data fails its digest or is incomplete."""
         bad = []
-        rows = self.db.execute("SELECT i.id, i.path, v.digest FROM images i LEFT JOIN vectors v ON v.image_id = i.id")
         dim = self.embedding_dim()
         code_size = self.codec().code_size if dim else 0
-        for image_id, path, digest in rows.fetchall():
-            path = path_from_db(path)
-            if digest is None:
-                bad.append((image_id, path, "no stored vectors" if not self._has_vectors(image_id) else "no checksum"))
-                continue
+        folders = self._folder_paths()
+        for row in self.db.execute(f"SELECT {_ROW_COLUMNS} FROM photos").fetchall():
             try:
-                ok = self._compute_digest(image_id) == digest
-                n_obj = self.db.execute("SELECT count(*) FROM objects WHERE image_id=?", (image_id,)).fetchone()[0]
-                n_emb = len(self.db.execute("SELECT embeddings FROM vectors WHERE image_id=?", (image_id,)).fetchone()[0])
-                ok = ok and dim > 0 and n_emb == n_obj * code_size
-            except (sqlite3.DatabaseError, TypeError, ValueError):
-                ok = False
+                path = _path_of(row, folders)
+                n_obj, rest = divmod(len(row[5]), OBJECT_RECORD.itemsize)
+                ok = dim > 0 and rest == 0 and len(row[6]) == n_obj * code_size and _row_digest(row, folders) == row[-1]
+            except (KeyError, TypeError, ValueError):
+                path, ok = f"<photo {row[0]}>", False
             if not ok:
-                bad.append((image_id, path, "stored data does not match its checksum"))
+                bad.append((row[0], path, "stored data does not match its checksum"))
         return bad
-
-    def _has_vectors(self, image_id: int) -> bool:
-        return self.db.execute("SELECT 1 FROM vectors WHERE image_id=?", (image_id,)).fetchone() is not None
 
     def clear(self) -> None:
         """Forget every photo and the model settings (for `--rebuild`); one transaction."""
         with self.transaction() as db:
-            db.execute("DELETE FROM images")
+            db.execute("DELETE FROM photos")
+            db.execute("DELETE FROM folders")
             db.execute("DELETE FROM meta WHERE key IN ('model_version', 'engine_config', 'embedding_dim', 'codec', 'codec_file')")
         self._codec = None
 
@@ -348,6 +364,7 @@ class Store:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._ids = self._folders = None  # the maps may hold rows that were never committed
             raise
         else:
             if changes_vectors:
@@ -356,64 +373,82 @@ class Store:
             self.db.execute("COMMIT")
 
     # -- records ----------------------------------------------------------
+    def _folder_paths(self) -> dict[int, str]:
+        return {i: path_from_db(p) for i, p in self.db.execute("SELECT id, path FROM folders")}
+
+    def _path_ids(self) -> dict[str, int]:
+        """path -> photo id, loaded once per writer (photos have no index on their name: bytes per object)."""
+        if self._ids is None:
+            folders = self._folder_paths()
+            rows = self.db.execute("SELECT id, folder, name FROM photos")
+            self._ids = {os.path.join(folders[f], path_from_db(n)): i for i, f, n in rows}
+        return self._ids
+
+    def _folder_id(self, db: sqlite3.Connection, folder: str | bytes) -> int:
+        if self._folders is None:
+            self._folders = {p: i for i, p in db.execute("SELECT id, path FROM folders")}
+        if folder not in self._folders:
+            self._folders[folder] = db.execute("INSERT INTO folders(path) VALUES (?)", (folder,)).lastrowid
+        return self._folders[folder]
+
     def images(self) -> dict[str, ImageRecord]:
-        rows = self.db.execute("SELECT id, path, sha256, size, mtime_ns, width, height FROM images")
-        return {path_from_db(r[1]): ImageRecord(r[0], path_from_db(r[1]), *r[2:]) for r in rows}
+        folders = self._folder_paths()
+        rows = self.db.execute("SELECT id, folder, name, sha256, size, mtime_ns, width, height FROM photos")
+        out = {}
+        for i, f, n, sha, size, mtime, w, h in rows:
+            path = os.path.join(folders[f], path_from_db(n))
+            out[path] = ImageRecord(i, path, sha.hex(), size, mtime, w, h)
+        return out
 
     def count(self) -> tuple[int, int]:
-        photos = self.db.execute("SELECT count(*) FROM images").fetchone()[0]
-        objects = self.db.execute("SELECT count(*) FROM objects").fetchone()[0]
-        return photos, objects
+        photos, packed = self.db.execute("SELECT count(*), coalesce(sum(length(objects)), 0) FROM photos").fetchone()
+        return photos, packed // OBJECT_RECORD.itemsize
 
     def put(self, db: sqlite3.Connection, rec: ImageRecord, data: PhotoData) -> None:
         """Insert or replace one photo (call inside `transaction()`)."""
-        path = db_path_value(rec.path)
-        db.execute("DELETE FROM images WHERE path=?", (path,))
-        cur = db.execute(
-            "INSERT INTO images(path, sha256, size, mtime_ns, width, height, indexed_at) VALUES (?,?,?,?,?,?,?)",
-            (path, rec.sha256, rec.size, rec.mtime_ns, rec.width, rec.height, time.time()),
-        )
-        image_id = cur.lastrowid
-        db.executemany(
-            "INSERT INTO objects(image_id, idx, x1, y1, x2, y2, score, class) VALUES (?,?,?,?,?,?,?,?)",
-            [
-                (image_id, i, *map(float, b), float(s), int(c))
-                for i, (b, s, c) in enumerate(zip(data.boxes, data.scores, data.classes))
-            ],
-        )
+        ids = self._path_ids()
+        if rec.path in ids:
+            db.execute("DELETE FROM photos WHERE id=?", (ids.pop(rec.path),))
+        folder, name = split_path(rec.path)
+        objects = pack_objects(data.boxes, data.scores, data.classes, rec.width, rec.height)
         blobs = (
             self.codec().encode(data.embeddings).tobytes(),
             np.ascontiguousarray(data.keypoints, np.float32).tobytes(),
             np.ascontiguousarray(data.descriptors, np.uint8).tobytes(),
         )
-        db.execute(
-            "INSERT INTO vectors(image_id, embeddings, keypoints, descriptors, digest) VALUES (?,?,?,?,?)",
-            (image_id, *blobs, row_digest(rec.path, rec.sha256, data.boxes, *blobs)),
-        )
+        cur = db.execute(
+            "INSERT INTO photos(folder, name, sha256, size, mtime_ns, width, height, indexed_at, objects, "
+            "embeddings, keypoints, descriptors, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                self._folder_id(db, folder), name, bytes.fromhex(rec.sha256), rec.size, rec.mtime_ns, rec.width,
+                rec.height, int(time.time()), objects, blobs[0], blobs[1] or None, blobs[2] or None,
+                row_digest(rec.path, rec.sha256, objects, *blobs),
+            ),
+        )  # fmt: skip
+        ids[rec.path] = cur.lastrowid
 
     def touch(self, db: sqlite3.Connection, rec: ImageRecord) -> None:
         """Same bytes, new size/mtime record (call inside `transaction()`)."""
-        db.execute("UPDATE images SET size=?, mtime_ns=? WHERE path=?", (rec.size, rec.mtime_ns, db_path_value(rec.path)))
+        db.execute("UPDATE photos SET size=?, mtime_ns=? WHERE id=?", (rec.size, rec.mtime_ns, self._path_ids()[rec.path]))
 
     def delete(self, db: sqlite3.Connection, paths: list[str]) -> None:
-        db.executemany("DELETE FROM images WHERE path=?", [(db_path_value(p),) for p in paths])
+        ids = self._path_ids()
+        self.delete_ids(db, [ids[p] for p in paths if p in ids])
 
     def delete_ids(self, db: sqlite3.Connection, ids: list[int]) -> None:
-        db.executemany("DELETE FROM images WHERE id=?", [(i,) for i in ids])
+        db.executemany("DELETE FROM photos WHERE id=?", [(i,) for i in ids])
+        self._ids = None
 
     def content(self) -> list[tuple]:
         """Everything stored per photo, sorted by path, ids left out: equal content means an equal index."""
-        rows = []
-        for image_id, path, sha, size, mtime, w, h in self.db.execute(
-            "SELECT id, path, sha256, size, mtime_ns, width, height FROM images"
-        ).fetchall():
-            objs = self.db.execute(
-                "SELECT idx, x1, y1, x2, y2, score, class FROM objects WHERE image_id=? ORDER BY idx", (image_id,)
+        folders = self._folder_paths()
+        rows = [
+            (_path_of(r, folders), r[3].hex(), *r[4:8], r[8:])
+            for r in self.db.execute(
+                "SELECT id, folder, name, sha256, size, mtime_ns, width, height, objects, embeddings, keypoints, "
+                "descriptors, digest FROM photos"
             ).fetchall()
-            vec = self.db.execute(
-                "SELECT embeddings, keypoints, descriptors, digest FROM vectors WHERE image_id=?", (image_id,)
-            ).fetchone()
-            rows.append((path_from_db(path), sha, size, mtime, w, h, tuple(objs), vec))
+        ]
         return sorted(rows, key=lambda r: os.fsencode(r[0]))
 
     def embedding_dim(self) -> int:
@@ -430,29 +465,23 @@ class Store:
     def _load_all(self) -> Catalogue:
         codec = self.codec()
         size = codec.code_size
+        folders = self._folder_paths()
         ids, paths, sizes = [], [], []
         obj_img, obj_idx, boxes, embs = [], [], [], []
         kp_img, kps, descs = [], [], []
-        box_rows = self.db.execute("SELECT image_id, idx, x1, y1, x2, y2 FROM objects ORDER BY image_id, idx").fetchall()
-        box_map: dict[int, list] = {}
-        for r in box_rows:
-            box_map.setdefault(r[0], []).append(r[2:])
-        q = (
-            "SELECT i.id, i.path, i.width, i.height, v.embeddings, v.keypoints, v.descriptors "
-            "FROM images i JOIN vectors v ON v.image_id = i.id ORDER BY i.id"
-        )
-        for image_id, path, w, h, e, k, d in self.db.execute(q):
+        q = "SELECT id, folder, name, width, height, objects, embeddings, keypoints, descriptors FROM photos ORDER BY id"
+        for image_id, folder, name, w, h, o, e, k, d in self.db.execute(q):
             ids.append(image_id)
-            paths.append(path_from_db(path))
+            paths.append(os.path.join(folders[folder], path_from_db(name)))
             sizes.append((w, h))
             emb = np.frombuffer(e, np.uint8).reshape(-1, size)
             embs.append(emb)
-            boxes.append(np.asarray(box_map.get(image_id, []), np.float32).reshape(-1, 4))
+            boxes.append(unpack_boxes(o, w, h))
             obj_img.append(np.full(len(emb), len(ids) - 1, np.int32))
             obj_idx.append(np.arange(len(emb), dtype=np.int32))
-            kp = np.frombuffer(k, np.float32).reshape(-1, 4)
+            kp = np.frombuffer(k or b"", np.float32).reshape(-1, 4)
             kps.append(kp)
-            descs.append(np.frombuffer(d, np.uint8).reshape(-1, 128))
+            descs.append(np.frombuffer(d or b"", np.uint8).reshape(-1, 128))
             kp_img.append(np.full(len(kp), len(ids) - 1, np.int32))
 
         def cat(parts: list, shape: tuple, dtype) -> np.ndarray:
@@ -475,6 +504,19 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+# columns `_row_digest` and `_path_of` read, in this order
+_ROW_COLUMNS = "id, folder, name, sha256, size, objects, embeddings, keypoints, descriptors, digest"
+
+
+def _path_of(row: tuple, folders: dict[int, str]) -> str:
+    return os.path.join(folders[row[1]], path_from_db(row[2]))
+
+
+def _row_digest(row: tuple, folders: dict[int, str]) -> bytes:
+    """The digest a `_ROW_COLUMNS` row should carry."""
+    return row_digest(_path_of(row, folders), row[3].hex(), row[5], row[6], row[7] or b"", row[8] or b"")
 
 
 @dataclass

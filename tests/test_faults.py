@@ -294,11 +294,11 @@ def _tamper(path: Path, offset: int) -> None:
 def test_damaged_rows_found_repaired_and_reindexed(tmp_path):
     photos, idx, expected = _indexed(tmp_path, 4)
     db = sqlite3.connect(idx / "oesir.sqlite")
-    image_id, emb = db.execute("SELECT image_id, embeddings FROM vectors ORDER BY image_id LIMIT 1 OFFSET 2").fetchone()
-    damaged_path = db.execute("SELECT path FROM images WHERE id=?", (image_id,)).fetchone()[0]
+    image_id, name, emb = db.execute("SELECT id, name, embeddings FROM photos ORDER BY id LIMIT 1 OFFSET 2").fetchone()
+    damaged_path = str(photos / name)
     flipped = bytearray(emb)
     flipped[40] ^= 0x01
-    db.execute("UPDATE vectors SET embeddings=? WHERE image_id=?", (bytes(flipped), image_id))
+    db.execute("UPDATE photos SET embeddings=? WHERE id=?", (bytes(flipped), image_id))
     db.commit()
     db.close()
 
@@ -351,12 +351,73 @@ def test_truncated_database_reported_and_rebuild_recovers(tmp_path):
     assert list(idx.glob("oesir.sqlite.damaged-*"))  # the damaged file is kept for the record
 
 
-def test_index_from_before_checksums_gets_them_on_next_write(tmp_path):
-    photos, idx, expected = _indexed(tmp_path, 2)
-    db = sqlite3.connect(idx / "oesir.sqlite")
-    db.execute("ALTER TABLE vectors DROP COLUMN digest")  # the first on-disk format had no digest
-    db.commit()
+FORMAT1_TABLES = (
+    """CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+    indexed_at REAL NOT NULL)""",
+    """CREATE TABLE objects (image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL, x1 REAL, y1 REAL, x2 REAL, y2 REAL, score REAL, class INTEGER, PRIMARY KEY (image_id, idx))""",
+    """CREATE TABLE vectors (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    embeddings BLOB NOT NULL, keypoints BLOB NOT NULL, descriptors BLOB NOT NULL, digest TEXT)""",
+)
+
+
+def _rewrite_as_format1(idx: Path, digests: bool = True) -> None:
+    """Turn a format-2 index into the layout earlier oesir versions wrote (same photos, same ids)."""
+    from oesir_cli.store import OBJECT_RECORD, unpack_boxes
+    from oesir_cli.upgrade import format1_digest
+
+    db = sqlite3.connect(idx / "oesir.sqlite", isolation_level=None)
+    rows = db.execute(
+        "SELECT p.id, f.path, p.name, p.sha256, p.size, p.mtime_ns, p.width, p.height, p.indexed_at, p.objects, "
+        "p.embeddings, p.keypoints, p.descriptors FROM photos p JOIN folders f ON f.id = p.folder"
+    ).fetchall()
+    db.execute("BEGIN")
+    for statement in FORMAT1_TABLES:
+        db.execute(statement)
+    for pid, folder, name, sha, size, mtime, w, h, at, objs, emb, kp, desc in rows:
+        path = os.path.join(folder, name)
+        boxes = unpack_boxes(objs, w, h)
+        rec = np.frombuffer(objs, OBJECT_RECORD)
+        db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)", (pid, path, sha.hex(), size, mtime, w, h, float(at)))
+        for i, (box, score, cls) in enumerate(zip(boxes, rec["score"] / 255.0, rec["cls"])):
+            db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?)", (pid, i, *map(float, box), float(score), int(cls)))
+        kp, desc = kp or b"", desc or b""
+        digest = format1_digest(path, sha.hex(), boxes, emb, kp, desc) if digests else None
+        db.execute("INSERT INTO vectors VALUES (?,?,?,?,?)", (pid, emb, kp, desc, digest))
+    db.execute("DROP TABLE photos")
+    db.execute("DROP TABLE folders")
+    db.execute("UPDATE meta SET value='1' WHERE key='format'")
+    db.execute("COMMIT")
     db.close()
-    assert api.index([photos], index_dir=idx).unchanged == 2
+
+
+@pytest.mark.parametrize("digests", [True, False], ids=["format1", "format1-before-checksums"])
+def test_format1_index_is_upgraded_in_place(tmp_path, digests):
+    photos, idx, expected = _indexed(tmp_path, 3)
+    before = api.info(idx)
+    query = photos / "p01.jpg"
+    ranking = [(m.image, m.distance) for m in api.search_path(api.open_searcher(idx), query, top=3)]
+    graph = (idx / "local.hnsw").read_bytes()
+    _rewrite_as_format1(idx, digests)
+    if digests:  # damage one photo's row in the old format: the upgrade must not vouch for it
+        db = sqlite3.connect(idx / "oesir.sqlite")
+        (emb,) = db.execute("SELECT embeddings FROM vectors WHERE image_id=2").fetchone()
+        db.execute("UPDATE vectors SET embeddings=? WHERE image_id=2", (bytes([emb[0] ^ 1]) + emb[1:],))
+        db.commit()
+        db.close()
+    # a reader opens it first: it is upgraded under the writer lock; graphs and generation untouched
+    searcher = api.open_searcher(idx)
+    assert (idx / "local.hnsw").read_bytes() == graph
+    after = api.info(idx)
+    assert (after["generation"], after["objects"], after["photos"]) == (before["generation"], before["objects"], 3)
+    r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
+    if digests:
+        assert r.exit_code == 1 and [d["path"] for d in json.loads(r.stdout)["damaged_photos"]] == [str(photos / "p01.jpg")]
+        assert runner.invoke(app, ["check", "--index", str(idx), "--repair"]).exit_code == 0
+        assert api.index([photos], index_dir=idx).added == 1
+    else:
+        assert r.exit_code == 0, r.output
+        assert [(m.image, m.distance) for m in api.search_path(searcher, query, top=3)] == ranking
+        assert api.index([photos], index_dir=idx).unchanged == 3
     assert _content(idx) == expected
-    assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
