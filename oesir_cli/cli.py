@@ -417,6 +417,37 @@ def weights_pq(
     _learn_weights("codebook", model, lambda **kw: api.learn_codebook_file(images, **kw))
 
 
+@weights_app.command("single-pass")
+def weights_single_pass(
+    images: Annotated[Path, typer.Option("--images", help="Photos to check the graph on (the first 3).")],
+    variant: Annotated[str, typer.Option(help="s3 or s2: which student_<variant>.onnx to build from.")] = "s3",
+    out: Annotated[Path, typer.Option("--out", help="Weights folder holding student_<variant>.onnx.")] = Path("weights"),
+) -> None:
+    """Build single_pass_<variant>.onnx (detector + student + NMS + ROIAlign, one call) from an exported student.
+
+    `oesir distill` does this itself; this rebuilds it without training. Needs the
+    training extra (onnx). The graph is checked against the student ONNX and numpy.
+    """
+    try:
+        from .detector import Detector
+        from .distill.command import assemble_single_pass, onnx_maps
+    except ImportError as exc:
+        raise _fail(f"oesir weights single-pass needs the training extra: pip install -e '.[train]' ({exc})") from None
+    if variant not in ("s2", "s3"):
+        raise _fail(f"unknown --variant {variant!r} (s2, s3)", EXIT_USAGE)
+    student = out / f"student_{variant}.onnx"
+    try:
+        from .registry import verified_file
+
+        verified_file(student.name, out)
+        command = f"oesir weights single-pass --images {images} --variant {variant} --out {out}"
+        path, parity = assemble_single_pass(out, variant, onnx_maps(student), images, command, student.name, Detector())
+    except (WeightsError, OSError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    print(path)
+    err.print(f"single pass {variant}: parity {parity:.1e} against {student.name} + numpy", highlight=False)
+
+
 @app.command()
 def distill(
     images: Annotated[Path, typer.Option("--images", help="Unlabelled training photos (never the database).")],

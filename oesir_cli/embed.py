@@ -13,8 +13,10 @@ import numpy as np
 
 from .teacher import FeatureMaps
 
+ROI_MAX_SAMPLES = 14  # at most this many bilinear samples per box side
 
-def roi_align_max(fmap: np.ndarray, boxes: np.ndarray, stride: float, max_samples: int = 14) -> np.ndarray:
+
+def roi_align_max(fmap: np.ndarray, boxes: np.ndarray, stride: float, max_samples: int = ROI_MAX_SAMPLES) -> np.ndarray:
     """Max over bilinear samples of `fmap` (C, H, W) inside each box [N, 4] (map-input pixels).
 
     Like ONNX RoiAlign in max mode with one output bin: samples sit on a regular

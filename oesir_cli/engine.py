@@ -65,7 +65,7 @@ class Engine:
         if self.config.model not in MODELS:
             raise ValueError(f"unknown model {self.config.model!r} (teacher, student)")
         if self.config.model == "student":
-            self.net: SinglePass | None = SinglePass("student-s3")
+            self.net: SinglePass | None = SinglePass()
         else:
             self.net = None
             self.detector = Detector()
@@ -85,28 +85,31 @@ class Engine:
         nets = self.net.version if self.net else f"{self.detector.model.version}+{self.teacher.version}"
         return f"{nets}+{c.whitening_file()}@{self._whitening_sha}/k{c.max_objects}/s{c.min_score}/sift{c.local_keypoints}"
 
-    def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureMaps]:
-        """Boxes (whole image first, then up to k class-agnostic detections), scores, classes, feature maps."""
+    def raw_objects(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (whole image first, then up to k class-agnostic detections), scores, classes and
+        unwhitened descriptors: one call of the single-pass graph, or the detector then the teacher."""
+        c = self.config
         if self.net:
-            det, maps = self.net.run(rgb, self.config.min_score, self.config.max_objects)  # one forward pass
-            return (*_whole_first(rgb, det), maps)
-        return (*self.boxes(rgb), self.teacher.features(rgb))
+            o = self.net.objects(rgb, c.min_score, c.max_objects)
+            return o.boxes, o.scores, o.classes, o.descriptors
+        boxes, scores, classes = self.boxes(rgb)
+        return boxes, scores, classes, region_descriptors(self.teacher.features(rgb), boxes)
 
     def boxes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The whole-image box first, then up to k detector boxes (class-agnostic NMS)."""
         if self.net:
-            return self.analyse(rgb)[:3]
+            return self.raw_objects(rgb)[:3]
         c = self.config
         return _whole_first(rgb, self.detector.detect(rgb, min_score=c.min_score, limit=c.max_objects, class_agnostic=True))
 
     def embed(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Whitened, L2-normalised embedding per box."""
-        return self._embed_maps(self.analyse(rgb)[3] if self.net else self.teacher.features(rgb), boxes)
+        """Whitened, L2-normalised embedding per box (any boxes of this photo)."""
+        return self._embed_maps(self.net.maps(rgb) if self.net else self.teacher.features(rgb), boxes)
 
     def objects(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes and their embeddings, each network run once."""
-        boxes, _, _, maps = self.analyse(rgb)
-        return boxes, self._embed_maps(maps, boxes)
+        boxes, _, _, descriptors = self.raw_objects(rgb)
+        return boxes, self.whitening.apply(descriptors)
 
     def region_embeddings(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
         """Embeddings [2, D] of one region of a photo seen on its own, as is and mirrored.
@@ -118,20 +121,19 @@ class Engine:
         crop = crop_region(rgb, box, REGION_MARGIN)
         out = []
         for view in (crop, np.ascontiguousarray(crop[:, ::-1])):
-            whole = np.array([[0, 0, view.shape[1], view.shape[0]]], np.float32)
-            if self.net:
-                maps = self.net.run(view, self.config.min_score, 1)[1]
+            if self.net:  # the whole view is the graph's first box: no detections needed
+                out.append(self.whitening.apply(self.net.objects(view, 1.0, 0).descriptors[:1]))
             else:
-                maps = self.region_teacher.features(view)
-            out.append(self._embed_maps(maps, whole))
+                whole = np.array([[0, 0, view.shape[1], view.shape[0]]], np.float32)
+                out.append(self._embed_maps(self.region_teacher.features(view), whole))
         return np.concatenate(out)
 
     def _embed_maps(self, maps: FeatureMaps, boxes: np.ndarray) -> np.ndarray:
         return self.whitening.apply(region_descriptors(maps, boxes))
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
-        boxes, scores, classes, maps = self.analyse(rgb)
-        emb = self._embed_maps(maps, boxes)
+        boxes, scores, classes, descriptors = self.raw_objects(rgb)
+        emb = self.whitening.apply(descriptors)
         if self.config.local_keypoints == 0:
             return PhotoData(boxes, scores, classes, emb, np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
         local = extract(rgb, self.config.local_keypoints)
@@ -141,13 +143,8 @@ class Engine:
     def region_describer(config: EngineConfig, weights: Path | None = None) -> Callable[[np.ndarray], np.ndarray]:
         """Unwhitened descriptors of the whole photo + up to 30 detections (score >= 0.02): what whitening learns from."""
         if config.model == "student":
-            net = SinglePass("student-s3", directory=weights)
-
-            def regions(rgb: np.ndarray) -> np.ndarray:
-                det, maps = net.run(rgb, 0.02, 30)
-                return _with_whole(rgb, det.boxes, maps)
-
-            return regions
+            net = SinglePass(directory=weights)
+            return lambda rgb: net.objects(rgb, 0.02, 30).descriptors
         detector, teacher = Detector(), Teacher(config.teacher, config.long_side)
         return lambda rgb: _with_whole(
             rgb, detector.detect(rgb, min_score=0.02, limit=30, class_agnostic=True).boxes, teacher.features(rgb)

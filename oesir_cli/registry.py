@@ -29,8 +29,9 @@ class ModelSpec:
 
     name: str
     file: str
-    role: str  # "detector" | "teacher"
+    role: str  # "detector" | "teacher" | "student" | "single-pass"
     note: str
+    shares: tuple[str, ...] = ()  # weights files whose tensors this graph reads (ONNX external data, same folder)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -55,12 +56,21 @@ MODELS: dict[str, ModelSpec] = {
 }
 DEFAULT_TEACHER = "efficientnet-lite0"
 STUDENT_FILE = "student_{variant}.onnx"
+SINGLE_PASS_FILE = "single_pass_{variant}.onnx"
 for _variant in ("s1", "s2", "s3"):
     MODELS[f"student-{_variant}"] = ModelSpec(
         f"student-{_variant}",
         STUDENT_FILE.format(variant=_variant),
         "student",
         f"distilled student {_variant.upper()} on the detector's maps (oesir distill)",
+    )
+for _variant in ("s2", "s3"):  # S1 reads the photo, not the detector: it has no single pass
+    MODELS[f"single-pass-{_variant}"] = ModelSpec(
+        f"single-pass-{_variant}",
+        SINGLE_PASS_FILE.format(variant=_variant),
+        "single-pass",
+        f"detector + student {_variant.upper()} + NMS + ROIAlign in one graph (oesir distill)",
+        shares=(MODELS["ssd-mobilenet-v2-coco"].file, STUDENT_FILE.format(variant=_variant)),
     )
 
 
@@ -135,11 +145,13 @@ class Model:
     spec: ModelSpec
     entry: dict[str, Any]
     session: ort.InferenceSession
+    shared_sha256: tuple[str, ...] = ()  # of `spec.shares`, the files whose tensors the graph reads
 
     @property
     def version(self) -> str:
-        """Short content hash: indexes record it and refuse other versions."""
-        return f"{self.spec.name}@{self.entry['sha256'][:12]}"
+        """Short content hash(es): indexes record it and refuse other versions."""
+        shared = "".join(f"+{f}@{h[:12]}" for f, h in zip(self.spec.shares, self.shared_sha256))
+        return f"{self.spec.name}@{self.entry['sha256'][:12]}{shared}"
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -159,6 +171,8 @@ def load_model(name: str, directory: str | None = None) -> Model:
     """Load (once per process) and verify model `name`."""
     d = Path(directory) if directory else weights_dir()
     path = verified_path(name, d)
-    entry = read_manifest(d)["files"][MODELS[name].file]
+    spec = MODELS[name]
+    shared = tuple(verified_file(f, d)[1] for f in spec.shares)  # its external data, as the manifest vouches
+    entry = read_manifest(d)["files"][spec.file]
     session = ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
-    return Model(MODELS[name], entry, session)
+    return Model(spec, entry, session, shared)

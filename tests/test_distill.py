@@ -12,15 +12,17 @@ import torch
 from typer.testing import CliRunner
 
 from oesir_cli.cli import app
-from oesir_cli.detector import Detector, preprocess
+from oesir_cli.detector import Detector
+from oesir_cli.distill.command import single_pass_parity, torch_maps
 from oesir_cli.distill.data import build_cache
+from oesir_cli.distill.export import build_single_pass, export_student
 from oesir_cli.distill.model import Student
 from oesir_cli.distill.train import TrainConfig, train
-from oesir_cli.registry import add_manifest_entry
+from oesir_cli.registry import MODELS, Model, WeightsError, add_manifest_entry, load_model
 from oesir_cli.single_pass import SinglePass
 from oesir_cli.teacher import Teacher
 
-from .conftest import synthetic_photo
+from .conftest import EXAMPLES, synthetic_photo
 
 runner = CliRunner()
 
@@ -40,41 +42,63 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
-def test_cli_distill_exports_student_and_single_pass_graph_matching_torch(tiny, tmp_path):
+def test_cli_distill_exports_single_pass_graph_matching_torch(tiny, tmp_path):
     root, photos, _ = tiny
     out = tmp_path / "weights"
     args = ["distill", "--images", str(photos), "--out", str(out), "--cache-dir", str(tmp_path / "c")]
     r = runner.invoke(app, [*args, "--iterations", "3", "--batch", "4", "--crops", "2"])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"student_s3.onnx", "whitening_student_s3_320.npz"}
-    assert "oesir distill" in manifest["files"]["student_s3.onnx"]["command"]
+    assert set(manifest["files"]) == {
+        "student_s3.onnx",
+        "single_pass_s3.onnx",
+        "ssd_mobilenet_v2_coco.onnx",  # the single pass reads its tensors: onnxruntime wants it in the same folder
+        "whitening_student_s3_320.npz",
+    }
+    assert "oesir distill" in manifest["files"]["single_pass_s3.onnx"]["command"]
+    # neither the detector's nor the student's weights are copied into the graph
+    assert (out / "single_pass_s3.onnx").stat().st_size < 1_000_000
 
     state = torch.load(tmp_path / "c" / "student_s3.pt", weights_only=False)
     student = Student("s3")
     student.load_state_dict(state["model"])
     student.eval()
-    rgb = cv2.cvtColor(synthetic_photo(999, (256, 192)), cv2.COLOR_BGR2RGB)
-    heads = Detector().heads(rgb)
-    with torch.no_grad():
-        ref = [t.numpy() for t in student(*(torch.from_numpy(heads[k]) for k in ("F2", "F3", "F4")))]
-
-    # the shipped path (detector and student chained) equals the torch student on the detector's own maps
+    detector = Detector()
     net = SinglePass(directory=out)
-    got = net.outputs(rgb)
-    assert _rel(got["student_s16"], ref[0]) < 1e-4
-    assert _rel(got["student_s32"], ref[1]) < 1e-4
-    det, maps = net.run(rgb, min_score=0.05, limit=8)
-    assert maps.s32.shape == (1280, 10, 10) and maps.s16.shape == (112, 20, 20)
+    # the one-call graph on photos it was not checked on at export: detector boxes, torch maps, numpy descriptors
+    views = [cv2.cvtColor(synthetic_photo(999 + i, size), cv2.COLOR_BGR2RGB) for i, size in enumerate([(256, 192), (180, 320)])]
+    views += [np.ascontiguousarray(cv2.imread(str(EXAMPLES.parent / "spliced.jpg"))[:, :, ::-1])]
+    assert single_pass_parity(torch_maps(student), net, views, detector) < 1e-4
+    o = net.objects(views[-1], 0.05, 8)
+    assert len(o.boxes) > 1 and o.descriptors.shape == (len(o.boxes), 1392)  # it finds objects and describes each
+    assert len(net.objects(views[-1], 0.05, 0).boxes) == 1  # max_objects 0: the whole photo only
+    # a tampered detector file next to it is refused (the graph reads its tensors)
+    load_model.cache_clear()
+    with open(out / "ssd_mobilenet_v2_coco.onnx", "r+b") as fh:
+        fh.seek(-100, 2)
+        fh.write(b"x")
+    with pytest.raises(WeightsError, match="altered"):
+        SinglePass(directory=out)
+    load_model.cache_clear()
 
-    # and so does the merged one-graph export, whose detector part is the detector
-    merged = ort.InferenceSession(str(tmp_path / "c" / "single_pass_s3.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in merged.get_outputs()]
-    one = dict(zip(names, merged.run(None, {"image": preprocess(rgb)})))
-    assert _rel(one["student_s16"], ref[0]) < 1e-4
-    assert _rel(one["student_s32"], ref[1]) < 1e-4
-    for name in ("box_0", "cls_0", "box_5", "cls_5"):
-        np.testing.assert_allclose(one[name], heads[name], rtol=1e-4, atol=1e-4)
+
+def test_single_pass_parity_check_catches_a_wrong_graph(tiny, tmp_path):
+    """The parity check can fail: a student other than the one exported is caught."""
+    out = tmp_path / "w"
+    out.mkdir()
+    student = Student("s3").eval()
+    export_student(student, out / "student_s3.onnx")
+    from oesir_cli.distill.command import _detector_next_to
+
+    single = build_single_pass(_detector_next_to(out), out / "student_s3.onnx", out / "single_pass_s3.onnx")
+    net = SinglePass(model=Model(MODELS["single-pass-s3"], {"sha256": "x"}, ort.InferenceSession(str(single))))
+    rgb = np.ascontiguousarray(cv2.imread(str(EXAMPLES.parent / "spliced.jpg"))[:, :, ::-1])
+    assert single_pass_parity(torch_maps(student), net, [rgb], Detector()) < 1e-4
+    other = Student("s3").eval()
+    torch.manual_seed(1)
+    for p in other.parameters():
+        p.data.normal_(0, 0.1)
+    assert single_pass_parity(torch_maps(other), net, [rgb], Detector()) > 1e-2
 
 
 def test_resume_continues_exactly(tiny, tmp_path):

@@ -288,7 +288,7 @@ def test_student_index_ranks_by_eq7_and_keeps_its_model(photo_dir, tmp_path, mod
     idx = tmp_path / "idx"
     api.index([photo_dir], index_dir=idx, model=model)
     searcher = api.open_searcher(idx)
-    assert searcher.engine.config.model == model and "student-s3@" in searcher.engine.version
+    assert searcher.engine.config.model == model and "single-pass-s3@" in searcher.engine.version
     for path in sorted(photo_dir.iterdir()):
         assert _names(api.search_path(searcher, path, top=1, mode="objects")) == [path.name]
     # the default ranking, region stage included, runs on the student's maps too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,11 +12,26 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ..detector import Detector
-from ..registry import STUDENT_FILE, add_manifest_entry, load_model, session_options, verified_path
-from ..teacher import Teacher
+from ..detector import Detector, postprocess
+from ..embed import region_descriptors
+from ..imageio import load_rgb
+from ..registry import (
+    MODELS,
+    SINGLE_PASS_FILE,
+    STUDENT_FILE,
+    Model,
+    add_manifest_entry,
+    load_model,
+    read_manifest,
+    session_options,
+    sha256_file,
+    verified_file,
+    weights_dir,
+)
+from ..single_pass import STUDENT_VIEW, SinglePass
+from ..teacher import FeatureMaps, Teacher
 from .data import SHAPES, build_cache
-from .export import example_inputs, export_student, merge_with_detector
+from .export import build_single_pass, example_inputs, export_student
 from .model import Student
 from .train import TrainConfig, train
 
@@ -24,11 +40,11 @@ PARITY_RTOL = 1e-4  # ONNX vs torch student: relative L2 error of each output ma
 
 @dataclass
 class DistillResult:
-    student_onnx: Path  # the student alone (what weights/ ships)
-    single_pass: Path | None  # detector + student merged into one graph (S2, S3), in the cache folder
+    student_onnx: Path  # the student alone
+    single_pass: Path | None  # detector + student + NMS + ROIAlign in one graph (S2, S3): what search runs
     whitening: Path | None
     final_loss: float
-    parity: float  # worst relative error ONNX vs torch
+    parity: float  # worst relative error ONNX vs torch (student maps; single-pass maps and descriptors)
 
 
 def default_cache_dir() -> Path:
@@ -43,6 +59,104 @@ def parity_error(model: Student, onnx_path: Path) -> float:
     sess = ort.InferenceSession(str(onnx_path), sess_options=session_options(), providers=["CPUExecutionProvider"])
     got = sess.run(["student_s16", "student_s32"], {k: v.numpy() for k, v in example.items()})
     return max(float(np.linalg.norm(g - r.numpy()) / max(np.linalg.norm(r.numpy()), 1e-12)) for g, r in zip(got, ref))
+
+
+StudentMaps = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]  # detector tensors -> s16, s32
+
+
+def torch_maps(model: Student) -> StudentMaps:
+    """The torch student as a reference for `single_pass_parity`."""
+
+    def run(heads: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            s16, s32 = model(*(torch.from_numpy(heads[k]) for k in model.inputs()))
+        return s16.numpy(), s32.numpy()
+
+    return run
+
+
+def onnx_maps(student_onnx: Path) -> StudentMaps:
+    """The exported student alone (checked against torch when it was exported) as a reference."""
+    sess = ort.InferenceSession(str(student_onnx), sess_options=session_options(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return lambda heads: tuple(sess.run(["student_s16", "student_s32"], {k: heads[k] for k in names}))
+
+
+def single_pass_parity(student: StudentMaps, single: SinglePass, photos: list[np.ndarray], detector: Detector) -> float:
+    """Worst relative L2 error of the single-pass graph against the student + numpy on `photos`.
+
+    Checks, per photo: the graph's boxes, scores and classes are the detector's own
+    (`detector.postprocess`, class-agnostic; max abs error 1e-5 in normalised units, else
+    an error is raised); its student maps against `student` on the detector's F2/F3/F4;
+    its descriptors against `embed.region_descriptors` of those maps.
+    """
+    worst = 0.0
+    for rgb in photos:
+        h, w = rgb.shape[:2]
+        heads = detector.heads(rgb)
+        ref16, ref32 = student(heads)
+        got = single.objects(rgb, 0.05, 8)
+        det = postprocess(heads, w, h, min_score=0.05, limit=8, class_agnostic=True)
+        side = np.array([w, h, w, h], np.float32)
+        if len(got.boxes) != len(det.boxes) + 1 or not np.allclose(got.boxes[1:] / side, det.boxes / side, atol=1e-5):
+            raise RuntimeError("single-pass graph's boxes differ from the detector's")
+        if not (np.array_equal(got.classes[1:], det.classes) and np.allclose(got.scores[1:], det.scores, atol=1e-5)):
+            raise RuntimeError("single-pass graph's scores or classes differ from the detector's")
+        maps = single.maps(rgb)
+        ref = region_descriptors(FeatureMaps(ref16[0], ref32[0], STUDENT_VIEW / w, STUDENT_VIEW / h), got.boxes)
+        for a, b in ((maps.s16, ref16[0]), (maps.s32, ref32[0]), (got.descriptors, ref)):
+            worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)))
+    return worst
+
+
+def assemble_single_pass(
+    out: Path, variant: str, student: StudentMaps, images: Path, command: str, reference: str, detector: Detector
+) -> tuple[Path, float]:
+    """Write `single_pass_<variant>.onnx` from `student_<variant>.onnx` in `out`, check it against
+    `student` on up to 3 photos under `images`, and list it in the manifest. Returns (path, parity)."""
+    detector_onnx = _detector_next_to(out)
+    student_onnx = out / STUDENT_FILE.format(variant=variant)
+    single = build_single_pass(detector_onnx, student_onnx, out / SINGLE_PASS_FILE.format(variant=variant))
+    files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:3]
+    session = ort.InferenceSession(str(single), sess_options=session_options(), providers=["CPUExecutionProvider"])
+    net = SinglePass(model=Model(MODELS[f"single-pass-{variant}"], {"sha256": "not listed yet"}, session))
+    parity = single_pass_parity(student, net, [load_rgb(f) for f in files], detector)
+    if parity > PARITY_RTOL:
+        single.unlink()
+        raise RuntimeError(f"single-pass graph differs from {reference}: relative error {parity:.2e} > {PARITY_RTOL:g}")
+    add_manifest_entry(
+        single,
+        {
+            "model": f"single pass: SSD-MobileNetV2 detector + distilled student {variant.upper()} + box decoding, "
+            "class-agnostic NMS and max-ROIAlign descriptors, one onnxruntime call",
+            "source": {"detector": detector.model.version, "student": f"{student_onnx.name} (this folder)"},
+            "shares": f"its tensors are read from {detector_onnx.name} and {student_onnx.name} in this folder "
+            "(ONNX external data): onnxruntime needs both next to it",
+            "licence": "Apache-2.0 (detector and student weights); see LICENSES.md",
+            "inputs": {"image": [1, 300, 300, 3], "max_objects": [1], "min_score": [1]},
+            "outputs": "boxes [K+1,4] normalised x1,y1,x2,y2 (whole photo first), scores, classes (COCO ids, 0 for the "
+            "whole photo), descriptors [K+1,1392] (unwhitened), student_s16, student_s32",
+            "preprocessing": "RGB resized to 300x300, float32 0..255 (the detector's)",
+            "parity": f"max relative error vs {reference} + numpy ROIAlign {parity:.1e} on {len(files)} photos of {images}",
+            "command": command,
+        },
+    )
+    load_model.cache_clear()
+    return single, parity
+
+
+def _detector_next_to(out: Path) -> Path:
+    """The verified detector file in `out` (copied there with its manifest entry when `out` is not weights/):
+    the single-pass graph reads its tensors, and onnxruntime only reads external data from the model's folder."""
+    name = MODELS["ssd-mobilenet-v2-coco"].file
+    source, digest = verified_file(name)
+    target = out / name
+    if target.resolve() != source.resolve():
+        if not target.exists() or sha256_file(target) != digest:
+            shutil.copyfile(source, target)
+        entry = read_manifest(weights_dir())["files"][name]
+        add_manifest_entry(target, {k: v for k, v in entry.items() if k not in ("sha256", "bytes")})
+    return target
 
 
 def distill(
@@ -96,11 +210,11 @@ def distill(
             "command": command,
         },
     )
+    load_model.cache_clear()  # the files under these names have just changed
     single = None
     if config.variant != "s1":  # S1 does not read the detector: nothing to merge
-        detector_onnx = verified_path("ssd-mobilenet-v2-coco")
-        single = merge_with_detector(detector_onnx, student_onnx, cache_dir / f"single_pass_{config.variant}.onnx")
-    load_model.cache_clear()  # the file under this name has just changed
+        single, sp_parity = assemble_single_pass(out, config.variant, torch_maps(model), images, command, "torch", detector)
+        parity = max(parity, sp_parity)
     whitening = None
     if whiten and config.variant == "s3":
         from ..api import learn_whitening_file
