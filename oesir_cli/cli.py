@@ -35,7 +35,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-weights_app = typer.Typer(help="Model files in weights/: verify them, learn the PCA whitening.", no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Model files in weights/: verify them, learn the whitening and PQ codebook, build the single-pass graph.",
+    no_args_is_help=True,
+)
 app.add_typer(weights_app, name="weights")
 
 out = Console(soft_wrap=True)

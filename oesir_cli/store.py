@@ -218,13 +218,7 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "images" in tables:
-                from .upgrade import upgrade_format1
-
-                if locked:
-                    upgrade_format1(self)
-                else:
-                    with writer_lock(self.dir):
-                        upgrade_format1(self)
+                self._upgrade(locked)
             elif create:
                 for statement in SCHEMA:
                     self.db.execute(statement)
@@ -234,6 +228,22 @@ class Store:
             raise IndexError_(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
         if fmt > FORMAT:
             raise IndexError_(f"index at {self.dir} was written by a newer oesir (format {fmt}; this one reads {FORMAT})")
+
+    def _upgrade(self, locked: bool) -> None:
+        """Rewrite an index of on-disk format 1 as format 2 (see upgrade.py), under the writer lock."""
+        from .upgrade import upgrade_format1
+
+        try:
+            if locked:
+                upgrade_format1(self)
+            else:
+                with writer_lock(self.dir):
+                    upgrade_format1(self)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise IndexError_(
+                f"index at {self.dir} is in the on-disk format of an older oesir and must be upgraded once, "
+                f"by any oesir command run by a user who can write it ({exc})"
+            ) from None
 
     # -- meta -------------------------------------------------------------
     def meta(self, key: str, default: str | None = None) -> str | None:
