@@ -421,3 +421,32 @@ def test_format1_index_is_upgraded_in_place(tmp_path, digests):
         assert [(m.image, m.distance) for m in api.search_path(searcher, query, top=3)] == ranking
         assert api.index([photos], index_dir=idx).unchanged == 3
     assert _content(idx) == expected
+
+
+def test_format1_upgrade_interrupted_keeps_the_old_index(tmp_path, monkeypatch):
+    """A failure half-way through the upgrade leaves the format-1 index as it was; the next open upgrades it."""
+    from oesir_cli import upgrade
+
+    photos, idx, expected = _indexed(tmp_path, 3)
+    _rewrite_as_format1(idx)
+    before = sqlite3.connect(idx / "oesir.sqlite").execute("SELECT count(*) FROM objects").fetchone()[0]
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C in the middle of the rewrite
+        return pack(*args, **kwargs)
+
+    pack = upgrade.pack_objects
+    monkeypatch.setattr(upgrade, "pack_objects", failing)
+    with pytest.raises(KeyboardInterrupt):
+        Store(idx)
+    db = sqlite3.connect(idx / "oesir.sqlite")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"images", "objects", "vectors"} <= tables and "photos" not in tables
+    assert db.execute("SELECT count(*) FROM objects").fetchone()[0] == before
+    db.close()
+    monkeypatch.setattr(upgrade, "pack_objects", pack)
+    assert _content(idx) == expected
+    assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
