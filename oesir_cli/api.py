@@ -192,6 +192,7 @@ def info(index_dir: str | os.PathLike | None = None) -> dict:
             "codec": store.meta("codec", "float32"),
             "local_features": bool(_config_of(store).local_keypoints),
             "generation": store.generation,
+            "format": int(store.meta("format", "0") or 0),
         }
     finally:
         store.close()

@@ -411,6 +411,7 @@ def test_format1_index_is_upgraded_in_place(tmp_path, digests):
     assert (idx / "local.hnsw").read_bytes() == graph
     after = api.info(idx)
     assert (after["generation"], after["objects"], after["photos"]) == (before["generation"], before["objects"], 3)
+    assert before["format"] == after["format"] == 2
     r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
     if digests:
         assert r.exit_code == 1 and [d["path"] for d in json.loads(r.stdout)["damaged_photos"]] == [str(photos / "p01.jpg")]
