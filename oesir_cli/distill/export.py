@@ -96,7 +96,7 @@ def build_single_pass(detector_onnx: Path, student_onnx: Path, out: Path) -> Pat
     import onnx
     from onnx import TensorProto, helper
 
-    from .objects_graph import _Nodes, objects_nodes
+    from .objects_graph import MAPS, Nodes, objects_nodes
 
     detector_onnx = Path(detector_onnx)
     for source in (detector_onnx, Path(student_onnx)):
@@ -104,7 +104,7 @@ def build_single_pass(detector_onnx: Path, student_onnx: Path, out: Path) -> Pat
             raise ValueError(f"{out} must be next to {source}: it reads its tensors from that file")
     model = merge_with_detector(detector_onnx, student_onnx)
     graph = model.graph
-    nodes = _Nodes("objects/")
+    nodes = Nodes("objects/")
     made = objects_nodes(nodes, "max_objects", "min_score")
     graph.node.extend(nodes.nodes)
     graph.node.extend(helper.make_node("Identity", [made[k]], [k], name=f"objects/out_{k}") for k in made)
@@ -122,7 +122,7 @@ def build_single_pass(detector_onnx: Path, student_onnx: Path, out: Path) -> Pat
             helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["objects", 4]),
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["objects"]),
             helper.make_tensor_value_info("classes", TensorProto.INT64, ["objects"]),
-            helper.make_tensor_value_info("descriptors", TensorProto.FLOAT, ["objects", 1392]),
+            helper.make_tensor_value_info("descriptors", TensorProto.FLOAT, ["objects", sum(c for _, _, c in MAPS)]),
             maps["student_s16"],
             maps["student_s32"],
         ]

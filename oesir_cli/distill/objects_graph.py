@@ -31,7 +31,7 @@ MAPS = (("student_s32", 32, 1280), ("student_s16", 16, 112))  # descriptor order
 OUTPUTS = ("boxes", "scores", "classes", "descriptors")
 
 
-class _Nodes:
+class Nodes:
     """Collects nodes and constants with unique names."""
 
     def __init__(self, prefix: str):
@@ -57,7 +57,7 @@ class _Nodes:
         return outs[0] if n_out == 1 else outs
 
 
-def objects_nodes(g: _Nodes, max_objects: str, min_score: str) -> dict[str, str]:
+def objects_nodes(g: Nodes, max_objects: str, min_score: str) -> dict[str, str]:
     """Add the nodes; returns output name -> tensor name."""
     f = np.float32
     enc = g.op("Concat", [g.op("Reshape", [f"box_{i}", g.const([-1, 4], np.int64)]) for i in range(len(GRID))], axis=0)
@@ -97,7 +97,7 @@ def objects_nodes(g: _Nodes, max_objects: str, min_score: str) -> dict[str, str]
     return {"boxes": boxes, "scores": scores, "classes": classes, "descriptors": descriptors}
 
 
-def _sample_positions(g: _Nodes, lo: str, hi: str, size: int) -> str:
+def _sample_positions(g: Nodes, lo: str, hi: str, size: int) -> str:
     """[K, S] sample coordinates (map cells) of `embed.roi_align_max` along one axis; the
     n = clip(ceil(hi - lo), 2, S) samples of a box are padded to S by repeating the last.
     S = min(ROI_MAX_SAMPLES, size): a box inside the map spans at most `size` cells."""
@@ -110,7 +110,7 @@ def _sample_positions(g: _Nodes, lo: str, hi: str, size: int) -> str:
     return g.op("Clip", [pos, g.const(0.0), g.const(float(size - 1))])
 
 
-def _roi_max(g: _Nodes, fmap: str, boxes: str, stride: int, channels: int) -> str:
+def _roi_max(g: Nodes, fmap: str, boxes: str, stride: int, channels: int) -> str:
     """[K, C]: per box, the max over its bilinear samples of `fmap` [1, C, H, W] (H = W = VIEW / stride)."""
     size = VIEW // stride
     s = min(ROI_MAX_SAMPLES, size)
@@ -137,11 +137,11 @@ def _roi_max(g: _Nodes, fmap: str, boxes: str, stride: int, channels: int) -> st
     return g.op("ReduceMax", [per_box], axes=[1], keepdims=0)
 
 
-def _column(g: _Nodes, x: str, i: int) -> str:
+def _column(g: Nodes, x: str, i: int) -> str:
     """[K, 1]: column i of [K, N]."""
     return g.op("Slice", [x, g.const([i], np.int64), g.const([i + 1], np.int64), g.const([1], np.int64)])
 
 
-def _l2(g: _Nodes, x: str) -> str:
+def _l2(g: Nodes, x: str) -> str:
     norm = g.op("ReduceL2", [x], axes=[1], keepdims=1)
     return g.op("Div", [x, g.op("Max", [norm, g.const(1e-12)])])
