@@ -345,7 +345,7 @@ class Store:
         dim = self.embedding_dim()
         code_size = self.codec().code_size if dim else 0
         folders = self._folder_paths()
-        for row in self.db.execute(f"SELECT {_ROW_COLUMNS} FROM photos").fetchall():
+        for row in self.db.execute(f"SELECT {_ROW_COLUMNS} FROM photos"):  # streamed: an index may not fit in memory
             try:
                 path = _path_of(row, folders)
                 n_obj, rest = divmod(len(row[5]), OBJECT_RECORD.itemsize)
