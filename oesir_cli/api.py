@@ -324,10 +324,10 @@ def localize_paths(
         if not object_fallback:
             raise
         eng = engine()
-        qb, _, _ = eng.boxes(q)
-        ob, _, _ = eng.boxes(o)
+        qb, qe = eng.objects(q)
+        ob, oe = eng.objects(o)
         if len(qb) < 2 or len(ob) < 2:
             raise
-        d = squared_l2(eng.embed(q, qb)[1:], eng.embed(o, ob)[1:])  # object pairs, whole images excluded
+        d = squared_l2(qe[1:], oe[1:])  # object pairs, whole images excluded
         i, j = np.unravel_index(int(d.argmin()), d.shape)
         return localize(q, o, threshold=th, teacher=teacher, object_pair=(qb[1 + i], ob[1 + j]), relation=relation)
