@@ -26,7 +26,8 @@ from .imageio import DEFAULT_MAX_PIXELS, load_rgb
 from .indexer import IndexSummary, index_paths, walk
 from .registry import add_manifest_entry, verified_file, weights_dir
 from .search import Match, Searcher
-from .store import DB_FILES, GRAPH_FILES, IndexError_, Store, default_index_dir, writer_lock
+from .store import DB_FILES, GRAPH_FILES, Store, default_index_dir, writer_lock
+from .errors import StoreError
 
 _ENGINES: dict[EngineConfig, Engine] = {}
 
@@ -82,10 +83,10 @@ def index(
                 else EngineConfig(max_objects=max_objects, model=model or "teacher", local_keypoints=keypoints)
             )
             if model and config.model != model:
-                raise IndexError_(f"index at {directory} uses the {config.model} model; use --rebuild to switch to {model}")
+                raise StoreError(f"index at {directory} uses the {config.model} model; use --rebuild to switch to {model}")
             if local_features is not None and (config.local_keypoints > 0) != local_features:
                 has = "has" if config.local_keypoints else "has no"
-                raise IndexError_(f"index at {directory} {has} local features; use --rebuild to change that")
+                raise StoreError(f"index at {directory} {has} local features; use --rebuild to change that")
             eng = engine(config)
             store.check_model(eng.version, create=True)
             if have is None:
@@ -104,7 +105,7 @@ def index(
 
 def _check_codec(codec: str | None) -> None:
     if codec is not None and codec not in CODECS:
-        raise IndexError_(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
+        raise StoreError(f"unknown codec {codec!r}; one of {', '.join(CODECS)}")
 
 
 def _codebook(config: EngineConfig, codec: str) -> tuple[Path | None, str | None]:
@@ -136,7 +137,7 @@ def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
 def _transcode(store: Store, config: EngineConfig, codec: str) -> int:
     have = store.codec().name
     if CODECS.index(codec) < CODECS.index(have):
-        raise IndexError_(f"index at {store.dir} stores {have} embeddings; {codec} needs `--rebuild`")
+        raise StoreError(f"index at {store.dir} stores {have} embeddings; {codec} needs `--rebuild`")
     path, tag = _codebook(config, codec)
     return store.transcode(make_codec(codec, store.embedding_dim(), path), tag)
 
@@ -152,7 +153,7 @@ def start_over(directory: Path, on_error: Callable[[str, str], None] | None = No
             return
         finally:
             store.close()
-    except (IndexError_, sqlite3.DatabaseError) as exc:
+    except (StoreError, sqlite3.DatabaseError) as exc:
         if not (directory / DB_FILES[0]).exists():
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")

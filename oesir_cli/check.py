@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .ann import graph_status
 from .search import needed_graphs, refresh_graphs
-from .store import IndexError_, Store, writer_lock
+from .store import Store, writer_lock
+from .errors import StoreError
 
 
 @dataclass
@@ -62,7 +63,7 @@ def check_index(directory: Path, repair: bool = False) -> CheckReport:
     report = CheckReport(index=str(directory))
     try:
         store = Store(directory)
-    except IndexError_ as exc:
+    except StoreError as exc:
         if not (Path(directory) / "oesir.sqlite").exists():
             raise
         report.database = f"cannot open: {exc}"

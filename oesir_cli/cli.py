@@ -24,7 +24,8 @@ from rich.table import Table
 from . import api
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
 from .registry import WeightsError
-from .store import IndexError_, default_index_dir
+from .store import default_index_dir
+from .errors import StoreError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
@@ -149,7 +150,7 @@ def index(
             )
     except KeyboardInterrupt:
         raise _fail("interrupted; every batch committed before the interrupt is kept", 130) from None
-    except (IndexError_, WeightsError, OSError, sqlite3.Error) as exc:
+    except (StoreError, WeightsError, OSError, sqlite3.Error) as exc:
         raise _fail(_index_error(exc)) from None
     if as_json:
         print(json.dumps(summary.as_dict()))
@@ -175,7 +176,7 @@ def search(
         raise _fail(f"unknown --mode {mode!r} (fused, objects, local)", EXIT_USAGE)
     try:
         searcher = api.open_searcher(index_dir)
-    except (IndexError_, WeightsError, OSError, sqlite3.Error) as exc:
+    except (StoreError, WeightsError, OSError, sqlite3.Error) as exc:
         raise _fail(_index_error(exc)) from None
     failed = 0
     for q in queries:
@@ -270,7 +271,7 @@ def localize(
             _print_localize(query, orig, result, as_json)
     except ImageError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    except (IndexError_, WeightsError, OSError) as exc:
+    except (StoreError, WeightsError, OSError) as exc:
         raise _fail(str(exc)) from None
     if failures:
         raise typer.Exit(EXIT_ERROR)
@@ -316,7 +317,7 @@ def info(
     """Index statistics: photos, objects, model, size on disk."""
     try:
         stats = api.info(index_dir)
-    except (IndexError_, OSError, sqlite3.Error) as exc:
+    except (StoreError, OSError, sqlite3.Error) as exc:
         raise _fail(_index_error(exc)) from None
     if as_json:
         print(json.dumps(stats))
@@ -341,7 +342,7 @@ def check(
     directory = index_dir or default_index_dir()
     try:
         report = api.check(directory, repair=repair)
-    except (IndexError_, OSError, sqlite3.Error) as exc:
+    except (StoreError, OSError, sqlite3.Error) as exc:
         raise _fail(_index_error(exc)) from None
     if as_json:
         print(json.dumps(report.as_dict()))

@@ -34,7 +34,8 @@ from .engine import REGION_MARGIN, Engine, crop_region
 from .imageio import ImageError, load_rgb
 from .local import LocalFeatures, extract, mirrored, spread
 from .localize import clean_mask, colour_difference
-from .store import Catalogue, IndexError_, Store, writer_lock
+from .store import Catalogue, Store, writer_lock
+from .errors import StoreError
 
 MODES = ("fused", "objects", "local")
 _POOL = ThreadPoolExecutor(max_workers=1)
@@ -528,5 +529,5 @@ def _graphs_as_reader(store: Store, cat: Catalogue) -> tuple[Graph | ivf.IVFPQ |
     try:
         with writer_lock(store.dir):
             return load_graphs(store, cat, writable=True)
-    except IndexError_:  # a writer holds the lock: its own refresh will save the graphs
+    except StoreError:  # a writer holds the lock: its own refresh will save the graphs
         return load_graphs(store, cat, writable=False)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .codec import Codec, CodecError, make_codec
+from .errors import StoreError
 
 FORMAT = 2  # 1: images/objects/vectors tables (upgraded in place on open, see upgrade.py)
 DB_NAME = "oesir.sqlite"
@@ -63,10 +64,6 @@ SCHEMA = (
 OBJECT_RECORD = np.dtype([("box", "<u2", (4,)), ("score", "u1"), ("cls", "u1")])
 GRAPH_FILES = ("objects.hnsw", "objects.hnsw.json", "local.hnsw", "local.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
-
-
-class IndexError_(RuntimeError):
-    """The index cannot be used as asked (other model, locked, damaged); one-line message."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +148,7 @@ def writer_lock(directory: Path, wait: bool = False) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise IndexError_(f"index at {directory} is being written by another oesir process") from None
+                raise StoreError(f"index at {directory} is being written by another oesir process") from None
             raise
         yield
     finally:
@@ -209,7 +206,7 @@ class Store:
         db_path = self.dir / DB_NAME
         if not db_path.exists():
             if not create:
-                raise IndexError_(f"no index at {self.dir} (run `oesir index PATH --index {self.dir}` first)")
+                raise StoreError(f"no index at {self.dir} (run `oesir index PATH --index {self.dir}` first)")
             self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None)
@@ -225,9 +222,9 @@ class Store:
             fmt = int(self.meta("format", str(FORMAT)) or FORMAT)
             self.db.execute("SELECT count(*) FROM photos").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise IndexError_(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
+            raise StoreError(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
         if fmt > FORMAT:
-            raise IndexError_(f"index at {self.dir} was written by a newer oesir (format {fmt}; this one reads {FORMAT})")
+            raise StoreError(f"index at {self.dir} was written by a newer oesir (format {fmt}; this one reads {FORMAT})")
 
     def _upgrade(self, locked: bool) -> None:
         """Rewrite an index of on-disk format 1 as format 2 (see upgrade.py), under the writer lock."""
@@ -240,7 +237,7 @@ class Store:
                 with writer_lock(self.dir):
                     upgrade_format1(self)
         except (OSError, sqlite3.OperationalError) as exc:
-            raise IndexError_(
+            raise StoreError(
                 f"index at {self.dir} is in the on-disk format of an older oesir and must be upgraded once, "
                 f"by any oesir command run by a user who can write it ({exc})"
             ) from None
@@ -273,13 +270,13 @@ class Store:
         try:
             path, digest = verified_file(file)
         except WeightsError as exc:
-            raise IndexError_(f"index at {self.dir} needs the PQ codebook {file}: {exc}") from None
+            raise StoreError(f"index at {self.dir} needs the PQ codebook {file}: {exc}") from None
         if not digest.startswith(sha):
-            raise IndexError_(f"index at {self.dir} was encoded with another {file} (sha256 {sha}...); re-index with --rebuild")
+            raise StoreError(f"index at {self.dir} was encoded with another {file} (sha256 {sha}...); re-index with --rebuild")
         try:
             return make_codec(name, dim, path)
         except CodecError as exc:
-            raise IndexError_(f"index at {self.dir}: {exc}") from None
+            raise StoreError(f"index at {self.dir}: {exc}") from None
 
     def set_codec(self, name: str, codebook: str | None = None) -> None:
         """Record the codec (inside a transaction); `codebook` is 'file@sha256' for pq."""
@@ -317,12 +314,12 @@ class Store:
         have = self.meta("model_version")
         if have is None:
             if not create:
-                raise IndexError_(f"index at {self.dir} has no model version; rebuild it with `oesir index --rebuild`")
+                raise StoreError(f"index at {self.dir} has no model version; rebuild it with `oesir index --rebuild`")
             with self.transaction():
                 self.set_meta("model_version", model_version)
                 self.set_meta("format", str(FORMAT))
         elif have != model_version:
-            raise IndexError_(
+            raise StoreError(
                 f"index at {self.dir} was built with {have}, this oesir uses {model_version}; "
                 "re-index with `oesir index --rebuild`"
             )

@@ -20,7 +20,8 @@ from oesir_cli.engine import crop_region
 from oesir_cli.imageio import load_rgb
 from oesir_cli.local import extract, mirrored
 from oesir_cli.search import QUERY_KEYPOINTS, blob_box, changed_blob, changed_region, explained_share, region_keypoints
-from oesir_cli.store import IndexError_, Store
+from oesir_cli.store import Store
+from oesir_cli.errors import StoreError
 
 runner = CliRunner()
 
@@ -247,7 +248,7 @@ def test_refuses_index_from_other_model_version(photo_dir, tmp_path):
     db.execute("UPDATE meta SET value='other-model@123' WHERE key='model_version'")
     db.commit()
     db.close()
-    with pytest.raises(IndexError_, match="other-model@123"):
+    with pytest.raises(StoreError, match="other-model@123"):
         api.open_searcher(idx)
     r = runner.invoke(app, ["search", str(photo_dir / "rocket.jpg"), "--index", str(idx)])
     assert r.exit_code == 1 and "--rebuild" in r.output
@@ -296,7 +297,7 @@ def test_student_index_ranks_by_eq7_and_keeps_its_model(photo_dir, tmp_path, mod
     assert _names(api.search_path(searcher, qpath, top=2)) == ["astronaut.jpg", "coffee.jpg"]
     region = searcher.engine.region_embeddings(load_rgb(qpath), np.array(PASTED, np.float32))
     assert region.shape == (2, searcher.engine.embedding_dim) and np.allclose(np.linalg.norm(region, axis=1), 1, atol=1e-4)
-    with pytest.raises(IndexError_, match="--rebuild"):
+    with pytest.raises(StoreError, match="--rebuild"):
         api.index([photo_dir], index_dir=idx, model="teacher")
 
 

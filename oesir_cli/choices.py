@@ -1,0 +1,40 @@
+"""The named choices of the API, shared by the Python API (which validates them) and the CLI (which offers them).
+
+Each is a `str` enum, so `Mode("fused") == "fused"` and JSON output is unchanged.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Mode(str, Enum):
+    """How `search` ranks: both kinds of evidence (default), the paper's objects alone, or keypoint votes alone."""
+
+    FUSED = "fused"
+    OBJECTS = "objects"
+    LOCAL = "local"
+
+
+class Relation(str, Enum):
+    """What ORIGINAL is to QUERY in `localize`: detected (auto), the host photo, or a donor."""
+
+    AUTO = "auto"
+    HOST = "host"
+    DONOR = "donor"
+
+
+class ModelKind(str, Enum):
+    """Which network describes photos: the two-pass teacher path, or the distilled single-pass student."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
+def parse(enum: type[Enum], value: object, what: str) -> Enum:
+    """`value` as a member of `enum`, or ValueError naming the choices (a typo never silently means something else)."""
+    try:
+        return enum(value.value if isinstance(value, Enum) else value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum)
+        raise ValueError(f"unknown {what} {value!r}; one of {choices}") from None
