@@ -40,9 +40,8 @@ from oesir_cli.detector import preprocess as det_preprocess
 from oesir_cli.embed import Whitening, learn_whitening, region_descriptors
 from oesir_cli.engine import EngineConfig
 from oesir_cli.imageio import load_rgb
-from oesir_cli.local import LocalFeatures, extract, mirrored, spread
-from oesir_cli.registry import verified_file
-from oesir_cli.single_pass import STUDENT_VIEW
+from oesir_cli.keypoints import LocalFeatures, extract, mirrored, spread
+from oesir_cli.registry import VIEW_SIDE, verified_file
 from oesir_cli.teacher import FeatureMaps, Teacher
 
 GLOBAL = ("MAC", "SPoC", "GeM", "R-MAC")
@@ -119,7 +118,7 @@ class Describer:
         out = {k: pooled(maps.s32, k) for k in GLOBAL}
         out["objects"] = self.whitening.apply(region_descriptors(maps, boxes))
         f3, f4 = (heads[k][0].transpose(2, 0, 1) for k in ("F3", "F4"))
-        own = FeatureMaps(f3, f4, STUDENT_VIEW / w, STUDENT_VIEW / h)
+        own = FeatureMaps(f3, f4, VIEW_SIDE / w, VIEW_SIDE / h)
         out["detector"] = region_descriptors(own, boxes[:9])  # whitened once the training photos are described
         out["hog"] = hog(rgb, boxes[:9])
         out["sift"] = extract(rgb, SIFT_KEYPOINTS).descriptors

@@ -41,8 +41,7 @@ from oesir_cli.detector import Detector, postprocess
 from oesir_cli.detector import preprocess as det_preprocess
 from oesir_cli.embed import learn_whitening, region_descriptors
 from oesir_cli.imageio import load_rgb
-from oesir_cli.registry import session_options, verified_path
-from oesir_cli.single_pass import STUDENT_VIEW
+from oesir_cli.registry import VIEW_SIDE, session_options, verified_path
 from oesir_cli.teacher import FeatureMaps, Teacher
 
 SETS = ("casia-sir", "small-splice")
@@ -93,7 +92,7 @@ class Rows:
     def analyse(self, rgb: np.ndarray, only: set[str] | None = None) -> tuple[np.ndarray, dict[str, FeatureMaps]]:
         """Boxes and each row's maps; `only` limits which rows' maps are computed."""
         h, w = rgb.shape[:2]
-        sx, sy = STUDENT_VIEW / w, STUDENT_VIEW / h
+        sx, sy = VIEW_SIDE / w, VIEW_SIDE / h
         t0 = time.perf_counter()
         x = det_preprocess(rgb)
         names = [o.name for o in self.detector.model.session.get_outputs()]

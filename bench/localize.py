@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from oesir_cli.imageio import load_rgb
-from oesir_cli.localize import AlignmentError, colour_difference, feature_difference, localize
+from oesir_cli.localize import AlignmentError, localize
+from oesir_cli.pixels import colour_difference, feature_difference
 from oesir_cli.teacher import Teacher
 
 

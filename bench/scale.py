@@ -44,10 +44,10 @@ import numpy as np
 from oesir_cli import api
 from oesir_cli.ann import Graph
 from oesir_cli.codec import Codec, squared_l2
+from oesir_cli.graphs import OBJECT_GRAPH
 from oesir_cli.imageio import load_rgb
 from oesir_cli.ivf import IVFPQ, nlist_for
 from oesir_cli.registry import verified_file
-from oesir_cli.search import OBJECT_GRAPH
 from oesir_cli.store import Store
 
 OBJECTS_PER_PHOTO = 8
@@ -309,17 +309,17 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     store = Store(args.index)
-    cat = store.load_all()
-    if cat.codec.name != "float32":
+    catalogue = store.load_all()
+    if catalogue.codec.name != "float32":
         sys.exit("--index must be a float32 index (the real vectors are the reference)")
-    real, real_owner = cat.embeddings.copy(), cat.object_image.astype(np.int64)
+    real, real_owner = catalogue.embeddings.copy(), catalogue.object_image.astype(np.int64)
     config = api._config_of(store)
     pq = Codec("pq", real.shape[1], np.load(verified_file(config.codebook_file())[0])["centroids"])
     queries = query_embeddings(args.index, args.queries, args.n_queries, args.work)
-    SOURCES[:] = query_sources(args.queries, args.n_queries, cat.paths)
+    SOURCES[:] = query_sources(args.queries, args.n_queries, catalogue.paths)
     mixture = Mixture(real)
     print(
-        f"real objects {len(real)} of {len(cat.paths)} photos; {len(queries)} query photos, "
+        f"real objects {len(real)} of {len(catalogue.paths)} photos; {len(queries)} query photos, "
         f"{sum(len(q) for q in queries) / len(queries):.1f} objects each",
         file=sys.stderr,
     )

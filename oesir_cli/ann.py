@@ -1,8 +1,8 @@
 """hnswlib graphs derived from the stored vectors: build, persist atomically, reload.
 
-A graph is only a cache of what SQLite holds. Its stamp (generation of the
-data, count, dimension, model version) says which data it was built from; a
-graph whose stamp does not match is rebuilt, never trusted.
+A graph is only a cache of what SQLite holds. Its stamp (see
+`store.check_stamp`) says which data it was built from; a graph whose stamp
+does not match is rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from .registry import sha256_file
-from .store import atomic_write, read_stamp, write_stamp
+from .errors import DiskFullError
+from .store import check_stamp, save_stamped
 
 
 class Graph:
@@ -43,39 +43,24 @@ class Graph:
         return labels.astype(np.int64), dists
 
     def save(self, path: Path, stamp: dict) -> None:
-        """Write graph then stamp (with the graph's size and sha256), each atomically; a crash leaves a mismatch."""
-        atomic_write(path, lambda tmp: self.index.save_index(str(tmp)))
-        full = {**stamp, "count": self.count, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        write_stamp(path.with_suffix(path.suffix + ".json"), full)
+        """Write graph then stamp (see `store.save_stamped`); `DiskFullError` when the disk is full."""
+        save_stamped(path, lambda tmp: self.index.save_index(str(tmp)), stamp, self.count)
 
     @classmethod
     def load(cls, path: Path, stamp: dict, dim: int) -> Graph | None:
-        """The saved graph if its stamp matches `stamp`, else None."""
-        saved = read_stamp(path.with_suffix(path.suffix + ".json"))
-        if not saved or any(saved.get(k) != v for k, v in stamp.items()) or not path.exists():
-            return None
-        if path.stat().st_size != saved.get("bytes"):  # cheap check at every load; `oesir check` hashes it
+        """The saved graph if its stamp matches `stamp` (and its size; `oesir check` hashes it too), else None."""
+        status, saved = check_stamp(path, stamp)
+        count = saved.get("count") if saved else None
+        if status != "ok" or not isinstance(count, int):
             return None
         index = hnswlib.Index(space="l2", dim=dim)
         try:
-            index.load_index(str(path), max_elements=max(1, saved["count"]))
+            index.load_index(str(path), max_elements=max(1, count))
         except (RuntimeError, OSError, ValueError):
             return None
-        if index.get_current_count() != saved["count"]:
+        if index.get_current_count() != count:
             return None
-        return cls(index, saved["count"])
-
-
-def graph_status(path: Path, stamp: dict) -> str:
-    """'ok', 'missing', 'stale' (built from other data) or 'damaged' (bytes differ from its stamp's sha256)."""
-    saved = read_stamp(path.with_suffix(path.suffix + ".json"))
-    if saved is None or not path.exists():
-        return "missing"
-    if any(saved.get(k) != v for k, v in stamp.items()):
-        return "stale"
-    if path.stat().st_size != saved.get("bytes") or sha256_file(path) != saved.get("sha256"):
-        return "damaged"
-    return "ok"
+        return cls(index, count)
 
 
 def cached_graph(
@@ -90,6 +75,8 @@ def cached_graph(
 
     `data` may be a function that makes the rows, with their `shape` given: it is then
     only called when the graph has to be built, which keeps opening an index cheap.
+    Saving is best effort (a full disk included): the graph built is returned all the
+    same, and the next open builds it again.
     """
     n, dim = shape if shape is not None else data.shape  # type: ignore[union-attr]
     graph = Graph.load(path, stamp, int(dim))
@@ -98,6 +85,6 @@ def cached_graph(
     rows = data() if callable(data) else data
     graph = Graph.build(rows, **build_args)
     if writable:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, DiskFullError):
             graph.save(path, stamp)
     return graph

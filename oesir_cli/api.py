@@ -13,21 +13,38 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .check import CheckReport, check_index
-from .codec import CODECS, make_codec, save_codebook, train_codebook
-from .embed import Whitening, learn_whitening
+from .choices import Mode, ModelKind, Relation, parse
+from .codec import CODECS, make_codec
 from .engine import Engine, EngineConfig
+from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
-from .indexer import IndexSummary, index_paths, walk
-from .registry import add_manifest_entry, verified_file, weights_dir
+from .indexer import IndexSummary, index_paths
+from .learn import learn_codebook_file as learn_codebook_file  # the API of `oesir weights whiten/pq`
+from .learn import learn_whitening_file as learn_whitening_file
+from .registry import (
+    SINGLE_PASS_VARIANTS,
+    STUDENT_SPECS,
+    read_manifest,
+    sha256_file,
+    verified_file,
+    weights_dir,
+)
 from .search import Match, Searcher
 from .store import DB_FILES, GRAPH_FILES, Store, default_index_dir, writer_lock
-from .errors import StoreError
+from .store import is_disk_full as store_is_disk_full
+
+if TYPE_CHECKING:  # localize is imported when first used: it pulls in the teacher
+    from .localize import LocalizeResult
+
+AUTO_DONOR_MIN_VOTES = 3  # `localize_auto`: the second match is used as donor only with some keypoint evidence
 
 _ENGINES: dict[EngineConfig, Engine] = {}
 
@@ -48,11 +65,11 @@ def _config_of(store: Store) -> EngineConfig:
 def index(
     paths: Iterable[str | os.PathLike],
     index_dir: str | os.PathLike | None = None,
-    max_objects: int = 8,
+    max_objects: int = EngineConfig.max_objects,
     keep_missing: bool = False,
     rebuild: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    model: str | None = None,
+    model: ModelKind | str | None = None,
     codec: str | None = None,
     local_features: bool | None = None,
     progress: Callable[[int, int, str], None] | None = None,
@@ -64,9 +81,11 @@ def index(
     new index; an existing one keeps them (asking for others is an error).
     `codec` ("float32", "float16", "pq"; default float32) sets how embeddings are
     stored; asking an existing index for a smaller codec re-encodes it in place
-    (float32 > float16 > pq), a larger one needs `rebuild`.
+    (float32 > float16 > pq), a larger one needs `rebuild`. An unknown `model` is a
+    ValueError before anything is created on disk.
     """
     _check_codec(codec)
+    model = parse(ModelKind, model, "model").value if model is not None else None
     directory = Path(index_dir) if index_dir else default_index_dir()
     directory.mkdir(parents=True, exist_ok=True)
     with writer_lock(directory):
@@ -172,9 +191,19 @@ def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
     return Searcher(store, eng)
 
 
-def search_path(searcher: Searcher, query: str | os.PathLike, top: int = 10, mode: str = "fused") -> list[Match]:
-    """Ranked matches for the photo at `query`."""
-    return searcher.search_rgb(load_rgb(query), top=top, mode=mode)
+def search_path(searcher: Searcher, query: str | os.PathLike, top: int = 10, mode: Mode | str = Mode.FUSED) -> list[Match]:
+    """Ranked matches for the photo at `query`; an unknown `mode` is a ValueError before the photo is read."""
+    mode = parse(Mode, mode, "mode")
+    return searcher.search_rgb(load_rgb(query), top=top, mode=mode.value)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is a write that failed for lack of space, told by type and error code, never by message text.
+
+    The store raises `DiskFullError`; an error from outside it (a mask being
+    written, the lock file) can still be an OSError with ENOSPC or SQLITE_FULL.
+    """
+    return isinstance(exc, DiskFullError) or store_is_disk_full(exc)
 
 
 def info(index_dir: str | os.PathLike | None = None) -> dict:
@@ -211,100 +240,19 @@ def check(index_dir: str | os.PathLike | None = None, repair: bool = False) -> C
     return check_index(Path(index_dir) if index_dir else default_index_dir(), repair=repair)
 
 
-def _training_regions(
-    images: str | os.PathLike,
-    describe: Callable[[np.ndarray], list[np.ndarray]],
-    progress: Callable[[int, int], None] | None,
-) -> tuple[np.ndarray, int]:
-    """All region vectors `describe` gives for the training photos under `images`, and the photo count."""
-    files = sorted(walk([images], []))
-    if not files:
-        raise ValueError(f"no photos under {images}")
-    out = []
-    for i, f in enumerate(files):
-        if progress:
-            progress(i, len(files))
-        out += describe(load_rgb(f))
-    return np.concatenate(out), len(files)
-
-
-def _model_flag(config: EngineConfig) -> str:
-    return "" if config.model == "teacher" else f" --model {config.model}"
-
-
-def learn_whitening_file(
-    images: str | os.PathLike,
-    dim: int = 256,
-    config: EngineConfig | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    weights: Path | None = None,
-) -> Path:
-    """Learn PCA whitening on the region descriptors of training photos; write it and its manifest entry.
-
-    Regions: the whole photo and up to 30 class-agnostic detections (score >= 0.02),
-    described by the engine's feature maps (teacher, or the distilled student).
-    """
-    config = config or EngineConfig()
-    regions = Engine.region_describer(config, weights)
-    descs, count = _training_regions(images, lambda rgb: [regions(rgb)], progress)
-    whitening = learn_whitening(descs, dim)
-    path = (weights or weights_dir()) / config.whitening_file()
-    whitening.save(path)
-    add_manifest_entry(
-        path,
-        {
-            "model": f"whitening for {config.features_name()}",
-            "source": {"photos": str(images), "count": count, "regions": len(descs)},
-            "licence": "derived statistics (PCA of region features) of the training photos; see LICENSES.md",
-            "preprocessing": "input: concatenated L2-normalised max-pooled s32 and s16 features of a box",
-            "command": f"oesir weights whiten --images {images} --dim {dim}" + _model_flag(config),
-        },
-    )
-    return path
-
-
-def learn_codebook_file(
-    images: str | os.PathLike,
-    config: EngineConfig | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    weights: Path | None = None,
-) -> Path:
-    """Learn the PQ codebook (`--codec pq`) on whitened region embeddings of training photos; write it + manifest entry.
-
-    Regions as for the whitening (whole photo + up to 30 detections at score >= 0.02),
-    of each photo and of its mirror image, whitened with the configuration's whitening.
-    """
-    config = config or EngineConfig()
-    regions = Engine.region_describer(config, weights)
-    whitening = Whitening.load(verified_file(config.whitening_file(), weights)[0])
-    embs, count = _training_regions(
-        images, lambda rgb: [whitening.apply(regions(x)) for x in (rgb, np.ascontiguousarray(rgb[:, ::-1]))], progress
-    )
-    centroids = train_codebook(embs)
-    path = (weights or weights_dir()) / config.codebook_file()
-    save_codebook(path, centroids)
-    add_manifest_entry(
-        path,
-        {
-            "model": f"PQ codebook for {config.features_name()} ({centroids.shape[0]} x {centroids.shape[1]} centroids)",
-            "source": {"photos": str(images), "count": count, "vectors": len(embs)},
-            "licence": "derived statistics (k-means of whitened region features) of the training photos; see LICENSES.md",
-            "preprocessing": f"input: embeddings whitened by {config.whitening_file()}, photos and their mirror images",
-            "command": f"oesir weights pq --images {images}" + _model_flag(config),
-        },
-    )
-    return path
-
-
 def localize_paths(
     query: str | os.PathLike,
     original: str | os.PathLike,
     threshold: float | None = None,
     use_features: bool = True,
-    relation: str | None = None,
+    relation: Relation | str | None = None,
     object_fallback: bool = False,
-):
+) -> LocalizeResult:
     """Localize the change in `query` given `original` (see `oesir_cli.localize.localize`).
+
+    `relation` is what `original` is to `query`: "host", "donor", or "auto"/None
+    (detected). Anything else is a ValueError before a photo is read: a typo
+    must not silently run one of the two paths.
 
     Keypoint alignment first. With `object_fallback`, when it fails, the
     best-matching object pair (the paper's Eq. 8) aligns the two. That is off by
@@ -316,6 +264,8 @@ def localize_paths(
     from .localize import DEFAULT_THRESHOLD, AlignmentError, localize
     from .teacher import Teacher
 
+    rel = parse(Relation, Relation.AUTO if relation is None else relation, "relation")
+    relation = None if rel is Relation.AUTO else rel.value
     q, o = load_rgb(query), load_rgb(original)
     teacher = Teacher() if use_features else None
     th = DEFAULT_THRESHOLD if threshold is None else threshold
@@ -332,3 +282,125 @@ def localize_paths(
         d = squared_l2(qe[1:], oe[1:])  # object pairs, whole images excluded
         i, j = np.unravel_index(int(d.argmin()), d.shape)
         return localize(q, o, threshold=th, teacher=teacher, object_pair=(qb[1 + i], ob[1 + j]), relation=relation)
+
+
+def choose_auto_originals(matches: Sequence[Match]) -> list[tuple[Relation, Path]]:
+    """The originals `localize_auto` uses, given the search's top matches: the first as host,
+    the second as donor only when at least AUTO_DONOR_MIN_VOTES query keypoints vote for it
+    (without keypoint evidence the second match is as likely unrelated, and aligning to it fails)."""
+    chosen = [(Relation.HOST, Path(m.image)) for m in matches[:1]]
+    chosen += [(Relation.DONOR, Path(m.image)) for m in matches[1:2] if m.votes >= AUTO_DONOR_MIN_VOTES]
+    return chosen
+
+
+@dataclass(frozen=True)
+class AutoLocalization:
+    """One original `localize_auto` localized against: its role, and the result or why it did not align."""
+
+    role: Relation  # HOST or DONOR
+    original: Path
+    result: LocalizeResult | None  # None when the two could not be aligned
+    error: Exception | None = None  # the AlignmentError, when result is None
+
+
+def localize_auto(
+    query: str | os.PathLike,
+    index_dir: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    use_features: bool = True,
+    object_fallback: bool = False,
+    searcher: Searcher | None = None,
+) -> Iterator[AutoLocalization]:
+    """Localize `query` against the originals the index finds for it (`choose_auto_originals`).
+
+    Yields one AutoLocalization per original as each is done (host first), so a
+    caller can show the host's result while the donor is being localized; yields
+    nothing when no indexed photo matches. An original that does not align is
+    yielded with its error, the others still run; other errors propagate.
+    """
+    from .localize import AlignmentError
+
+    searcher = searcher or open_searcher(index_dir)
+    for role, original in choose_auto_originals(search_path(searcher, query, top=2)):
+        try:
+            result = localize_paths(
+                query, original, threshold=threshold, use_features=use_features, relation=role, object_fallback=object_fallback
+            )
+        except AlignmentError as exc:
+            yield AutoLocalization(role, original, None, exc)
+            continue
+        yield AutoLocalization(role, original, result)
+
+
+@dataclass(frozen=True)
+class WeightsFileCheck:
+    """One file of the weights manifest, checked: "ok", "missing" or "altered" (sha256 differs)."""
+
+    name: str
+    path: Path
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """`verify_weights`: every file the manifest lists, in its order."""
+
+    directory: Path
+    files: tuple[WeightsFileCheck, ...]
+
+    @property
+    def bad(self) -> list[WeightsFileCheck]:
+        return [f for f in self.files if not f.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def as_dict(self) -> dict:
+        return {"directory": str(self.directory), "ok": self.ok, "files": {f.name: f.status for f in self.files}}
+
+
+def verify_weights(directory: str | os.PathLike | None = None) -> WeightsReport:
+    """Check every file listed in the weights manifest (default `weights_dir()`) against its sha256.
+
+    Reports each file instead of stopping at the first bad one, so one run shows
+    everything to restore. A missing or unreadable manifest is a WeightsError.
+    """
+    folder = Path(directory) if directory else weights_dir()
+    manifest = read_manifest(folder)
+    files = []
+    for name, entry in manifest["files"].items():
+        path = folder / name
+        status = "missing" if not path.is_file() else "ok" if sha256_file(path) == entry["sha256"] else "altered"
+        files.append(WeightsFileCheck(name, path, status))
+    return WeightsReport(folder, tuple(files))
+
+
+def build_single_pass(
+    images: str | os.PathLike,
+    variant: str = "s3",
+    weights: str | os.PathLike | None = None,
+    command: str | None = None,
+) -> tuple[Path, float]:
+    """Build single_pass_<variant>.onnx in `weights` from the student_<variant>.onnx there, without training.
+
+    The graph is checked against the student ONNX + numpy on up to 3 photos under
+    `images` and listed in the manifest with `command` (default: the equivalent
+    `oesir weights single-pass` line). Returns the file and the parity (worst
+    relative error). Needs the training extra (onnx): ImportError without it,
+    checked before `variant` (ValueError unless one of SINGLE_PASS_VARIANTS).
+    """
+    from .detector import Detector
+    from .distill.command import assemble_single_pass, onnx_maps
+
+    if variant not in SINGLE_PASS_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; one of {', '.join(SINGLE_PASS_VARIANTS)}")
+    out = Path(weights) if weights is not None else weights_dir()
+    student = out / STUDENT_SPECS[variant].file
+    verified_file(student.name, out)
+    command = command or f"oesir weights single-pass --images {images} --variant {variant} --out {out}"
+    return assemble_single_pass(out, variant, onnx_maps(student), Path(images), command, student.name, Detector())

@@ -14,10 +14,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ann import graph_status
-from .search import needed_graphs, refresh_graphs
-from .store import Store, writer_lock
 from .errors import StoreError
+from .graphs import graph_statuses, refresh_graphs
+from .store import DB_NAME, Store, writer_lock
 
 
 @dataclass
@@ -64,7 +63,7 @@ def check_index(directory: Path, repair: bool = False) -> CheckReport:
     try:
         store = Store(directory)
     except StoreError as exc:
-        if not (Path(directory) / "oesir.sqlite").exists():
+        if not (Path(directory) / DB_NAME).exists():
             raise
         report.database = f"cannot open: {exc}"
         return report
@@ -96,9 +95,7 @@ def _inspect(store: Store, report: CheckReport) -> None:
 
 
 def _inspect_graphs(store: Store, report: CheckReport) -> None:
-    cat = store.load_all()
-    for name, stamp in needed_graphs(store, cat).items():
-        report.graphs[name] = graph_status(store.dir / name, stamp)
+    report.graphs.update(graph_statuses(store, store.load_all()))
 
 
 def _repair(store: Store, report: CheckReport) -> None:

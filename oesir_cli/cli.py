@@ -7,12 +7,12 @@ or input, 3 completed but some files were skipped.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sqlite3
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,10 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import api
+from .choices import Mode, ModelKind, Relation
+from .engine import EngineConfig
+from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
 from .registry import WeightsError
 from .store import default_index_dir
-from .errors import StoreError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
@@ -54,6 +56,21 @@ IndexOpt = Annotated[
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     err.print(f"[red]oesir: error:[/red] {message}", highlight=False, markup=True)
     return typer.Exit(code)
+
+
+def _choice(enum: type[Enum], flag: str) -> Callable[[object], Enum]:
+    """Parser of an option whose values are `enum`'s (Typer lists them in --help).
+
+    A bad value is the CLI's one-line usage error (exit 2), not Typer's boxed one.
+    """
+
+    def parse(value: object) -> Enum:
+        try:
+            return enum(value.value if isinstance(value, Enum) else value)
+        except ValueError:
+            raise _fail(f"unknown {flag} {value!r} ({', '.join(str(m.value) for m in enum)})", EXIT_USAGE) from None
+
+    return parse
 
 
 def _progress() -> Progress:
@@ -88,7 +105,7 @@ def index(
     index_dir: IndexOpt = None,
     max_objects: Annotated[
         int, typer.Option("--max-objects", "-k", help="Detected objects per photo, plus the whole image.")
-    ] = 8,
+    ] = EngineConfig.max_objects,
     keep_missing: Annotated[bool, typer.Option("--keep-missing", help="Keep entries whose files disappeared.")] = False,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the index over (e.g. after a model change).")] = False,
     max_pixels: Annotated[
@@ -97,8 +114,11 @@ def index(
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     model: Annotated[
-        str | None,
-        typer.Option(help="Embedding network of a new index: teacher (two passes) or student (single pass). Default teacher."),
+        ModelKind | None,
+        typer.Option(
+            help="Embedding network of a new index: teacher (two passes) or student (single pass). Default teacher.",
+            parser=_choice(ModelKind, "--model"),
+        ),
     ] = None,
     codec: Annotated[
         str | None,
@@ -164,7 +184,10 @@ def search(
     queries: Annotated[list[str], typer.Argument(help="Query photos; `-` reads paths from stdin.")],
     index_dir: IndexOpt = None,
     top: Annotated[int, typer.Option("--top", "-n", help="How many photos to list per query.")] = 10,
-    mode: Annotated[str, typer.Option(help="Ranking: fused (default), objects (the paper's Eq. 7 alone), local.")] = "fused",
+    mode: Annotated[
+        Mode,
+        typer.Option(help="Ranking: fused (default), objects (the paper's Eq. 7 alone), local.", parser=_choice(Mode, "--mode")),
+    ] = Mode.FUSED,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query per line.")] = False,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
 ) -> None:
@@ -172,8 +195,6 @@ def search(
     queries = _read_paths(queries, null)
     if not queries:
         raise _fail("no query given", EXIT_USAGE)
-    if mode not in ("fused", "objects", "local"):
-        raise _fail(f"unknown --mode {mode!r} (fused, objects, local)", EXIT_USAGE)
     try:
         searcher = api.open_searcher(index_dir)
     except (StoreError, WeightsError, OSError, sqlite3.Error) as exc:
@@ -224,7 +245,9 @@ def localize(
         Path | None, typer.Option("--overlay", help="Write the query with the region tinted and outlined.")
     ] = None,
     threshold: Annotated[float, typer.Option(help="Score (0..1) above which a pixel is manipulated.")] = 0.5,
-    relation: Annotated[str, typer.Option(help="auto, host or donor.")] = "auto",
+    relation: Annotated[
+        Relation, typer.Option(help="auto, host or donor.", parser=_choice(Relation, "--relation"))
+    ] = Relation.AUTO,
     auto: Annotated[
         bool, typer.Option("--auto", help="No ORIGINAL: search the index, localize against the top host and donor.")
     ] = False,
@@ -244,31 +267,27 @@ def localize(
     """
     from .localize import AlignmentError
 
-    if relation not in ("auto", "host", "donor"):
-        raise _fail(f"unknown --relation {relation!r} (auto, host, donor)", EXIT_USAGE)
     if not 0.0 < threshold < 1.0:
         raise _fail("--threshold must be between 0 and 1", EXIT_USAGE)
     if (original is None) == (not auto):
         raise _fail("give either ORIGINAL or --auto", EXIT_USAGE)
+    outputs = {"mask": out_mask, "heatmap": heatmap, "overlay": overlay}
+    failures = 0
     try:
         if auto:
-            matches = api.search_path(api.open_searcher(index_dir), query, top=2)
-            jobs = [("host", Path(m.image)) for m in matches[:1]]
-            jobs += [("donor", Path(m.image)) for m in matches[1:2] if m.votes >= AUTO_DONOR_MIN_VOTES]
-            if not jobs:
+            found = 0
+            for done in api.localize_auto(query, index_dir, threshold=threshold, object_fallback=object_fallback):
+                found += 1
+                failures += _show_localized(query, done.original, done.result, done.error, outputs, done.role.value, as_json)
+            if not found:
                 raise _fail(f"{query}: no indexed photo matches it", EXIT_ERROR)
         else:
-            jobs = [(None if relation == "auto" else relation, original)]
-        failures = 0
-        for role, orig in jobs:
+            result, error = None, None
             try:
-                result = api.localize_paths(query, orig, threshold=threshold, relation=role, object_fallback=object_fallback)
+                result = api.localize_paths(query, original, threshold, relation=relation, object_fallback=object_fallback)
             except AlignmentError as exc:
-                failures += 1
-                err.print(f"[red]oesir: error:[/red] {query} vs {orig}: {exc}", highlight=False)
-                continue
-            _write_localize_outputs(query, result, out_mask, heatmap, overlay, role if auto else None)
-            _print_localize(query, orig, result, as_json)
+                error = exc
+            failures += _show_localized(query, original, result, error, outputs, None, as_json)
     except ImageError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except (StoreError, WeightsError, OSError) as exc:
@@ -277,36 +296,24 @@ def localize(
         raise typer.Exit(EXIT_ERROR)
 
 
-AUTO_DONOR_MIN_VOTES = 3  # --auto: the second match is used as donor only with some keypoint evidence
+def _show_localized(query: Path, original: Path, result, error, outputs: dict, role: str | None, as_json: bool) -> int:
+    """Write the outputs asked for and print the result line (1 returned: it did not align, said on stderr)."""
+    from .render import write_localize_outputs
 
-
-def _suffixed(path: Path | None, role: str | None) -> Path | None:
-    return None if path is None or role is None else path.with_name(f"{path.stem}-{role}{path.suffix}")
-
-
-def _write_localize_outputs(query: Path, result, mask: Path | None, heat: Path | None, overlay: Path | None, role) -> None:
-    from .imageio import load_rgb
-    from .render import overlay_image, write_png
-
-    mask, heat, overlay = ((_suffixed(p, role) if role else p) for p in (mask, heat, overlay))
-    if mask:
-        write_png(mask, result.mask)
-    if heat:
-        write_png(heat, result.heatmap)
-    if overlay:
-        write_png(overlay, overlay_image(load_rgb(query), result.mask))
-
-
-def _print_localize(query: Path, original: Path, result, as_json: bool) -> None:
+    if result is None:
+        err.print(f"[red]oesir: error:[/red] {query} vs {original}: {error}", highlight=False)
+        return 1
+    write_localize_outputs(query, result, role=role, **outputs)
     if as_json:
         print(json.dumps({"query": str(query), "original": str(original), **result.as_dict()}), flush=True)
-        return
+        return 0
     a = result.alignment
     out.print(
         f"{query} vs {original}: {result.relation} relation, {a.inliers} inliers ({a.method}"
         f"{', mirrored' if a.mirrored else ''}), changed {100 * result.changed_share:.1f}% of the photo",
         highlight=False,
     )
+    return 0
 
 
 @app.command()
@@ -361,9 +368,11 @@ def check(
 def _index_error(exc: BaseException) -> str:
     """One line for errors from the index files, disk-full first (it is the common one)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, sqlite3.Error) or getattr(exc, "errno", None) == errno.ENOSPC:
-        if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
-            return f"cannot write the index: disk full ({text}); the index keeps its last committed state"
+    if isinstance(exc, DiskFullError):
+        return text  # already says what was full and that the index keeps its last committed state
+    if api.is_disk_full(exc):
+        return f"cannot write the index: disk full ({text}); the index keeps its last committed state"
+    if isinstance(exc, sqlite3.Error):
         return f"index database error: {text}; run `oesir check`"
     return text
 
@@ -371,32 +380,23 @@ def _index_error(exc: BaseException) -> str:
 @weights_app.command("verify")
 def weights_verify() -> None:
     """Check every file in weights/ against the manifest's sha256."""
-    from .registry import read_manifest, sha256_file, weights_dir
-
     try:
-        manifest = read_manifest()
+        report = api.verify_weights()
     except WeightsError as exc:
         raise _fail(str(exc)) from None
-    bad = 0
-    for name, entry in manifest["files"].items():
-        path = weights_dir() / name
-        ok = path.is_file() and sha256_file(path) == entry["sha256"]
-        bad += not ok
-        print(f"{'ok' if ok else 'BAD'}  {name}")
-    if bad:
-        raise _fail(f"{bad} weights file(s) missing or altered")
+    for f in report.files:
+        print(f"{'ok' if f.ok else 'BAD'}  {f.name}")
+    if report.bad:
+        raise _fail(f"{len(report.bad)} weights file(s) missing or altered")
 
 
-def _learn_weights(label: str, model: str, learn: Callable[..., Path]) -> None:
+def _learn_weights(label: str, model: ModelKind, learn: Callable[..., Path]) -> None:
     """Run a `weights` learning job (whitening, codebook) with a progress bar; print the file written."""
-    from .engine import MODELS, EngineConfig
-
-    if model not in MODELS:
-        raise _fail(f"unknown --model {model!r} (teacher, student)", EXIT_USAGE)
     try:
         with _progress() as bar:
             task = bar.add_task(label, total=None, rate="")
-            path = learn(config=EngineConfig(model=model), progress=lambda i, n: bar.update(task, completed=i, total=n))
+            config = EngineConfig(model=model.value)
+            path = learn(config=config, progress=lambda i, n: bar.update(task, completed=i, total=n))
     except (WeightsError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     print(path)
@@ -406,7 +406,9 @@ def _learn_weights(label: str, model: str, learn: Callable[..., Path]) -> None:
 def weights_whiten(
     images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
     dim: Annotated[int, typer.Option(help="Output dimension.")] = 256,
-    model: Annotated[str, typer.Option(help="Features to whiten: teacher or student.")] = "teacher",
+    model: Annotated[
+        ModelKind, typer.Option(help="Features to whiten: teacher or student.", parser=_choice(ModelKind, "--model"))
+    ] = ModelKind.TEACHER,
 ) -> None:
     """Learn the PCA whitening of object embeddings on training photos; add it to the manifest."""
     _learn_weights("whitening", model, lambda **kw: api.learn_whitening_file(images, dim, **kw))
@@ -415,7 +417,9 @@ def weights_whiten(
 @weights_app.command("pq")
 def weights_pq(
     images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
-    model: Annotated[str, typer.Option(help="Embeddings to quantise: teacher or student.")] = "teacher",
+    model: Annotated[
+        ModelKind, typer.Option(help="Embeddings to quantise: teacher or student.", parser=_choice(ModelKind, "--model"))
+    ] = ModelKind.TEACHER,
 ) -> None:
     """Learn the product-quantisation codebook of `oesir index --codec pq`; add it to the manifest."""
     _learn_weights("codebook", model, lambda **kw: api.learn_codebook_file(images, **kw))
@@ -433,23 +437,15 @@ def weights_single_pass(
     training extra (onnx). The graph is checked against the student ONNX and numpy.
     """
     try:
-        from .detector import Detector
-        from .distill.command import assemble_single_pass, onnx_maps
+        path, parity = api.build_single_pass(images, variant, out)
     except ImportError as exc:
         raise _fail(f"oesir weights single-pass needs the training extra: pip install -e '.[train]' ({exc})") from None
-    if variant not in ("s2", "s3"):
-        raise _fail(f"unknown --variant {variant!r} (s2, s3)", EXIT_USAGE)
-    student = out / f"student_{variant}.onnx"
-    try:
-        from .registry import verified_file
-
-        verified_file(student.name, out)
-        command = f"oesir weights single-pass --images {images} --variant {variant} --out {out}"
-        path, parity = assemble_single_pass(out, variant, onnx_maps(student), images, command, student.name, Detector())
     except (WeightsError, OSError, ValueError, RuntimeError) as exc:
+        if variant not in api.SINGLE_PASS_VARIANTS:  # checked by the API once the training extra is there
+            raise _fail(f"unknown --variant {variant!r} ({', '.join(api.SINGLE_PASS_VARIANTS)})", EXIT_USAGE) from None
         raise _fail(str(exc)) from None
     print(path)
-    err.print(f"single pass {variant}: parity {parity:.1e} against {student.name} + numpy", highlight=False)
+    err.print(f"single pass {variant}: parity {parity:.1e} against student_{variant}.onnx + numpy", highlight=False)
 
 
 @app.command()

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OesirError
+
 CODECS = ("float32", "float16", "pq")
 PQ_SUBSPACES = 32  # 32 one-byte codes per 256-d embedding
 PQ_CENTROIDS = 256
 
 
-class CodecError(ValueError):
+class CodecError(OesirError, ValueError):
     """Unknown codec, or codes that do not fit it."""
 
 

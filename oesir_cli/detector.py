@@ -2,19 +2,20 @@
 
 The ONNX graph stops at the six box-predictor heads; this module holds the one
 small numpy path that turns them into boxes: SSD anchors, box decoding (TF
-Object Detection API's Faster R-CNN coder, scales 10/10/5/5) and NMS.
+Object Detection API's Faster R-CNN coder, scales 10/10/5/5) and NMS. Its input
+rule (300x300, bilinear) and output names are those of its `registry.ModelSpec`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .registry import Model, load_model
+from .registry import DEFAULT_DETECTOR, MODEL_SPECS, Model, open_model
 
-SIZE = 300
+NMS_IOU = 0.6  # boxes overlapping a better one by more than this are dropped (here and in the single-pass graph)
 GRID = (19, 10, 5, 3, 2, 1)
 MIN_SCALE, MAX_SCALE = 0.2, 0.95
 ASPECTS = (1.0, 2.0, 0.5, 3.0, 0.3333)
@@ -92,7 +93,7 @@ def postprocess(
     width: int,
     height: int,
     min_score: float = 0.3,
-    iou: float = 0.6,
+    iou: float = NMS_IOU,
     limit: int = 100,
     class_agnostic: bool = False,
 ) -> Detections:
@@ -126,21 +127,23 @@ def postprocess(
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:
-    """RGB uint8 HxWx3 -> the ONNX input: [1, 300, 300, 3] float32, 0..255."""
-    resized = cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
-    return resized.astype(np.float32)[None]
+    """RGB uint8 HxWx3 -> the ONNX input: [1, 300, 300, 3] float32, 0..255 (the graph normalises)."""
+    image = MODEL_SPECS[DEFAULT_DETECTOR].photo_input()
+    return image.tensor(image.resize(rgb))
 
 
 class Detector:
     """Runs the detector ONNX; one instance per process is enough."""
 
-    def __init__(self, model: Model | None = None):
-        self.model = model or load_model("ssd-mobilenet-v2-coco")
+    def __init__(self, model: Model | None = None, name: str = DEFAULT_DETECTOR, directory: Path | None = None):
+        self.model = model or open_model(name, "detector", directory)
 
     def heads(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         """All ONNX outputs (heads and backbone maps F2, F3, F4) for one photo."""
-        names = [o.name for o in self.model.session.get_outputs()]
-        return dict(zip(names, self.model.session.run(None, {"image": preprocess(rgb)})))
+        spec = self.model.spec
+        image = spec.photo_input()
+        x = image.tensor(image.resize(rgb))
+        return dict(zip(spec.outputs, self.model.session.run(list(spec.outputs), {spec.inputs[0]: x})))
 
     def detect(self, rgb: np.ndarray, min_score: float = 0.3, limit: int = 100, class_agnostic: bool = False) -> Detections:
         """Objects in one RGB photo, best first."""

@@ -4,57 +4,175 @@ This is the paper's pipeline for one photo (detector boxes + the whole image,
 ROIAlign on the teacher's maps, PCA whitening) plus RootSIFT local features for
 the verification stage. Its `version` names everything that changes the stored
 vectors, so an index built with other settings is refused.
+
+Two back ends describe a photo's objects, chosen once from `EngineConfig.model`:
+`TwoPass` (the detector, then the teacher on the whole photo) and
+`single_pass.SinglePass` (the distilled student, one onnxruntime call). Both
+provide what `Backend` lists; the engine adds whitening and local features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-from .codec import PQ_SUBSPACES
+from .choices import ModelKind, parse
 from .detector import Detections, Detector
 from .embed import Whitening, region_descriptors
-from .local import extract
-from .registry import DEFAULT_TEACHER, verified_file
-from .single_pass import STUDENT_VIEW, SinglePass
+from .keypoints import extract
+from .registry import (
+    DEFAULT_DETECTOR,
+    DEFAULT_STUDENT,
+    DEFAULT_TEACHER,
+    MODEL_SPECS,
+    VIEW_SIDE,
+    ModelSpec,
+    learned_file,
+    model_spec,
+    single_pass_name,
+    verified_file,
+)
+from .single_pass import SinglePass
 from .store import PhotoData
 from .teacher import FeatureMaps, Teacher
 
-MODELS = ("teacher", "student")
-REGION_SIDE = 320  # a query region is re-embedded at this longer side (the teacher's view of a small object)
+MAX_OBJECTS = 8  # detections stored per photo (the paper's k), besides the whole photo
+MIN_SCORE = 0.05  # the least detector score of a stored detection
 REGION_MARGIN = 0.1  # context added around a region on each side, as a share of its size
 
 
 @dataclass(frozen=True)
+class RegionRule:
+    """Which regions of a photo are described: the whole photo, then up to `limit` class-agnostic
+    detections scoring at least `min_score`."""
+
+    min_score: float
+    limit: int
+
+
+# What the whitening and the PQ codebook are learned from (`oesir weights whiten` / `pq`).
+TRAINING_REGIONS = RegionRule(min_score=0.02, limit=30)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
-    """Settings that change what is stored for a photo."""
+    """Settings that change what is stored for a photo.
+
+    An index stores `as_dict()` and re-reads it with `EngineConfig(**stored)`, so
+    every field has a default. `detector` and `student` are stored only when they
+    differ from theirs, so an index using the shipped models stores the same bytes
+    whether or not it predates those fields.
+    """
 
     teacher: str = DEFAULT_TEACHER
-    long_side: int = 512
-    max_objects: int = 8
-    min_score: float = 0.05
+    long_side: int = MODEL_SPECS[DEFAULT_TEACHER].photo_input().side
+    max_objects: int = MAX_OBJECTS
+    min_score: float = MIN_SCORE
     local_keypoints: int = 1000  # 0: no local features (an objects-only index, `--no-local`)
-    model: str = "teacher"  # "teacher": detector then teacher (two passes); "student": the single-pass network
+    model: str = ModelKind.TEACHER.value  # teacher: detector then teacher (two passes); student: the single pass
+    detector: str = DEFAULT_DETECTOR  # the two-pass detector (the single pass contains its own: the same one)
+    student: str = DEFAULT_STUDENT  # the student variant of the single pass
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        """What an index stores: every field, except `detector` and `student` at their defaults (see the class)."""
+        d = asdict(self)
+        for f in fields(self):
+            if f.name in _STORED_WHEN_CHANGED and d[f.name] == f.default:
+                del d[f.name]
+        return d
+
+    def kind(self) -> ModelKind:
+        """`model` as a ModelKind; ValueError naming the choices for anything else."""
+        return ModelKind(parse(ModelKind, self.model, "model"))
+
+    def describing_spec(self) -> ModelSpec:
+        """The record of the network whose maps give the descriptors: the teacher, or the single-pass graph."""
+        if self.kind() is ModelKind.STUDENT:
+            return model_spec(single_pass_name(self.student), "single-pass")
+        return model_spec(self.teacher, "teacher")
+
+    def descriptor_side(self) -> int:
+        """The side the descriptors are computed at: the teacher's longer side, or the student's square view."""
+        spec = self.describing_spec()
+        return self.long_side if spec.view is None else spec.view
 
     def features_name(self) -> str:
-        if self.model == "student":
-            return f"the distilled student S3 at {STUDENT_VIEW}x{STUDENT_VIEW}"
+        if self.kind() is ModelKind.STUDENT:
+            side = self.descriptor_side()
+            return f"the distilled student {self.student.upper()} at {side}x{side}"
         return f"{self.teacher} at {self.long_side}px"
 
     def whitening_file(self) -> str:
-        if self.model == "student":
-            return f"whitening_student_s3_{STUDENT_VIEW}.npz"
-        return f"whitening_{self.teacher.replace('efficientnet-', '')}_{self.long_side}.npz"
+        return learned_file("whitening", self.describing_spec(), self.descriptor_side())
 
     def codebook_file(self) -> str:
         """The PQ codebook learned on this configuration's whitened embeddings (`oesir weights pq`)."""
-        return self.whitening_file().replace("whitening_", "pq_").replace(".npz", f"_m{PQ_SUBSPACES}.npz")
+        return learned_file("pq", self.describing_spec(), self.descriptor_side())
+
+
+_STORED_WHEN_CHANGED = ("detector", "student")
+
+
+class Backend(Protocol):
+    """What the engine asks of the networks that describe a photo's objects (descriptors unwhitened)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def raw_objects(
+        self, rgb: np.ndarray, min_score: float, limit: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def boxes(self, rgb: np.ndarray, min_score: float, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def maps(self, rgb: np.ndarray) -> FeatureMaps: ...
+
+    def whole_descriptor(self, view: np.ndarray) -> np.ndarray: ...
+
+
+class TwoPass:
+    """The detector's boxes, then ROIAlign on the teacher's maps of the whole photo."""
+
+    def __init__(self, detector: Detector, teacher: Teacher):
+        self.detector = detector
+        self.teacher = teacher
+        # a region seen on its own is described at the student's view side; same session, other input size
+        self.region_teacher = Teacher(long_side=VIEW_SIDE, model=teacher.model)
+
+    @property
+    def version(self) -> str:
+        return f"{self.detector.model.version}+{self.teacher.version}"
+
+    def boxes(self, rgb: np.ndarray, min_score: float, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The whole-image box first, then up to `limit` detector boxes (class-agnostic NMS)."""
+        return _whole_first(rgb, self.detector.detect(rgb, min_score=min_score, limit=limit, class_agnostic=True))
+
+    def raw_objects(self, rgb: np.ndarray, min_score: float, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        boxes, scores, classes = self.boxes(rgb, min_score, limit)
+        return boxes, scores, classes, region_descriptors(self.teacher.features(rgb), boxes)
+
+    def maps(self, rgb: np.ndarray) -> FeatureMaps:
+        return self.teacher.features(rgb)
+
+    def whole_descriptor(self, view: np.ndarray) -> np.ndarray:
+        whole = np.array([[0, 0, view.shape[1], view.shape[0]]], np.float32)
+        return region_descriptors(self.region_teacher.features(view), whole)
+
+
+def make_backend(config: EngineConfig, weights: Path | None = None) -> Backend:
+    """The back end `config` names, its models loaded from `weights` (default: `registry.weights_dir()`)."""
+    model_spec(config.detector, "detector")
+    if config.kind() is ModelKind.STUDENT:
+        net = SinglePass(config.describing_spec().name, directory=weights)
+        if MODEL_SPECS[config.detector].file not in net.model.spec.shares:
+            raise ValueError(f"{net.model.spec.name} contains its own detector, not {config.detector}")
+        return net
+    teacher = Teacher(config.teacher, config.long_side, directory=weights)
+    return TwoPass(Detector(name=config.detector, directory=weights), teacher)
 
 
 class Engine:
@@ -62,18 +180,20 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
-        if self.config.model not in MODELS:
-            raise ValueError(f"unknown model {self.config.model!r} (teacher, student)")
-        if self.config.model == "student":
-            self.net: SinglePass | None = SinglePass()
-        else:
-            self.net = None
-            self.detector = Detector()
-            self.teacher = Teacher(self.config.teacher, self.config.long_side)
-            self.region_teacher = Teacher(self.config.teacher, REGION_SIDE, model=self.teacher.model)  # same session
+        self.backend = make_backend(self.config)
         path, digest = verified_file(self.config.whitening_file())
         self.whitening = Whitening.load(path)
         self._whitening_sha = digest[:12]
+
+    @property
+    def teacher(self) -> Teacher:
+        """The two-pass path's teacher (AttributeError on the single pass)."""
+        return self.backend.teacher  # type: ignore[attr-defined]
+
+    @property
+    def detector(self) -> Detector:
+        """The two-pass path's detector (AttributeError on the single pass)."""
+        return self.backend.detector  # type: ignore[attr-defined]
 
     @property
     def embedding_dim(self) -> int:
@@ -81,30 +201,21 @@ class Engine:
 
     @property
     def version(self) -> str:
-        c = self.config
-        nets = self.net.version if self.net else f"{self.detector.model.version}+{self.teacher.version}"
+        nets, c = self.backend.version, self.config
         return f"{nets}+{c.whitening_file()}@{self._whitening_sha}/k{c.max_objects}/s{c.min_score}/sift{c.local_keypoints}"
 
     def raw_objects(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (whole image first, then up to k class-agnostic detections), scores, classes and
         unwhitened descriptors: one call of the single-pass graph, or the detector then the teacher."""
-        c = self.config
-        if self.net:
-            o = self.net.objects(rgb, c.min_score, c.max_objects)
-            return o.boxes, o.scores, o.classes, o.descriptors
-        boxes, scores, classes = self.boxes(rgb)
-        return boxes, scores, classes, region_descriptors(self.teacher.features(rgb), boxes)
+        return self.backend.raw_objects(rgb, self.config.min_score, self.config.max_objects)
 
     def boxes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The whole-image box first, then up to k detector boxes (class-agnostic NMS)."""
-        if self.net:
-            return self.raw_objects(rgb)[:3]
-        c = self.config
-        return _whole_first(rgb, self.detector.detect(rgb, min_score=c.min_score, limit=c.max_objects, class_agnostic=True))
+        return self.backend.boxes(rgb, self.config.min_score, self.config.max_objects)
 
     def embed(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Whitened, L2-normalised embedding per box (any boxes of this photo)."""
-        return self._embed_maps(self.net.maps(rgb) if self.net else self.teacher.features(rgb), boxes)
+        return self.whitening.apply(region_descriptors(self.backend.maps(rgb), boxes))
 
     def objects(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes and their embeddings, each network run once."""
@@ -119,19 +230,11 @@ class Engine:
         mirrored view matches a source the splicer flipped.
         """
         crop = crop_region(rgb, box, REGION_MARGIN)
-        out = []
-        for view in (crop, np.ascontiguousarray(crop[:, ::-1])):
-            if self.net:  # the whole view is the graph's first box: no detections needed
-                out.append(self.whitening.apply(self.net.objects(view, 1.0, 0).descriptors[:1]))
-            else:
-                whole = np.array([[0, 0, view.shape[1], view.shape[0]]], np.float32)
-                out.append(self._embed_maps(self.region_teacher.features(view), whole))
-        return np.concatenate(out)
-
-    def _embed_maps(self, maps: FeatureMaps, boxes: np.ndarray) -> np.ndarray:
-        return self.whitening.apply(region_descriptors(maps, boxes))
+        views = (crop, np.ascontiguousarray(crop[:, ::-1]))
+        return np.concatenate([self.whitening.apply(self.backend.whole_descriptor(view)) for view in views])
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
+        """What the index stores for a photo: its objects, their embeddings, and its local features."""
         boxes, scores, classes, descriptors = self.raw_objects(rgb)
         emb = self.whitening.apply(descriptors)
         if self.config.local_keypoints == 0:
@@ -141,14 +244,9 @@ class Engine:
 
     @staticmethod
     def region_describer(config: EngineConfig, weights: Path | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        """Unwhitened descriptors of the whole photo + up to 30 detections (score >= 0.02): what whitening learns from."""
-        if config.model == "student":
-            net = SinglePass(directory=weights)
-            return lambda rgb: net.objects(rgb, 0.02, 30).descriptors
-        detector, teacher = Detector(), Teacher(config.teacher, config.long_side)
-        return lambda rgb: _with_whole(
-            rgb, detector.detect(rgb, min_score=0.02, limit=30, class_agnostic=True).boxes, teacher.features(rgb)
-        )
+        """Unwhitened descriptors of a photo's `TRAINING_REGIONS`: what whitening and the PQ codebook learn from."""
+        backend, rule = make_backend(config, weights), TRAINING_REGIONS
+        return lambda rgb: backend.raw_objects(rgb, rule.min_score, rule.limit)[3]
 
 
 def crop_region(rgb: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
@@ -167,8 +265,3 @@ def _whole_first(rgb: np.ndarray, det: Detections) -> tuple[np.ndarray, np.ndarr
     scores = np.concatenate([[1.0], det.scores]).astype(np.float32)
     classes = np.concatenate([[0], det.classes]).astype(np.int64)
     return boxes, scores, classes
-
-
-def _with_whole(rgb: np.ndarray, boxes: np.ndarray, maps: FeatureMaps) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    return region_descriptors(maps, np.concatenate([np.array([[0, 0, w, h]], np.float32), boxes]))

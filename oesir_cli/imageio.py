@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .errors import OesirError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"})
 DEFAULT_MAX_PIXELS = 200_000_000  # header-declared pixels above this are refused (decompression bombs)
 WORKING_SIDE = 2048  # photos are reduced to this longer side while decoding; nothing downstream needs more
@@ -28,7 +30,7 @@ except ImportError:  # pragma: no cover - optional
     pass
 
 
-class ImageError(ValueError):
+class ImageError(OesirError, ValueError):
     """A file that cannot be used as a photo; the message is one line."""
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine import Engine
+from .graphs import refresh_graphs
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, is_image_path, load_rgb
 from .registry import sha256_file
-from .search import refresh_graphs
 from .store import ImageRecord, PhotoData, Store
 
 BATCH = 16

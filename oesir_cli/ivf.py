@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .codec import Codec
-from .registry import sha256_file
-from .store import atomic_write, read_stamp, write_stamp
+from .errors import DiskFullError
+from .store import atomic_write, check_stamp, save_stamped
 
 NPROBE = 64  # lists each query object looks in (bench/scale.py: recall vs latency)
 _ADD_CHUNK = 262_144
@@ -88,21 +88,18 @@ class IVFPQ:
         return self.search(queries, min(k, self.count), NPROBE)
 
     def save(self, path: Path, stamp: dict | None = None) -> None:
-        """Write atomically; with `stamp`, then its stamp (size and sha256 added), like `ann.Graph.save`."""
-        atomic_write(path, lambda tmp: _faiss().write_index(self.index, str(tmp)))
-        if stamp is not None:
-            full = {**stamp, "count": self.count, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-            write_stamp(path.with_suffix(path.suffix + ".json"), full)
+        """Write atomically; with `stamp`, then its stamp, like `ann.Graph.save` (see `store.save_stamped`)."""
+        write = lambda tmp: _faiss().write_index(self.index, str(tmp))
+        if stamp is None:
+            atomic_write(path, write)
+        else:
+            save_stamped(path, write, stamp, self.count)
 
     @classmethod
-    def load(cls, path: Path, stamp: dict | None = None) -> IVFPQ | None:
-        """The saved structure (if `stamp` is given: only if its stamp matches), else None."""
-        if stamp is not None:
-            saved = read_stamp(path.with_suffix(path.suffix + ".json"))
-            if not saved or any(saved.get(k) != v for k, v in stamp.items()) or not path.exists():
-                return None
-            if path.stat().st_size != saved.get("bytes"):
-                return None
+    def load(cls, path: Path, stamp: dict) -> IVFPQ | None:
+        """The saved structure if its stamp matches `stamp` (see `store.check_stamp`), else None."""
+        if check_stamp(path, stamp)[0] != "ok":
+            return None
         try:
             return cls(_faiss().read_index(str(path)))
         except RuntimeError:
@@ -115,7 +112,8 @@ def nlist_for(n: int) -> int:
 
 
 def cached_ivfpq(path: Path, stamp: dict, codec: Codec, codes: np.ndarray, writable: bool) -> IVFPQ:
-    """Load the IVF-PQ at `path` if its stamp matches, else build it over `codes` (ids = row numbers) and save it.
+    """Load the IVF-PQ at `path` if its stamp matches, else build it over `codes` (ids = row numbers) and,
+    when `writable`, save it (best effort, as `ann.cached_graph`).
 
     Codes are decoded chunk by chunk, so building never holds the float vectors of the whole index.
     """
@@ -129,6 +127,6 @@ def cached_ivfpq(path: Path, stamp: dict, codec: Codec, codes: np.ndarray, writa
     for lo in range(0, n, _ADD_CHUNK):
         ivf.add(codec.decode(codes[lo : lo + _ADD_CHUNK]), np.arange(lo, min(n, lo + _ADD_CHUNK)))
     if writable:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, DiskFullError):
             ivf.save(path, stamp)
     return ivf

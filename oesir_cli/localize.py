@@ -21,20 +21,34 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .geometry import box_similarity, footprint, hull_share, is_plausible, mirror_x, transform_points
-from .local import rootsift
+from .alignment import LOCALIZE_FIT, fit_homography, fit_similarity, is_host_relation, ratio_matches
+from .choices import Relation, parse
+from .errors import OesirError
+from .geometry import box_similarity, footprint, is_plausible, mirror_x
+from .keypoints import LocalFeatures, extract
+from .pixels import clean_mask, colour_difference, feature_difference, shrink_to_side
+from .teacher import Teacher
 
-MIN_INLIERS = 12
-MIN_SIMILARITY_INLIERS = 6
+MIN_INLIERS = 12  # a homography needs this many consistent matches ...
+MIN_SIMILARITY_INLIERS = 6  # ... a similarity transform this many
+MIN_MATCHES = 4  # fewer ratio-test matches than this: nothing to fit
+ALIGN_KEYPOINTS = 4000
 CONTRAST_THRESHOLDS = (0.04, 0.01)  # SIFT's default first; the low one only when nothing aligned
 WORK_SIDE = 1024  # alignment and scoring run at most at this longer side
 DEFAULT_THRESHOLD = 0.5
 PIXEL_NOISE, PIXEL_RANGE = 4.0, 16.0  # Lab distance: below NOISE is recompression, NOISE+RANGE is a sure change
+FEATURE_RANGE = 0.5  # Eq. 9 difference at which the features call a pixel surely changed
+FEATURE_FLOOR = 0.25  # share of the colour evidence kept where the features see no change
 CHANGE_BLUR = 2.0
-MIN_COMPONENT_SHARE = 0.0005
+HEAT_BLUR = 1.5
+FOOTPRINT_ERODE = 5  # pixels: the warped original's border is interpolated, not evidence
+AGREE_BELOW = 0.5  # change score under which a pixel agrees with the original
+SUPPORT_GROW = 0.03  # donor: the inliers' hull grown by this share of the longer side is where the paste is
+UNSUPPORTED_WEIGHT = 0.3  # donor: agreement outside that support counts this much ...
+DETACHED_WEIGHT = 0.6  # ... and agreement not connected to it this much more
 
 
-class AlignmentError(RuntimeError):
+class AlignmentError(OesirError):
     """The two photos could not be aligned (unrelated, or too different)."""
 
 
@@ -77,31 +91,6 @@ class LocalizeResult:
         }
 
 
-def _sift_features(grey: np.ndarray, n: int = 4000, contrast: float = 0.04) -> tuple[np.ndarray, np.ndarray]:
-    sift = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast)
-    kps, desc = sift.detectAndCompute(grey, None)
-    if desc is None or not kps:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
-    return np.array([k.pt for k in kps], np.float32), rootsift(desc).astype(np.float32)
-
-
-def _match(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.8) -> list[tuple[int, int]]:
-    if len(d1) < 2 or len(d2) < 2:
-        return []
-    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(d1, d2, k=2)
-    return [(m.queryIdx, m.trainIdx) for m, n in (p for p in knn if len(p) == 2) if m.distance < ratio * n.distance]
-
-
-def _ransac(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    if len(src) < 4:
-        return None, np.zeros(len(src), bool)
-    cv2.setRNGSeed(12345)
-    h, inl = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 4.0, maxIters=4000, confidence=0.999)
-    if h is None:
-        return None, np.zeros(len(src), bool)
-    return h, inl.ravel().astype(bool)
-
-
 def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray, np.ndarray] | None = None) -> Alignment:
     """Transform original -> query from keypoints (mirror tried too), else from an object pair.
 
@@ -111,10 +100,8 @@ def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray
     photos (sea, sky) have few keypoints at SIFT's usual contrast threshold, so
     when nothing aligns the keypoints are taken again at a low threshold.
     """
-    qg = cv2.cvtColor(query, cv2.COLOR_RGB2GRAY)
-    og = cv2.cvtColor(original, cv2.COLOR_RGB2GRAY)
     for contrast in CONTRAST_THRESHOLDS:
-        found = _align_keypoints(qg, og, contrast)
+        found = _align_keypoints(query, original, contrast)
         if found is not None:
             return found
     if object_pair is not None:
@@ -125,26 +112,23 @@ def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray
     )
 
 
-def _align_keypoints(qg: np.ndarray, og: np.ndarray, contrast: float) -> Alignment | None:
-    qpts, qdesc = _sift_features(qg, contrast=contrast)
-    ow, oh = og.shape[1], og.shape[0]
+def _align_keypoints(query: np.ndarray, original: np.ndarray, contrast: float) -> Alignment | None:
+    q = _alignment_features(query, contrast)
+    ow, oh = original.shape[1], original.shape[0]
     candidates: list[Alignment] = []
     for mirrored in (False, True):
-        opts, odesc = _sift_features(og[:, ::-1].copy() if mirrored else og, contrast=contrast)
-        pairs = _match(qdesc, odesc)
-        if len(pairs) < 4:
+        o = _alignment_features(np.ascontiguousarray(original[:, ::-1]) if mirrored else original, contrast)
+        pairs = ratio_matches(q.descriptors, o.descriptors)
+        if len(pairs) < MIN_MATCHES:
             continue
-        qi, oi = np.array(pairs).T
-        src, dst = opts[oi], qpts[qi]
+        src, dst = o.keypoints[pairs[:, 1], :2], q.keypoints[pairs[:, 0], :2]
         flip = mirror_x(ow) if mirrored else np.eye(3)
-        h, inl = _ransac(src, dst)
+        h, inl = fit_homography(src, dst, LOCALIZE_FIT)
         if h is not None and inl.sum() >= MIN_INLIERS and is_plausible(h @ flip, (ow, oh)):
             candidates.append(Alignment(h @ flip, int(inl.sum()), len(pairs), mirrored, "keypoints", dst[inl]))
-        cv2.setRNGSeed(12345)
-        a, inl2 = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=4.0, maxIters=4000)
-        if a is not None and inl2 is not None and inl2.sum() >= MIN_SIMILARITY_INLIERS:
+        a, inl2 = fit_similarity(src, dst, LOCALIZE_FIT)
+        if a is not None and inl2.sum() >= MIN_SIMILARITY_INLIERS:
             s = np.vstack([a, [0, 0, 1]]) @ flip
-            inl2 = inl2.ravel().astype(bool)
             if is_plausible(s, (ow, oh)):
                 candidates.append(Alignment(s, int(inl2.sum()), len(pairs), mirrored, "keypoints-similarity", dst[inl2]))
     if not candidates:
@@ -154,62 +138,28 @@ def _align_keypoints(qg: np.ndarray, og: np.ndarray, contrast: float) -> Alignme
     return max(homs, key=lambda c: c.inliers) if homs else max(candidates, key=lambda c: c.inliers)
 
 
-def colour_difference(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-    """Per-pixel Lab distance of two RGB images after a Gaussian blur (float32, Lab units)."""
-    la = cv2.cvtColor(cv2.GaussianBlur(a, (0, 0), sigma), cv2.COLOR_RGB2Lab).astype(np.float32)
-    lb = cv2.cvtColor(cv2.GaussianBlur(b, (0, 0), sigma), cv2.COLOR_RGB2Lab).astype(np.float32)
-    return np.linalg.norm(la - lb, axis=2)
-
-
-def feature_difference(fa: np.ndarray, fb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Eq. 9: 1 - cosine similarity of two (C, h, w) feature maps, resized to `size` (w, h)."""
-    na = fa / np.maximum(np.linalg.norm(fa, axis=0, keepdims=True), 1e-6)
-    nb = fb / np.maximum(np.linalg.norm(fb, axis=0, keepdims=True), 1e-6)
-    d = 1.0 - (na * nb).sum(0)
-    return cv2.resize(d.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-
-
-def clean_mask(binary: np.ndarray, min_share: float | None = None) -> np.ndarray:
-    """Open, close, drop small components, fill holes; uint8 0/255."""
-    min_share = MIN_COMPONENT_SHARE if min_share is None else min_share
-    m = (binary > 0).astype(np.uint8)
-    k3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
-    k7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
-    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, k3)
-    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k7)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    keep = np.zeros(n, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_share * m.size
-    m = keep[labels].astype(np.uint8)
-    # fill holes: background not connected to the border
-    inv = (1 - m).astype(np.uint8)
-    n, labels = cv2.connectedComponents(inv, connectivity=4)
-    border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    holes = ~np.isin(labels, border) & (inv > 0)
-    m[holes] = 1
-    return m * 255
-
-
-def _resize_to(img: np.ndarray, side: int) -> tuple[np.ndarray, float]:
-    h, w = img.shape[:2]
-    s = min(1.0, side / max(h, w))
-    if s < 1.0:
-        img = cv2.resize(img, (int(round(w * s)), int(round(h * s))), interpolation=cv2.INTER_AREA)
-    return img, s
+def _alignment_features(rgb: np.ndarray, contrast: float) -> LocalFeatures:
+    """Keypoints of a photo already at WORK_SIDE: all of them, ties included (no resize, no cut)."""
+    return extract(rgb, ALIGN_KEYPOINTS, max_side=None, contrast=contrast, keep_ties=True)
 
 
 def localize(
     query: np.ndarray,
     original: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
-    teacher=None,
+    teacher: Teacher | None = None,
     object_pair: tuple[np.ndarray, np.ndarray] | None = None,
-    relation: str | None = None,
+    relation: Relation | str | None = None,
 ) -> LocalizeResult:
-    """Mask and heatmap of the manipulated region of `query` (RGB uint8), given `original`."""
+    """Mask and heatmap of the manipulated region of `query` (RGB uint8), given `original`.
+
+    `relation` None or "auto" detects whether `original` is the host or a donor.
+    """
+    relation = None if relation is None else parse(Relation, relation, "relation").value
+    relation = None if relation == Relation.AUTO.value else relation
     qh0, qw0 = query.shape[:2]
-    q, sq = _resize_to(query, WORK_SIDE)
-    o, so = _resize_to(original, WORK_SIDE)
+    q, sq = shrink_to_side(query, WORK_SIDE)
+    o, so = shrink_to_side(original, WORK_SIDE)
     pair = None
     if object_pair is not None:
         pair = (np.asarray(object_pair[0]) * sq, np.asarray(object_pair[1]) * so)
@@ -217,25 +167,25 @@ def localize(
     qh, qw = q.shape[:2]
     warped = cv2.warpPerspective(o, al.homography, (qw, qh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     fp = footprint(al.homography, (o.shape[1], o.shape[0]), (qw, qh))
-    fp = cv2.erode(fp, np.ones((5, 5), np.uint8)) > 0
+    fp = cv2.erode(fp, np.ones((FOOTPRINT_ERODE, FOOTPRINT_ERODE), np.uint8)) > 0
     diff = colour_difference(q, warped)
     pix = np.clip((diff - PIXEL_NOISE) / PIXEL_RANGE, 0.0, 1.0)  # ~0 for recompression noise, 1 for a real change
     if teacher is not None:
         fq = teacher.features(q).s16
         fw = teacher.features(warped).s16
-        feat = np.clip(feature_difference(fq, fw, (qw, qh)) / 0.5, 0, 1)
-        change = np.sqrt(pix * (0.25 + 0.75 * feat))
+        feat = np.clip(feature_difference(fq, fw, (qw, qh)) / FEATURE_RANGE, 0, 1)
+        change = np.sqrt(pix * (FEATURE_FLOOR + (1.0 - FEATURE_FLOOR) * feat))
     else:
         change = pix
     change = cv2.GaussianBlur(change.astype(np.float32), (0, 0), CHANGE_BLUR)
-    agree = fp & (change < 0.5)
+    agree = fp & (change < AGREE_BELOW)
     explained = float(agree.mean())
-    rel = relation or ("host" if explained >= 0.4 or hull_share(al.query_points, qw, qh) >= 0.35 else "donor")
+    rel = relation or ("host" if is_host_relation(explained, al.query_points, qw, qh) else "donor")
     if rel == "host":
         heat = np.where(fp, change, 0.0)
     else:
         heat = _donor_heat(change, fp, al.query_points, qw, qh)
-    heat = cv2.GaussianBlur(heat.astype(np.float32), (0, 0), 1.5)
+    heat = cv2.GaussianBlur(heat.astype(np.float32), (0, 0), HEAT_BLUR)
     mask = clean_mask(heat >= threshold)
     if (qw, qh) != (qw0, qh0):
         heat = cv2.resize(heat, (qw0, qh0), interpolation=cv2.INTER_LINEAR)
@@ -256,19 +206,14 @@ def _donor_heat(change: np.ndarray, fp: np.ndarray, points: np.ndarray, w: int, 
     if len(points) >= 3:
         hull = cv2.convexHull(points.astype(np.float32)).astype(np.int32)
         cv2.fillPoly(support, [hull], 1)
-        r = max(3, int(0.03 * max(w, h)))
+        r = max(3, int(SUPPORT_GROW * max(w, h)))
         support = cv2.dilate(support, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     else:
         support[fp] = 1
     # keep connected agreeing regions that touch the supported area
-    strong = (agree >= 0.5).astype(np.uint8)
+    strong = (agree >= AGREE_BELOW).astype(np.uint8)
     n, labels = cv2.connectedComponents(strong, connectivity=8)
     touched = np.unique(labels[(support > 0) & (strong > 0)])
     touched = touched[touched > 0]
     keep = np.isin(labels, touched)
-    return np.where(keep | (support > 0), agree, agree * 0.3) * np.where(keep, 1.0, 0.6)
-
-
-def warp_points(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Convenience re-export for callers drawing matches."""
-    return transform_points(h, pts)
+    return np.where(keep | (support > 0), agree, agree * UNSUPPORTED_WEIGHT) * np.where(keep, 1.0, DETACHED_WEIGHT)

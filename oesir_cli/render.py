@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from .imageio import load_rgb
 from .store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .localize import LocalizeResult
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -31,3 +37,29 @@ def overlay_image(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int
     contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, colour, 2)
     return out
+
+
+def suffixed(path: Path, role: str | None) -> Path:
+    """`path` with "-<role>" before its extension (mask.png -> mask-host.png); unchanged without a role."""
+    return path if role is None else path.with_name(f"{path.stem}-{role}{path.suffix}")
+
+
+def write_localize_outputs(
+    query: str | os.PathLike,
+    result: LocalizeResult,
+    mask: Path | None = None,
+    heatmap: Path | None = None,
+    overlay: Path | None = None,
+    role: str | None = None,
+) -> None:
+    """Write those of the mask, heatmap and overlay (on the photo at `query`) that were asked for.
+
+    With `role` ("host" / "donor") each name gets "-<role>" before its extension, so
+    the results against a photo's host and donor never overwrite each other.
+    """
+    if mask:
+        write_png(suffixed(mask, role), result.mask)
+    if heatmap:
+        write_png(suffixed(heatmap, role), result.heatmap)
+    if overlay:
+        write_png(suffixed(overlay, role), overlay_image(load_rgb(query), result.mask))

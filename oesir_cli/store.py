@@ -1,10 +1,11 @@
 """The index on disk: SQLite is the source of truth, hnswlib graphs are derived.
 
 Layout of an index folder:
-    oesir.sqlite        one packed row per photo: record, objects, embeddings, local descriptors (WAL mode)
-    objects.hnsw(.json) hnswlib graph over object embeddings + its stamp
-    local.hnsw(.json)   hnswlib graph over local descriptors + its stamp
-    lock                held (flock) by the one writer
+    oesir.sqlite         one packed row per photo: record, objects, embeddings, local descriptors (WAL mode)
+    objects.hnsw(.json)  hnswlib graph over object embeddings + its stamp (large indexes only)
+    objects.ivfpq(.json) or, for pq codes with faiss installed, faiss IVF-PQ over them + its stamp
+    local.hnsw(.json)    hnswlib graph over local descriptors + its stamp
+    lock                 held (flock) by the one writer
 
 Every change is a SQLite transaction, so a crash or kill loses at most the
 photos of the batch in flight. Each photo's row carries a digest of what is
@@ -12,6 +13,9 @@ stored for it (path, sha256, boxes, vectors), so `oesir check` can tell which
 photos a damaged file affects. The graphs carry the `generation` of the data
 they were built from, their size and sha256, and are rebuilt when any of it
 differs; they are written to a temporary file, fsync'ed and renamed into place.
+
+A write that fails for lack of space raises `DiskFullError` (whatever layer
+noticed it: SQLite or the file system), after the transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import sqlite3
@@ -31,39 +34,17 @@ from pathlib import Path
 import numpy as np
 
 from .codec import Codec, CodecError, make_codec
-from .errors import StoreError
+from .errors import DiskFullError, StoreError
+from .registry import WeightsError, sha256_file, verified_file
+from .schema import FORMAT, OBJECT_RECORD, SCHEMA, pack_objects, path_from_db, row_digest, split_path, unpack_boxes
+from .upgrade import upgrade_format1
 
-FORMAT = 2  # 1: images/objects/vectors tables (upgraded in place on open, see upgrade.py)
 DB_NAME = "oesir.sqlite"
-
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    # photos' folders, stored once (most photos share a few): text, or bytes when not UTF-8
-    "CREATE TABLE IF NOT EXISTS folders (id INTEGER PRIMARY KEY, path NOT NULL UNIQUE)",
-    # one row per photo, everything packed (issue #7: bytes per object); no index on the
-    # name: writers look paths up in a map they load under the lock (`Store._path_ids`)
-    """CREATE TABLE IF NOT EXISTS photos (
-    id INTEGER PRIMARY KEY,
-    folder INTEGER NOT NULL REFERENCES folders(id),
-    name NOT NULL,
-    sha256 BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    indexed_at INTEGER NOT NULL,
-    objects BLOB NOT NULL,
-    embeddings BLOB NOT NULL,
-    keypoints BLOB,
-    descriptors BLOB,
-    digest BLOB NOT NULL
-)""",
-)
-# One detected object in `photos.objects`: its box as fractions of the photo's sides in
-# 1/65535 steps (under 0.1 px for a 6,000 px side), detector score in 1/255 steps, COCO class.
-OBJECT_RECORD = np.dtype([("box", "<u2", (4,)), ("score", "u1"), ("cls", "u1")])
-GRAPH_FILES = ("objects.hnsw", "objects.hnsw.json", "local.hnsw", "local.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
 DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
+# The derived structures (see graphs.py), each followed by its stamp: the one list of them.
+OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
+LOCAL_FILES = ("local.hnsw", "local.hnsw.json")
+GRAPH_FILES = OBJECT_FILES + LOCAL_FILES
 
 
 @dataclass(frozen=True)
@@ -92,51 +73,6 @@ class PhotoData:
 def default_index_dir() -> Path:
     """`$OESIR_INDEX`, else `./.oesir`."""
     return Path(os.environ.get("OESIR_INDEX", ".oesir"))
-
-
-def db_path_value(path: str) -> str | bytes:
-    """How a path is stored: text, or its raw bytes when it is not valid UTF-8 (undecodable file names)."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path)
-
-
-def path_from_db(value: str | bytes) -> str:
-    return os.fsdecode(value) if isinstance(value, bytes) else value
-
-
-def split_path(path: str) -> tuple[str | bytes, str | bytes]:
-    """(folder, name) as stored."""
-    folder, name = os.path.split(path)
-    return db_path_value(folder), db_path_value(name)
-
-
-def pack_objects(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, width: int, height: int) -> bytes:
-    """Boxes (photo pixels), scores and classes as `OBJECT_RECORD`s: 10 bytes per object."""
-    rec = np.zeros(len(boxes), OBJECT_RECORD)
-    sides = np.array([width, height, width, height], np.float64)
-    rec["box"] = np.clip(np.rint(np.asarray(boxes, np.float64).reshape(-1, 4) / sides * 65535), 0, 65535)
-    rec["score"] = np.clip(np.rint(np.asarray(scores, np.float64) * 255), 0, 255)
-    rec["cls"] = np.clip(np.asarray(classes), 0, 255)
-    return rec.tobytes()
-
-
-def unpack_boxes(blob: bytes, width: int, height: int) -> np.ndarray:
-    """[K, 4] float32 boxes in photo pixels from a `pack_objects` blob."""
-    rec = np.frombuffer(blob, OBJECT_RECORD)
-    sides = np.array([width, height, width, height], np.float32)
-    return (rec["box"].astype(np.float32) * (sides / 65535)).reshape(-1, 4)
-
-
-def row_digest(path: str, sha256: str, objects: bytes, embeddings: bytes, keypoints: bytes, descriptors: bytes) -> bytes:
-    """Checksum of everything stored for one photo (detects damage SQLite itself would not)."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in (os.fsencode(path), bytes.fromhex(sha256), objects, embeddings, keypoints, descriptors):
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.digest()
 
 
 @contextlib.contextmanager
@@ -194,7 +130,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class Store:
-    """Open index folder. Readers need no lock; `writer()` takes the folder's lock."""
+    """Open index folder. Readers need no lock; a writer holds `writer_lock` and calls `prepare_for_writing`."""
 
     def __init__(self, directory: Path, create: bool = False, locked: bool = False):
         """Open (or with `create`, make) the index at `directory`. `locked`: the caller holds the
@@ -209,18 +145,19 @@ class Store:
                 raise StoreError(f"no index at {self.dir} (run `oesir index PATH --index {self.dir}` first)")
             self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "images" in tables:
-                self._upgrade(locked)
-            elif create:
-                for statement in SCHEMA:
-                    self.db.execute(statement)
-            fmt = int(self.meta("format", str(FORMAT)) or FORMAT)
-            self.db.execute("SELECT count(*) FROM photos").fetchone()
+            with disk_full_as_store_error(self.dir):  # a new index on a full disk
+                self.db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "images" in tables:
+                    self._upgrade(locked)
+                elif create:
+                    for statement in SCHEMA:
+                        self.db.execute(statement)
+                fmt = int(self.meta("format", str(FORMAT)) or FORMAT)
+                self.db.execute("SELECT count(*) FROM photos").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
         if fmt > FORMAT:
@@ -228,14 +165,12 @@ class Store:
 
     def _upgrade(self, locked: bool) -> None:
         """Rewrite an index of on-disk format 1 as format 2 (see upgrade.py), under the writer lock."""
-        from .upgrade import upgrade_format1
-
         try:
             if locked:
-                upgrade_format1(self)
+                upgrade_format1(self.db, self.transaction(changes_vectors=False))
             else:
                 with writer_lock(self.dir):
-                    upgrade_format1(self)
+                    upgrade_format1(self.db, self.transaction(changes_vectors=False))
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreError(
                 f"index at {self.dir} is in the on-disk format of an older oesir and must be upgraded once, "
@@ -264,8 +199,6 @@ class Store:
         name, dim = self.meta("codec", "float32") or "float32", self.embedding_dim()
         if name != "pq":
             return make_codec(name, dim)
-        from .registry import WeightsError, verified_file
-
         file, _, sha = (self.meta("codec_file") or "@").partition("@")
         try:
             path, digest = verified_file(file)
@@ -306,7 +239,8 @@ class Store:
                     (row[6], _row_digest(row, folders) if intact else b"", image_id),
                 )
             self.set_codec(target.name, codebook)
-        self.db.execute("VACUUM")  # give the freed pages back to the file system (the point of a smaller codec)
+        with disk_full_as_store_error(self.dir):
+            self.db.execute("VACUUM")  # give the freed pages back to the file system (the point of a smaller codec)
         return len(ids)
 
     def check_model(self, model_version: str, create: bool) -> None:
@@ -325,13 +259,6 @@ class Store:
             )
 
     # -- locking ----------------------------------------------------------
-    @contextlib.contextmanager
-    def writer(self, wait: bool = False) -> Iterator[None]:
-        """Hold the folder's writer lock, prepared for writing (see `prepare_for_writing`)."""
-        with writer_lock(self.dir, wait):
-            self.prepare_for_writing()
-            yield
-
     def prepare_for_writing(self) -> None:
         """With the lock held: drop temp files a killed writer left."""
         remove_temp_files(self.dir)
@@ -365,19 +292,22 @@ class Store:
     def transaction(self, changes_vectors: bool = True) -> Iterator[sqlite3.Connection]:
         """One all-or-nothing write. Unless `changes_vectors` is False, it moves the generation on,
         which makes the derived graphs stale: record-only updates (a new mtime for the same bytes,
-        row digests) must say so, or they cost a full graph rebuild."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self._ids = self._folders = None  # the maps may hold rows that were never committed
-            raise
-        else:
-            if changes_vectors:
-                self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-                self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '1')")
-            self.db.execute("COMMIT")
+        row digests) must say so, or they cost a full graph rebuild.
+
+        Any failure, the commit's included, rolls back; one for lack of space raises `DiskFullError`."""
+        with disk_full_as_store_error(self.dir):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                if changes_vectors:
+                    self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                    self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '1')")
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:  # SQLite rolls back by itself after some errors (a full disk among them)
+                    self.db.execute("ROLLBACK")
+                self._ids = self._folders = None  # the maps may hold rows that were never committed
+                raise
 
     # -- records ----------------------------------------------------------
     def _folder_paths(self) -> dict[int, str]:
@@ -491,21 +421,21 @@ class Store:
             descs.append(np.frombuffer(d or b"", np.uint8).reshape(-1, 128))
             kp_img.append(np.full(len(kp), len(ids) - 1, np.int32))
 
-        def cat(parts: list, shape: tuple, dtype) -> np.ndarray:
+        def stacked(parts: list, shape: tuple, dtype) -> np.ndarray:
             return np.concatenate(parts) if parts else np.zeros(shape, dtype)
 
         return Catalogue(
             image_ids=np.asarray(ids, np.int64),
             paths=paths,
             sizes=np.asarray(sizes, np.int32).reshape(-1, 2),
-            object_image=cat(obj_img, (0,), np.int32),
-            object_index=cat(obj_idx, (0,), np.int32),
-            object_boxes=cat(boxes, (0, 4), np.float32),
-            codes=cat(embs, (0, size), np.uint8),
+            object_image=stacked(obj_img, (0,), np.int32),
+            object_index=stacked(obj_idx, (0,), np.int32),
+            object_boxes=stacked(boxes, (0, 4), np.float32),
+            codes=stacked(embs, (0, size), np.uint8),
             codec=codec,
-            keypoint_image=cat(kp_img, (0,), np.int32),
-            keypoints=cat(kps, (0, 4), np.float32),
-            descriptors=cat(descs, (0, 128), np.uint8),
+            keypoint_image=stacked(kp_img, (0,), np.int32),
+            keypoints=stacked(kps, (0, 4), np.float32),
+            descriptors=stacked(descs, (0, 128), np.uint8),
             generation=self.generation,
         )
 
@@ -549,12 +479,87 @@ class Catalogue:
         return self.codec.decode(self.codes)
 
 
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, which Python 3.10 lacks
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, as SQLite or the OS raise it, reports a write that failed for lack of space
+    (SQLITE_FULL, ENOSPC, EDQUOT). The store's own writes raise `DiskFullError` instead."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+        return code & 0xFF == _SQLITE_FULL if code is not None else "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_error(directory: Path, exc: BaseException) -> DiskFullError:
+    """The error for a write to the index at `directory` that `exc` says failed for lack of space."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DiskFullError(f"cannot write the index at {directory}: disk full ({detail}); the index keeps its last committed state")
+
+
+@contextlib.contextmanager
+def disk_full_as_store_error(directory: Path) -> Iterator[None]:
+    """Raise `DiskFullError` for a write to the index at `directory` that fails for lack of space.
+
+    Callers then tell a full disk from damage by type; the SQLite and OS errors differ too much to match on.
+    """
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        if is_disk_full(exc):
+            raise _disk_full_error(directory, exc) from exc
+        raise
+
+
+# -- stamps of the derived structures -------------------------------------------
+# A structure saved at PATH (an hnswlib graph, a faiss IVF-PQ) has its stamp at PATH.json: what it was built
+# from (generation, model version, kind, codec; see graphs.graph_stamp) plus its row count, size and sha256.
+
+
+def stamp_path(path: Path) -> Path:
+    """Where the stamp of the structure saved at `path` lives."""
+    return path.with_suffix(path.suffix + ".json")
+
+
 def write_stamp(path: Path, stamp: dict) -> None:
+    """Write a stamp file atomically (its key order is kept: see `graphs.graph_stamp`)."""
     atomic_write_bytes(path, json.dumps(stamp).encode())
 
 
 def read_stamp(path: Path) -> dict | None:
+    """The stamp at `path`; None when it is missing or not a stamp (both mean: rebuild)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def save_stamped(path: Path, write: Callable[[Path], None], stamp: dict, count: int) -> None:
+    """Save a derived structure (`write` fills a file) then its stamp, each atomically.
+
+    A crash or a full disk in between leaves an old stamp beside new bytes: a mismatch, so it
+    is rebuilt, never trusted. Raises `DiskFullError` when the disk is full.
+    """
+    with disk_full_as_store_error(path.parent):
+        atomic_write(path, write)
+        full = {**stamp, "count": count, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        write_stamp(stamp_path(path), full)
+
+
+def check_stamp(path: Path, wanted: dict, hash_bytes: bool = False) -> tuple[str, dict | None]:
+    """Whether the structure saved at `path` may be used for data that `wanted` describes.
+
+    Returns (status, saved stamp): status is 'ok' (the saved stamp is returned), 'missing',
+    'stale' (built from other data) or 'damaged' (its bytes are not those its stamp vouches
+    for). The size is compared always (cheap, at every open); the sha256 only with
+    `hash_bytes` (`oesir check`), as hashing a large graph takes seconds.
+    """
+    saved = read_stamp(stamp_path(path))
+    if saved is None or not path.exists():
+        return "missing", None
+    if any(saved.get(k) != v for k, v in wanted.items()):
+        return "stale", None
+    if path.stat().st_size != saved.get("bytes") or (hash_bytes and sha256_file(path) != saved.get("sha256")):
+        return "damaged", None
+    return "ok", saved

@@ -17,7 +17,7 @@ import sqlite3
 
 import numpy as np
 
-from .store import SCHEMA, Store, pack_objects, path_from_db, row_digest, split_path
+from .schema import SCHEMA, pack_objects, path_from_db, row_digest, split_path
 
 
 def format1_digest(path: str, sha256: str, boxes: np.ndarray, embeddings: bytes, keypoints: bytes, descriptors: bytes) -> str:
@@ -29,19 +29,20 @@ def format1_digest(path: str, sha256: str, boxes: np.ndarray, embeddings: bytes,
     return h.hexdigest()
 
 
-def upgrade_format1(store: Store) -> int:
-    """Rewrite a format-1 index as format 2 (the caller holds the writer lock). Returns the photos kept.
+def upgrade_format1(db: sqlite3.Connection, transaction: contextlib.AbstractContextManager) -> int:
+    """Rewrite the format-1 index open on `db` as format 2 (the caller holds the writer lock). Returns the photos kept.
 
+    `transaction` is the store's write transaction, not yet entered, that leaves the generation as it is
+    (`Store.transaction(changes_vectors=False)`): the whole rewrite is one transaction, and the graphs stay current.
     Photos whose vectors row is missing (never completed) are left out: the next `oesir index` adds them again.
     """
-    db = store.db
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "images" not in tables:
         return 0  # another process upgraded it while we waited for the lock
     has_digest = "digest" in {r[1] for r in db.execute("PRAGMA table_info(vectors)")}
     digest_col = "v.digest" if has_digest else "NULL"
     kept = 0
-    with store.transaction(changes_vectors=False):
+    with transaction:
         for statement in SCHEMA:
             db.execute(statement)
         folders: dict[str | bytes, int] = {}
@@ -72,7 +73,7 @@ def upgrade_format1(store: Store) -> int:
             kept += 1
         for table_name in ("vectors", "objects", "images"):
             db.execute(f"DROP TABLE {table_name}")
-        store.set_meta("format", "2")
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', '2')")
     # the old tables' pages back to the file system; without room for VACUUM's copy the
     # upgrade is still committed and the file just stays larger
     with contextlib.suppress(sqlite3.OperationalError):

@@ -53,9 +53,9 @@ def test_pq_codes_distances_and_training():
 def _bruteforce_ranking(searcher, rgb: np.ndarray) -> list[str]:
     """Eq. 7 over float32 embeddings: the photos ranked by min squared L2 over object pairs."""
     boxes, emb = searcher.engine.objects(rgb)
-    cat = searcher.cat
-    d = [squared_l2(emb, cat.embeddings[cat.object_image == p]).min() for p in range(len(cat.paths))]
-    return [cat.paths[i] for i in np.argsort(d, kind="stable")]
+    catalogue = searcher.catalogue
+    d = [squared_l2(emb, catalogue.embeddings[catalogue.object_image == p]).min() for p in range(len(catalogue.paths))]
+    return [catalogue.paths[i] for i in np.argsort(d, kind="stable")]
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -131,19 +131,19 @@ def test_ivfpq_distances_are_the_codec_distances():
 def test_large_index_path_matches_exhaustive(codec, photo_dir, tmp_path, monkeypatch):
     """Above EXACT_OBJECTS_MAX search goes through the object structure (hnswlib; faiss IVF-PQ for pq), then
     re-ranks exactly; probing every list / a graph over a few objects must give the exhaustive ranking."""
-    from oesir_cli import search
+    from oesir_cli import graphs
 
     idx = tmp_path / "idx"
     api.index([photo_dir], index_dir=idx, codec=codec, local_features=False)
     rgb = load_rgb(SPLICED)
     exhaustive = [(m.image, round(m.distance, 4)) for m in api.open_searcher(idx).search_rgb(rgb, top=5, mode="objects")]
-    monkeypatch.setattr(search, "EXACT_OBJECTS_MAX", 0)
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)
     searcher = api.open_searcher(idx)
     name = "objects.ivfpq" if codec == "pq" else "objects.hnsw"
-    assert searcher.objects is not None and (idx / name).exists() and (idx / f"{name}.json").exists()
+    assert searcher.photos.objects is not None and (idx / name).exists() and (idx / f"{name}.json").exists()
     assert [(m.image, round(m.distance, 4)) for m in searcher.search_rgb(rgb, top=5, mode="objects")] == exhaustive
     report = json.loads(runner.invoke(app, ["check", "--index", str(idx), "--json"]).stdout)
     assert report["graphs"][name] == "ok"
-    monkeypatch.setattr(search, "EXACT_OBJECTS_MAX", 200_000)
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 200_000)
     api.open_searcher(idx)  # back below the threshold: the structure is not needed and is removed
     assert not (idx / name).exists()

@@ -18,7 +18,7 @@ from oesir_cli.distill.data import build_cache
 from oesir_cli.distill.export import build_single_pass, export_student
 from oesir_cli.distill.model import Student
 from oesir_cli.distill.train import TrainConfig, train
-from oesir_cli.registry import MODELS, Model, WeightsError, add_manifest_entry, load_model
+from oesir_cli.registry import MODEL_SPECS, Model, WeightsError, add_manifest_entry, load_model
 from oesir_cli.single_pass import SinglePass
 from oesir_cli.teacher import Teacher
 
@@ -91,7 +91,7 @@ def test_single_pass_parity_check_catches_a_wrong_graph(tiny, tmp_path):
     from oesir_cli.distill.command import _detector_next_to
 
     single = build_single_pass(_detector_next_to(out), out / "student_s3.onnx", out / "single_pass_s3.onnx")
-    net = SinglePass(model=Model(MODELS["single-pass-s3"], {"sha256": "x"}, ort.InferenceSession(str(single))))
+    net = SinglePass(model=Model(MODEL_SPECS["single-pass-s3"], {"sha256": "x"}, ort.InferenceSession(str(single))))
     rgb = np.ascontiguousarray(cv2.imread(str(EXAMPLES.parent / "spliced.jpg"))[:, :, ::-1])
     assert single_pass_parity(torch_maps(student), net, [rgb], Detector()) < 1e-4
     other = Student("s3").eval()

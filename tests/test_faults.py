@@ -228,9 +228,9 @@ def test_reader_sees_last_committed_state(tmp_path):
         with writer.transaction() as db:
             writer.put(db, ImageRecord(0, new_path, "0" * 64, 1, 1, 240, 180), api.engine().describe(load_rgb(new_path)))
             during = api.open_searcher(idx)  # mid-transaction
-            assert len(during.cat.paths) == 2 and new_path not in during.cat.paths
+            assert len(during.catalogue.paths) == 2 and new_path not in during.catalogue.paths
         after = api.open_searcher(idx)  # committed, writer still holds the lock
-        assert len(after.cat.paths) == 3 and new_path in after.cat.paths
+        assert len(after.catalogue.paths) == 3 and new_path in after.catalogue.paths
         assert (idx / "local.hnsw").read_bytes() == graph_before  # readers never write graphs under a writer
     writer.close()
 
@@ -283,6 +283,23 @@ rm {mnt}/filler
     assert (tmp_path / "rc2").read_text().strip() == "0"  # with space again, the same command completes
 
 
+def test_full_disk_in_a_transaction_is_a_typed_error_and_rolls_back(tmp_path):
+    """SQLite's 'database or disk is full' (here: a page limit) is `DiskFullError` at the store boundary."""
+    from oesir_cli.errors import DiskFullError
+
+    store = Store(tmp_path / "idx", create=True)
+    with store.transaction():
+        store.set_meta("probe", "1")
+    generation = store.generation
+    store.db.execute(f"PRAGMA max_page_count = {store.db.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(DiskFullError, match="disk full .*keeps its last committed state"), store.transaction() as db:
+        store.set_meta("probe", "2")
+        db.execute("INSERT INTO meta(key, value) VALUES ('filler', ?)", ("x" * 1_000_000,))
+    assert not store.db.in_transaction
+    assert (store.meta("probe"), store.meta("filler"), store.generation) == ("1", None, generation)
+    store.close()
+
+
 def _tamper(path: Path, offset: int) -> None:
     with open(path, "r+b") as fh:
         fh.seek(offset)
@@ -315,9 +332,9 @@ def test_damaged_rows_found_repaired_and_reindexed(tmp_path):
 
 
 def test_damaged_graphs_detected_and_rebuilt(tmp_path, monkeypatch):
-    from oesir_cli import search
+    from oesir_cli import graphs
 
-    monkeypatch.setattr(search, "EXACT_OBJECTS_MAX", 0)  # so the index has an object graph too
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)  # so the index has an object graph too
     photos = _small_photos(tmp_path / "photos", 3)
     idx = tmp_path / "idx"
     api.index([photos], index_dir=idx)
@@ -364,7 +381,7 @@ FORMAT1_TABLES = (
 
 def _rewrite_as_format1(idx: Path, digests: bool = True) -> None:
     """Turn a format-2 index into the layout earlier oesir versions wrote (same photos, same ids)."""
-    from oesir_cli.store import OBJECT_RECORD, unpack_boxes
+    from oesir_cli.schema import OBJECT_RECORD, unpack_boxes
     from oesir_cli.upgrade import format1_digest
 
     db = sqlite3.connect(idx / "oesir.sqlite", isolation_level=None)

@@ -98,7 +98,7 @@ def test_heic_photo_loads_when_pillow_heif_is_installed(tmp_path):
     pillow_heif.register_heif_opener()
     src = Image.open(Path(__file__).parent.parent / "examples" / "photos" / "chelsea.jpg").convert("RGB")
     src.thumbnail((240, 240))
-    src.save(tmp_path / "cat.heic", quality=90)
-    rgb = load_rgb(tmp_path / "cat.heic")
+    src.save(tmp_path / "catalogue.heic", quality=90)
+    rgb = load_rgb(tmp_path / "catalogue.heic")
     assert rgb.shape == (src.height, src.width, 3)
     assert np.abs(rgb.astype(int) - np.asarray(src, int)).mean() < 8

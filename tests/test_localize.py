@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from oesir_cli import api
 from oesir_cli.cli import app
 from oesir_cli.geometry import box_similarity, transform_points
-from oesir_cli.localize import AlignmentError, clean_mask, localize
+from oesir_cli.localize import AlignmentError, localize
+from oesir_cli.pixels import clean_mask
 
 from .conftest import EXAMPLES, synthetic_photo
 

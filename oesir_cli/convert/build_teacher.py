@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..registry import DEFAULT_TEACHER, MODEL_SPECS
 from .efficientnet_lite import EfficientNetLiteFeatures, from_lukemelas_state_dict
 
 MEAN, STD = 127.0, 128.0
@@ -44,14 +45,16 @@ def load_teacher_module(variant: str = "lite0") -> TeacherGraph:
 def export(variant: str, out: Path) -> Path:
     """Write the teacher ONNX for `variant` (lite0, lite1, lite2) to `out`."""
     model = load_teacher_module(variant)
+    spec = MODEL_SPECS[DEFAULT_TEACHER]  # every EfficientNet-Lite teacher has its input and output names
+    (image,), (s16, s32) = spec.inputs, spec.outputs
     dummy = torch.rand(1, 3, 256, 320) * 255
     torch.onnx.export(
         model,
         (dummy,),
         str(out),
-        input_names=["image"],
-        output_names=["s16", "features"],
-        dynamic_axes={"image": {2: "height", 3: "width"}, "s16": {2: "h16", 3: "w16"}, "features": {2: "h32", 3: "w32"}},
+        input_names=[image],
+        output_names=[s16, s32],
+        dynamic_axes={image: {2: "height", 3: "width"}, s16: {2: "h16", 3: "w16"}, s32: {2: "h32", 3: "w32"}},
         opset_version=17,
         do_constant_folding=True,
         dynamo=False,

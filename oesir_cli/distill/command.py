@@ -14,11 +14,13 @@ import torch
 
 from ..detector import Detector, postprocess
 from ..embed import region_descriptors
+from ..engine import MAX_OBJECTS, MIN_SCORE
 from ..imageio import load_rgb
 from ..registry import (
-    MODELS,
-    SINGLE_PASS_FILE,
-    STUDENT_FILE,
+    DETECTOR_SPEC,
+    SINGLE_PASS_SPECS,
+    STUDENT_MAPS,
+    STUDENT_SPECS,
     Model,
     add_manifest_entry,
     load_model,
@@ -28,7 +30,7 @@ from ..registry import (
     verified_file,
     weights_dir,
 )
-from ..single_pass import STUDENT_VIEW, SinglePass
+from ..single_pass import SinglePass
 from ..teacher import FeatureMaps, Teacher
 from .data import SHAPES, build_cache
 from .export import build_single_pass, example_inputs, export_student
@@ -57,7 +59,7 @@ def parity_error(model: Student, onnx_path: Path) -> float:
     with torch.no_grad():
         ref = model(*example.values())
     sess = ort.InferenceSession(str(onnx_path), sess_options=session_options(), providers=["CPUExecutionProvider"])
-    got = sess.run(["student_s16", "student_s32"], {k: v.numpy() for k, v in example.items()})
+    got = sess.run([m.name for m in STUDENT_MAPS], {k: v.numpy() for k, v in example.items()})
     return max(float(np.linalg.norm(g - r.numpy()) / max(np.linalg.norm(r.numpy()), 1e-12)) for g, r in zip(got, ref))
 
 
@@ -79,31 +81,33 @@ def onnx_maps(student_onnx: Path) -> StudentMaps:
     """The exported student alone (checked against torch when it was exported) as a reference."""
     sess = ort.InferenceSession(str(student_onnx), sess_options=session_options(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    return lambda heads: tuple(sess.run(["student_s16", "student_s32"], {k: heads[k] for k in names}))
+    return lambda heads: tuple(sess.run([m.name for m in STUDENT_MAPS], {k: heads[k] for k in names}))
 
 
 def single_pass_parity(student: StudentMaps, single: SinglePass, photos: list[np.ndarray], detector: Detector) -> float:
     """Worst relative L2 error of the single-pass graph against the student + numpy on `photos`.
 
-    Checks, per photo: the graph's boxes, scores and classes are the detector's own
-    (`detector.postprocess`, class-agnostic; max abs error 1e-5 in normalised units, else
-    an error is raised); its student maps against `student` on the detector's F2/F3/F4;
-    its descriptors against `embed.region_descriptors` of those maps.
+    Checks, per photo, at the index's settings (`engine.MIN_SCORE`, `engine.MAX_OBJECTS`):
+    the graph's boxes, scores and classes are the detector's own (`detector.postprocess`,
+    class-agnostic; max abs error 1e-5 in normalised units, else an error is raised); its
+    student maps against `student` on the detector's F2/F3/F4; its descriptors against
+    `embed.region_descriptors` of those maps.
     """
     worst = 0.0
     for rgb in photos:
         h, w = rgb.shape[:2]
         heads = detector.heads(rgb)
         ref16, ref32 = student(heads)
-        got = single.objects(rgb, 0.05, 8)
-        det = postprocess(heads, w, h, min_score=0.05, limit=8, class_agnostic=True)
+        got = single.objects(rgb, MIN_SCORE, MAX_OBJECTS)
+        det = postprocess(heads, w, h, min_score=MIN_SCORE, limit=MAX_OBJECTS, class_agnostic=True)
         side = np.array([w, h, w, h], np.float32)
         if len(got.boxes) != len(det.boxes) + 1 or not np.allclose(got.boxes[1:] / side, det.boxes / side, atol=1e-5):
             raise RuntimeError("single-pass graph's boxes differ from the detector's")
         if not (np.array_equal(got.classes[1:], det.classes) and np.allclose(got.scores[1:], det.scores, atol=1e-5)):
             raise RuntimeError("single-pass graph's scores or classes differ from the detector's")
         maps = single.maps(rgb)
-        ref = region_descriptors(FeatureMaps(ref16[0], ref32[0], STUDENT_VIEW / w, STUDENT_VIEW / h), got.boxes)
+        view = single.model.spec.view
+        ref = region_descriptors(FeatureMaps(ref16[0], ref32[0], view / w, view / h), got.boxes)
         for a, b in ((maps.s16, ref16[0]), (maps.s32, ref32[0]), (got.descriptors, ref)):
             worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)))
     return worst
@@ -115,11 +119,12 @@ def assemble_single_pass(
     """Write `single_pass_<variant>.onnx` from `student_<variant>.onnx` in `out`, check it against
     `student` on up to 3 photos under `images`, and list it in the manifest. Returns (path, parity)."""
     detector_onnx = _detector_next_to(out)
-    student_onnx = out / STUDENT_FILE.format(variant=variant)
-    single = build_single_pass(detector_onnx, student_onnx, out / SINGLE_PASS_FILE.format(variant=variant))
+    spec = SINGLE_PASS_SPECS[variant]
+    student_onnx = out / STUDENT_SPECS[variant].file
+    single = build_single_pass(detector_onnx, student_onnx, out / spec.file)
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:3]
     session = ort.InferenceSession(str(single), sess_options=session_options(), providers=["CPUExecutionProvider"])
-    net = SinglePass(model=Model(MODELS[f"single-pass-{variant}"], {"sha256": "not listed yet"}, session))
+    net = SinglePass(model=Model(spec, {"sha256": "not listed yet"}, session))
     parity = single_pass_parity(student, net, [load_rgb(f) for f in files], detector)
     if parity > PARITY_RTOL:
         single.unlink()
@@ -133,7 +138,7 @@ def assemble_single_pass(
             "shares": f"its tensors are read from {detector_onnx.name} and {student_onnx.name} in this folder "
             "(ONNX external data): onnxruntime needs both next to it",
             "licence": "Apache-2.0 (detector and student weights); see LICENSES.md",
-            "inputs": {"image": [1, 300, 300, 3], "max_objects": [1], "min_score": [1]},
+            "inputs": dict(zip(spec.inputs, ([1, *_detector_input_shape()], [1], [1]))),
             "outputs": "boxes [K+1,4] normalised x1,y1,x2,y2 (whole photo first), scores, classes (COCO ids, 0 for the "
             "whole photo), descriptors [K+1,1392] (unwhitened), student_s16, student_s32",
             "preprocessing": "RGB resized to 300x300, float32 0..255 (the detector's)",
@@ -145,10 +150,16 @@ def assemble_single_pass(
     return single, parity
 
 
+def _detector_input_shape() -> list[int]:
+    """The detector's image input without the batch axis: [300, 300, 3]."""
+    side = DETECTOR_SPEC.photo_input().side
+    return [side, side, 3]
+
+
 def _detector_next_to(out: Path) -> Path:
     """The verified detector file in `out` (copied there with its manifest entry when `out` is not weights/):
     the single-pass graph reads its tensors, and onnxruntime only reads external data from the model's folder."""
-    name = MODELS["ssd-mobilenet-v2-coco"].file
+    name = DETECTOR_SPEC.file
     source, digest = verified_file(name)
     target = out / name
     if target.resolve() != source.resolve():
@@ -181,7 +192,7 @@ def distill(
     cache = build_cache(images, cache_dir / "crops", crops_per_image, config.seed, detector, teacher, step("caching crops"))
     model, losses = train(cache, config, cache_dir / f"student_{config.variant}.pt", resume=resume, progress=step("training"))
     out.mkdir(parents=True, exist_ok=True)
-    student_onnx = export_student(model, out / STUDENT_FILE.format(variant=config.variant))
+    student_onnx = export_student(model, out / STUDENT_SPECS[config.variant].file)
     parity = parity_error(model, student_onnx)
     if parity > PARITY_RTOL:
         raise RuntimeError(f"exported student differs from torch: relative error {parity:.2e} > {PARITY_RTOL:g}")
@@ -217,8 +228,8 @@ def distill(
         parity = max(parity, sp_parity)
     whitening = None
     if whiten and config.variant == "s3":
-        from ..api import learn_whitening_file
         from ..engine import EngineConfig
+        from ..learn import learn_whitening_file
 
         whitening = learn_whitening_file(images, config=EngineConfig(model="student"), weights=out, progress=step("whitening"))
     return DistillResult(student_onnx, single, whitening, final, parity)

@@ -18,20 +18,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..detector import SIZE as DET_SIZE
 from ..detector import Detector
 from ..imageio import ImageError, load_rgb
 from ..indexer import walk
+from ..registry import DETECTOR_SPEC, STUDENT_MAPS, VIEW_SIDE
 from ..teacher import Teacher
 
-CROP = 320
+CROP = VIEW_SIDE  # the student learns the teacher's maps of views of this side
+_DETECTOR_INPUT = DETECTOR_SPEC.photo_input()
+# cached arrays: the detector's resized image, its backbone maps, and the teacher's maps (named s16, s32 here)
 SHAPES = {
-    "image": ((DET_SIZE, DET_SIZE, 3), np.uint8),
-    "F2": ((38, 38, 192), np.float16),
-    "F3": ((19, 19, 576), np.float16),
-    "F4": ((10, 10, 1280), np.float16),
-    "s16": ((112, 20, 20), np.float16),
-    "s32": ((1280, 10, 10), np.float16),
+    "image": ((_DETECTOR_INPUT.side, _DETECTOR_INPUT.side, 3), np.uint8),
+    **{m.name: (m.shape, np.float16) for m in DETECTOR_SPEC.maps},
+    **{key: (m.shape, np.float16) for key, m in zip(("s16", "s32"), STUDENT_MAPS)},
 }
 
 
@@ -111,11 +110,12 @@ def build_cache(
         for _ in range(crops_per_image):
             crop = random_crop(rgb, rng)
             heads = detector.heads(crop)
-            arrays["image"][row] = cv2.resize(crop, (DET_SIZE, DET_SIZE), interpolation=cv2.INTER_LINEAR)
-            for name in ("F2", "F3", "F4"):
+            arrays["image"][row] = detector.model.spec.photo_input().resize(crop)
+            for name in detector.model.spec.map_names():
                 arrays[name][row] = heads[name][0]
+            # the crop is already the teacher's view: its input as is, no resize
             s16, s32 = teacher.model.session.run(
-                ["s16", "features"], {"image": crop.astype(np.float32).transpose(2, 0, 1)[None].copy()}
+                list(teacher.model.spec.outputs), {teacher.model.spec.inputs[0]: teacher.image.tensor(crop)}
             )
             arrays["s16"][row], arrays["s32"][row] = s16[0], s32[0]
             row += 1

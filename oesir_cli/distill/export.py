@@ -16,22 +16,20 @@ from pathlib import Path
 
 import torch
 
+from ..registry import DEFAULT_STUDENT, DETECTOR_SPEC, SINGLE_PASS_SPECS, STUDENT_MAPS
 from ..store import atomic_write
-from .model import F2_CH, F3_CH, F4_CH, Student
+from .model import Student
 
 OPSET = 13
-OUTPUTS = ("student_s16", "student_s32")
 
 
 def example_inputs(model: Student) -> dict[str, torch.Tensor]:
-    """Inputs of the right shapes for tracing (the detector's tensors, NHWC)."""
+    """Inputs of the right shapes for tracing (the detector's tensors, NHWC): its image 0..255, maps 0..6 (ReLU6)."""
     g = torch.Generator().manual_seed(0)
-    all_inputs = {
-        "image": torch.rand(1, 300, 300, 3, generator=g) * 255,
-        "F2": torch.rand(1, 38, 38, F2_CH, generator=g) * 6,
-        "F3": torch.rand(1, 19, 19, F3_CH, generator=g) * 6,
-        "F4": torch.rand(1, 10, 10, F4_CH, generator=g) * 6,
-    }
+    side = DETECTOR_SPEC.photo_input().side
+    all_inputs = {"image": torch.rand(1, side, side, 3, generator=g) * 255}
+    for m in DETECTOR_SPEC.maps:
+        all_inputs[m.name] = torch.rand(1, *m.shape, generator=g) * 6
     return {k: all_inputs[k] for k in model.inputs()}
 
 
@@ -46,7 +44,7 @@ def export_student(model: Student, out: Path) -> Path:
             tuple(example.values()),
             str(tmp),
             input_names=list(example),
-            output_names=list(OUTPUTS),
+            output_names=[m.name for m in STUDENT_MAPS],
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
@@ -86,9 +84,6 @@ def merge_with_detector(detector_onnx: Path, student_onnx: Path, out: Path | Non
     return merged
 
 
-SINGLE_PASS_OUTPUTS = ("boxes", "scores", "classes", "descriptors", "student_s16", "student_s32")
-
-
 def build_single_pass(detector_onnx: Path, student_onnx: Path, out: Path) -> Path:
     """Write the single-pass graph: inputs `image` [1,300,300,3], `max_objects` int64 [1], `min_score` [1];
     outputs boxes [K+1, 4] (normalised, whole photo first), scores, classes, descriptors [K+1, 1392]
@@ -98,6 +93,9 @@ def build_single_pass(detector_onnx: Path, student_onnx: Path, out: Path) -> Pat
 
     from .objects_graph import MAPS, Nodes, objects_nodes
 
+    spec = SINGLE_PASS_SPECS[DEFAULT_STUDENT]  # every variant's graph has these inputs and outputs
+    _, max_objects, min_score = spec.inputs
+    boxes, scores, classes, descriptors = spec.outputs
     detector_onnx = Path(detector_onnx)
     for source in (detector_onnx, Path(student_onnx)):
         if Path(out).resolve().parent != source.resolve().parent:
@@ -105,26 +103,25 @@ def build_single_pass(detector_onnx: Path, student_onnx: Path, out: Path) -> Pat
     model = merge_with_detector(detector_onnx, student_onnx)
     graph = model.graph
     nodes = Nodes("objects/")
-    made = objects_nodes(nodes, "max_objects", "min_score")
+    made = objects_nodes(nodes, max_objects, min_score)
     graph.node.extend(nodes.nodes)
     graph.node.extend(helper.make_node("Identity", [made[k]], [k], name=f"objects/out_{k}") for k in made)
     graph.initializer.extend(nodes.inits)
     graph.input.extend(
         [
-            helper.make_tensor_value_info("max_objects", TensorProto.INT64, [1]),
-            helper.make_tensor_value_info("min_score", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info(max_objects, TensorProto.INT64, [1]),
+            helper.make_tensor_value_info(min_score, TensorProto.FLOAT, [1]),
         ]
     )
-    maps = {o.name: o for o in graph.output if o.name.startswith("student_")}
+    maps = {o.name: o for o in graph.output if o.name in spec.map_names()}
     del graph.output[:]
     graph.output.extend(
         [
-            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["objects", 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["objects"]),
-            helper.make_tensor_value_info("classes", TensorProto.INT64, ["objects"]),
-            helper.make_tensor_value_info("descriptors", TensorProto.FLOAT, ["objects", sum(c for _, _, c in MAPS)]),
-            maps["student_s16"],
-            maps["student_s32"],
+            helper.make_tensor_value_info(boxes, TensorProto.FLOAT, ["objects", 4]),
+            helper.make_tensor_value_info(scores, TensorProto.FLOAT, ["objects"]),
+            helper.make_tensor_value_info(classes, TensorProto.INT64, ["objects"]),
+            helper.make_tensor_value_info(descriptors, TensorProto.FLOAT, ["objects", sum(c for _, _, c in MAPS)]),
+            *(maps[name] for name in spec.map_names()),
         ]
     )
     onnx.checker.check_model(model)

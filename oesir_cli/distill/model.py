@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("s1", "s2", "s3")
-F2_CH, F3_CH, F4_CH = 192, 576, 1280
-S16_CH, S32_CH = 112, 1280
-S16_SIZE, S32_SIZE = 20, 10  # the teacher's maps for a 320x320 input
+from ..registry import DETECTOR_SPEC, STUDENT_INPUTS, STUDENT_MAPS, STUDENT_VARIANTS
+
+VARIANTS = STUDENT_VARIANTS
+F2_CH, F3_CH, F4_CH = (DETECTOR_SPEC.map_spec(name).shape[-1] for name in ("F2", "F3", "F4"))  # NHWC
+# the teacher's maps of the student's view: (channels, side) of stride 16, then of stride 32
+(S16_CH, S16_SIZE, _), (S32_CH, S32_SIZE, _) = (m.shape for m in STUDENT_MAPS)
 
 
 class Bottleneck(nn.Module):
@@ -97,21 +99,4 @@ class Student(nn.Module):
 
     def inputs(self) -> tuple[str, ...]:
         """Names of the detector tensors this variant reads."""
-        return {"s1": ("image",), "s2": ("F2",), "s3": ("F2", "F3", "F4")}[self.variant]
-
-
-def conv_macs(model: nn.Module, example: dict[str, torch.Tensor]) -> int:
-    """Multiply-accumulates of the convolutions in one forward pass (what FLOPs tables count)."""
-    total = 0
-
-    def hook(mod: nn.Conv2d, _inp, out: torch.Tensor) -> None:
-        nonlocal total
-        k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
-        total += int(out.numel() // out.shape[0]) * k
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(*example.values())
-    for h in handles:
-        h.remove()
-    return total
+        return STUDENT_INPUTS[self.variant]

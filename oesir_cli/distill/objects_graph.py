@@ -5,7 +5,7 @@ onnxruntime call maps a photo to boxes, scores, classes and one descriptor per b
 Each step is the ONNX twin of a numpy function the teacher path runs, and the tests
 hold them equal:
 - `detector.postprocess(..., class_agnostic=True)`: SSD box decoding against the same
-  anchors, sigmoid scores, best class per anchor, NonMaxSuppression (IoU 0.6) keeping
+  anchors, sigmoid scores, best class per anchor, NonMaxSuppression (`detector.NMS_IOU`) keeping
   at most `max_objects` boxes with score >= `min_score` (both graph inputs), best first;
   the whole photo is prepended as box 0 (score 1, class 0), as `engine._whole_first` does;
 - `embed.region_descriptors`: max over bilinear samples of each map inside each box, per
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..detector import GRID, SCALE_FACTORS, ssd_anchors
+from ..detector import GRID, NMS_IOU, SCALE_FACTORS, ssd_anchors
 from ..embed import ROI_MAX_SAMPLES
+from ..registry import OBJECT_OUTPUTS, STUDENT_MAPS, VIEW_SIDE
 
-IOU = 0.6
-VIEW = 320  # the student's maps are those of a 320x320 view (single_pass.STUDENT_VIEW)
-MAPS = (("student_s32", 32, 1280), ("student_s16", 16, 112))  # descriptor order: s32 part, then s16
-OUTPUTS = ("boxes", "scores", "classes", "descriptors")
+# (map, stride, channels) in descriptor order: the s32 part, then s16, as `embed.region_descriptors`
+MAPS = tuple((m.name, m.stride, m.shape[0]) for m in sorted(STUDENT_MAPS, key=lambda m: -m.stride))
 
 
 class Nodes:
@@ -83,7 +82,7 @@ def objects_nodes(g: Nodes, max_objects: str, min_score: str) -> dict[str, str]:
             g.op("Unsqueeze", [yxyx, g.const([0], np.int64)]),
             g.op("Unsqueeze", [best, g.const([0, 1], np.int64)]),
             max_objects,
-            g.const([IOU]),
+            g.const([NMS_IOU]),
             min_score,
         ],
     )
@@ -94,7 +93,7 @@ def objects_nodes(g: Nodes, max_objects: str, min_score: str) -> dict[str, str]:
     classes = g.op("Concat", [g.const([0], np.int64), coco], axis=0)
     parts = [_l2(g, _roi_max(g, name, boxes, stride, channels)) for name, stride, channels in MAPS]
     descriptors = g.op("Concat", parts, axis=1)
-    return {"boxes": boxes, "scores": scores, "classes": classes, "descriptors": descriptors}
+    return dict(zip(OBJECT_OUTPUTS, (boxes, scores, classes, descriptors)))
 
 
 def _sample_positions(g: Nodes, lo: str, hi: str, size: int) -> str:
@@ -111,10 +110,11 @@ def _sample_positions(g: Nodes, lo: str, hi: str, size: int) -> str:
 
 
 def _roi_max(g: Nodes, fmap: str, boxes: str, stride: int, channels: int) -> str:
-    """[K, C]: per box, the max over its bilinear samples of `fmap` [1, C, H, W] (H = W = VIEW / stride)."""
-    size = VIEW // stride
+    """[K, C]: per box, the max over its bilinear samples of `fmap` [1, C, H, W] (H = W = VIEW_SIDE / stride: the
+    student's maps are the teacher's of a square view of that side)."""
+    size = VIEW_SIDE // stride
     s = min(ROI_MAX_SAMPLES, size)
-    cells = g.op("Mul", [boxes, g.const(VIEW / stride)])  # normalised -> map cells
+    cells = g.op("Mul", [boxes, g.const(VIEW_SIDE / stride)])  # normalised -> map cells
     col = [_column(g, cells, i) for i in range(4)]
     gx = g.op("Unsqueeze", [_sample_positions(g, col[0], col[2], size), g.const([1], np.int64)])  # [K, 1, S]
     gy = g.op("Unsqueeze", [_sample_positions(g, col[1], col[3], size), g.const([2], np.int64)])  # [K, S, 1]

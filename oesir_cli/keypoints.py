@@ -1,4 +1,4 @@
-"""Local features (RootSIFT): the evidence that finds small pasted objects.
+"""RootSIFT keypoints: the one extraction used by indexing, search and alignment.
 
 Object embeddings rank whole objects; a pasted patch that is small, partly
 occluded or re-cut is found more reliably by many local descriptors voting for
@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MAX_SIDE = 768  # SIFT runs on at most this longer side
+MAX_SIDE = 768  # stored and query features: SIFT runs on at most this longer side
+SIFT_CONTRAST = 0.04  # OpenCV's default contrast threshold
+DESCRIPTOR_BYTES = 128
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,18 @@ class LocalFeatures:
         return len(self.descriptors)
 
 
-_SIFT: dict[int, cv2.SIFT] = {}
+_SIFT: dict[tuple[int, float], cv2.SIFT] = {}
 
 
-def _sift(n: int) -> cv2.SIFT:
-    if n not in _SIFT:
-        _SIFT[n] = cv2.SIFT_create(nfeatures=n)
-    return _SIFT[n]
+def _sift(n: int, contrast: float) -> cv2.SIFT:
+    if (n, contrast) not in _SIFT:
+        _SIFT[n, contrast] = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast)
+    return _SIFT[n, contrast]
+
+
+def empty() -> LocalFeatures:
+    """No keypoints."""
+    return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8))
 
 
 def rootsift(desc: np.ndarray) -> np.ndarray:
@@ -43,22 +50,37 @@ def rootsift(desc: np.ndarray) -> np.ndarray:
     return np.clip(np.sqrt(d) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def extract(rgb: np.ndarray, max_keypoints: int = 1000, where: np.ndarray | None = None) -> LocalFeatures:
-    """RootSIFT features of a photo; with `where` (bool [H, W]) only keypoints centred there."""
+def extract(
+    rgb: np.ndarray,
+    max_keypoints: int = 1000,
+    where: np.ndarray | None = None,
+    *,
+    max_side: int | None = MAX_SIDE,
+    contrast: float = SIFT_CONTRAST,
+    keep_ties: bool = False,
+) -> LocalFeatures:
+    """RootSIFT features of a photo; with `where` (bool [H, W]) only keypoints centred there.
+
+    SIFT runs on the photo resized to `max_side` (None: as it is); keypoints
+    are returned in photo pixels. SIFT keeps every keypoint whose response ties
+    with the n-th strongest (its extra orientations), so it may return a few
+    more than `max_keypoints`: stored features are cut at the limit (a photo
+    costs at most that many rows), alignment keeps them all (`keep_ties`).
+    """
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     h, w = grey.shape
-    s = min(1.0, MAX_SIDE / max(h, w))
+    s = 1.0 if max_side is None else min(1.0, max_side / max(h, w))
     mask = None if where is None else where.astype(np.uint8) * 255
     if s < 1.0:
         size = (int(round(w * s)), int(round(h * s)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         mask = None if mask is None else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-    kps, desc = _sift(max_keypoints).detectAndCompute(grey, mask)
+    kps, desc = _sift(max_keypoints, contrast).detectAndCompute(grey, mask)
     if desc is None or not kps:
-        return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
+        return empty()
     kp = np.array([(k.pt[0] / s, k.pt[1] / s, k.size / s, k.angle) for k in kps], np.float32)
-    desc = desc[:max_keypoints]
-    kp = kp[:max_keypoints]
+    if not keep_ties:
+        desc, kp = desc[:max_keypoints], kp[:max_keypoints]
     return LocalFeatures(kp, rootsift(desc))
 
 

@@ -1,0 +1,152 @@
+"""Aligning a stored photo with a query: keypoint matching, robust fits, and what the alignment explains.
+
+Search and localize ask the same question of a (query, original) pair: which
+keypoints match, which transform maps the original onto the query, and how much
+of the query the aligned original explains. Both take their answers from here.
+
+Two host rules, for two questions:
+
+* `search` chooses the host *among candidates* (the vote leaders and nearest
+  whole images): it compares `Explained.host_score` of each, relatively, on a
+  cheap colour-only agreement (`explained_by`), for up to five photos per query.
+* `localize` classifies *one* pair with no others to compare against, after it
+  has computed the full change map (colour and teacher features, Eq. 9):
+  `is_host_relation` applies absolute thresholds to that map's agreement and to
+  the spread of the keypoint inliers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .geometry import hull_share
+from .pixels import colour_difference
+
+RATIO = 0.8  # Lowe's ratio test: nearest < RATIO x second nearest
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """RANSAC settings of one use of a robust fit (fixed seed: the same photos always give the same fit)."""
+
+    threshold: float  # reprojection threshold, pixels of the frame the points are in
+    seed: int
+    max_iters: int = 2000  # OpenCV's default for estimateAffinePartial2D
+
+
+SEARCH_FIT = FitParams(threshold=5.0, seed=7)  # host choice: query pixels at full size, many candidates per query
+LOCALIZE_FIT = FitParams(threshold=4.0, seed=12345, max_iters=4000)  # one pair, at most WORK_SIDE pixels: fit harder
+HOMOGRAPHY_CONFIDENCE = 0.999
+
+
+def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> np.ndarray:
+    """[M, 2] index pairs (a, b) passing Lowe's ratio test, in the order of `a` (L2, from one matrix product).
+
+    For RootSIFT descriptors (integers 0..255 as float32) every dot product and
+    norm is an exact integer in float32, so the distances equal a brute-force
+    matcher's.
+    """
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros((0, 2), np.int64)
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    d2 = (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)  # squared distance minus |a|^2, which ranks alike per row
+    rows = np.arange(len(a))
+    nearest = d2.argmin(1)
+    first = d2[rows, nearest].copy()
+    d2[rows, nearest] = np.inf
+    second = d2.min(1)
+    norm_a = (a * a).sum(1)
+    first, second = np.sqrt(np.maximum(first + norm_a, 0)), np.sqrt(np.maximum(second + norm_a, 0))
+    good = np.flatnonzero(first < ratio * second)
+    return np.stack([good, nearest[good]], 1).astype(np.int64)
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray, params: FitParams) -> tuple[np.ndarray | None, np.ndarray]:
+    """2x3 similarity (rotation, one scale, translation) mapping src -> dst by RANSAC, and the inlier flags [N].
+
+    Four degrees of freedom are far harder to fit by chance than a homography's
+    eight, so a few matches (a small pasted object) can be trusted.
+    """
+    if len(src) < 2:
+        return None, np.zeros(len(src), bool)
+    cv2.setRNGSeed(params.seed)
+    a, inl = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=params.threshold, maxIters=params.max_iters
+    )
+    if a is None or inl is None:
+        return None, np.zeros(len(src), bool)
+    return a, inl.ravel().astype(bool)
+
+
+def fit_homography(src: np.ndarray, dst: np.ndarray, params: FitParams = LOCALIZE_FIT) -> tuple[np.ndarray | None, np.ndarray]:
+    """3x3 homography mapping src -> dst (MAGSAC), and the inlier flags [N]."""
+    if len(src) < 4:
+        return None, np.zeros(len(src), bool)
+    cv2.setRNGSeed(params.seed)
+    h, inl = cv2.findHomography(
+        src, dst, cv2.USAC_MAGSAC, params.threshold, maxIters=params.max_iters, confidence=HOMOGRAPHY_CONFIDENCE
+    )
+    if h is None:
+        return None, np.zeros(len(src), bool)
+    return h, inl.ravel().astype(bool)
+
+
+# -- how much of the query an original explains (search's host choice) ---------------
+
+AGREE_BLUR = 2.0  # Gaussian sigma before comparing colours: absorbs JPEG and resampling noise
+AGREE_LAB = 12.0  # Lab distance below which a query pixel agrees with the aligned original
+FRAME_SHARE = 0.1  # the outer band (this share of the smaller side) a pasted object seldom fills all round
+MIN_FIT_INLIERS = 4
+
+
+@dataclass(frozen=True)
+class Explained:
+    """How much of the query a stored photo explains, and where it does not (the candidate pasted region)."""
+
+    share: float  # share of the query's pixels that agree with the aligned photo
+    changed: np.ndarray | None  # uint8 0/255 [H, W]: inside the aligned photo but disagreeing; None if not aligned
+    frame: float = 0.0  # the same share over the query's outer band (FRAME_SHARE of its smaller side)
+
+    @classmethod
+    def nothing(cls) -> Explained:
+        return cls(0.0, None)
+
+    @property
+    def host_score(self) -> float:
+        """A host explains most of the query and its frame: a pasted object seldom reaches the edges all round."""
+        return 0.5 * (self.share + self.frame)
+
+
+def explained_by(query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: np.ndarray) -> Explained:
+    """Align `original` to the query by the pairs src -> dst (similarity, RANSAC) and compare pixels."""
+    h, w = query.shape[:2]
+    a, inl = fit_similarity(src, dst, SEARCH_FIT)
+    if a is None or inl.sum() < MIN_FIT_INLIERS:
+        return Explained.nothing()
+    warped = cv2.warpAffine(original, a, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    inside = cv2.warpAffine(np.full(original.shape[:2], 255, np.uint8), a, (w, h), flags=cv2.INTER_NEAREST) > 0
+    agree = colour_difference(query, warped, sigma=AGREE_BLUR) < AGREE_LAB
+    band = max(1, round(FRAME_SHARE * min(h, w)))
+    frame = np.ones((h, w), bool)
+    frame[band:-band, band:-band] = False
+    explained = inside & agree
+    return Explained(float(explained.mean()), (inside & ~agree).astype(np.uint8) * 255, float(explained[frame].mean()))
+
+
+# -- localize's rule for one pair --------------------------------------------------
+
+HOST_EXPLAINED_SHARE = 0.4  # the aligned original agrees with at least this share of the query ...
+HOST_INLIER_HULL_SHARE = 0.35  # ... or its keypoint inliers spread over at least this share of it
+
+
+def is_host_relation(explained_share: float, inlier_points: np.ndarray, width: int, height: int) -> bool:
+    """Whether one aligned original is the query's host (else a donor): it explains most of the query.
+
+    A donor agrees only where its object was pasted, and its inliers cluster
+    there; a host agrees broadly, or (when much was changed) its inliers at
+    least spread over the photo.
+    """
+    return explained_share >= HOST_EXPLAINED_SHARE or hull_share(inlier_points, width, height) >= HOST_INLIER_HULL_SHARE

@@ -1,0 +1,125 @@
+"""Upkeep of the derived search structures: which ones an index needs, their stamps, load or rebuild.
+
+SQLite holds the truth; the structures are caches of it, saved beside it so
+that opening an index does not rebuild them:
+
+* `local.hnsw`, an hnswlib graph over the local descriptors, always;
+* above EXACT_OBJECTS_MAX stored objects, an object structure: `objects.ivfpq`
+  (faiss IVF-PQ) for pq codes when faiss is installed, else `objects.hnsw`.
+  Below, search scores every photo exactly, which is then cheaper.
+
+Each carries a stamp of the data it was built from (`graph_stamp`); one whose
+stamp differs from the wanted one is rebuilt, never trusted. A writer saves
+what it rebuilds; a reader saves only when no writer is at work.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import ivf
+from .ann import Graph, cached_graph
+from .errors import StoreError
+from .store import OBJECT_FILES, Catalogue, Store, check_stamp, stamp_path, writer_lock
+
+EXACT_OBJECTS_MAX = 200_000
+OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
+LOCAL_GRAPH = {"m": 16, "ef_construction": 64}  # ~1M descriptors per 1,000 photos: build cost matters
+
+ObjectStructure = Graph | ivf.IVFPQ
+
+
+def graph_stamp(store: Store, catalogue: Catalogue, kind: str) -> dict:
+    """What a structure of `kind` ('objects' or 'local') built from `catalogue` is stamped with.
+
+    The keys and their order are part of the index format: an index written by any
+    oesir with these stamps keeps its graphs.
+    """
+    stamp = {"generation": catalogue.generation, "model_version": store.meta("model_version"), "kind": kind}
+    return {**stamp, "codec": catalogue.codec.name} if kind == "objects" else stamp
+
+
+def object_structure(catalogue: Catalogue) -> str:
+    """pq codes are searched by faiss IVF-PQ (when installed); other codecs by an hnswlib graph."""
+    return "objects.ivfpq" if catalogue.codec.name == "pq" and ivf.available() else "objects.hnsw"
+
+
+def needed_graphs(store: Store, catalogue: Catalogue) -> dict[str, dict]:
+    """Structure file -> the stamp it must carry, for the structures search uses on `catalogue`.
+
+    The object structure is only needed above EXACT_OBJECTS_MAX objects; below,
+    search scores every photo exactly.
+    """
+    out = {"local.hnsw": graph_stamp(store, catalogue, "local")}
+    if len(catalogue.codes) > EXACT_OBJECTS_MAX:
+        out[object_structure(catalogue)] = graph_stamp(store, catalogue, "objects")
+    return out
+
+
+def graph_statuses(store: Store, catalogue: Catalogue) -> dict[str, str]:
+    """Structure file -> 'ok', 'missing', 'stale' or 'damaged' (bytes hashed), for each one `catalogue` needs."""
+    return {
+        name: check_stamp(store.dir / name, stamp, hash_bytes=True)[0] for name, stamp in needed_graphs(store, catalogue).items()
+    }
+
+
+def load_graphs(store: Store, catalogue: Catalogue, writable: bool) -> tuple[ObjectStructure | None, Graph]:
+    """The object structure and local-feature graph for `catalogue`: loaded if current, else built (and saved when `writable`).
+
+    The object structure is None when not needed (a leftover file is removed when `writable`).
+    """
+    stamps = needed_graphs(store, catalogue)
+    objects: ObjectStructure | None = None
+    if "objects.ivfpq" in stamps:
+        objects = ivf.cached_ivfpq(
+            store.dir / "objects.ivfpq", stamps["objects.ivfpq"], catalogue.codec, catalogue.codes, writable
+        )
+    elif "objects.hnsw" in stamps:
+        objects = cached_graph(
+            store.dir / "objects.hnsw",
+            lambda: catalogue.embeddings,
+            stamps["objects.hnsw"],
+            writable,
+            shape=(len(catalogue.codes), catalogue.codec.dim),
+            **OBJECT_GRAPH,
+        )
+    if writable:
+        kept = {stamp_path(store.dir / name).name for name in stamps} | set(stamps)
+        for name in set(OBJECT_FILES) - kept:
+            (store.dir / name).unlink(missing_ok=True)
+    local = cached_graph(
+        store.dir / "local.hnsw",
+        lambda: descriptors_as_float(catalogue.descriptors),
+        stamps["local.hnsw"],
+        writable,
+        shape=(len(catalogue.descriptors), catalogue.descriptors.shape[1]),
+        **LOCAL_GRAPH,
+    )
+    return objects, local
+
+
+def open_graphs_for_reading(store: Store, catalogue: Catalogue) -> tuple[ObjectStructure | None, Graph]:
+    """`load_graphs` for a reader: a stale structure is rebuilt in memory, and saved only if no writer is at work.
+
+    A reader that can take the writer lock saves what it rebuilt, so the next reader need not;
+    under a writer it leaves the files alone (the writer's own refresh saves them).
+    """
+    if not os.access(store.dir, os.W_OK):
+        return load_graphs(store, catalogue, writable=False)
+    try:
+        with writer_lock(store.dir):
+            return load_graphs(store, catalogue, writable=True)
+    except StoreError:  # a writer holds the lock
+        return load_graphs(store, catalogue, writable=False)
+
+
+def refresh_graphs(store: Store) -> None:
+    """Rebuild the structures that are missing or stale, and save them (the caller holds the writer lock)."""
+    load_graphs(store, store.load_all(), writable=True)
+
+
+def descriptors_as_float(descriptors: np.ndarray) -> np.ndarray:
+    """Stored uint8 RootSIFT descriptors as the float32 rows the local graph indexes and is queried with."""
+    return descriptors.astype(np.float32) * (1.0 / 255.0)

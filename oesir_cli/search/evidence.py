@@ -1,0 +1,153 @@
+"""The evidence search gathers per indexed photo: Eq. 7 object distances and keypoint votes.
+
+`IndexedPhotos` is the open index as search reads it (catalogue rows plus the
+derived graphs); its methods turn a query's embeddings and keypoints into
+per-photo arrays indexed by photo number. Nothing here ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ann import Graph
+from ..graphs import descriptors_as_float
+from ..ivf import IVFPQ
+from ..keypoints import LocalFeatures
+from ..store import Catalogue
+from .params import RankingParams
+
+MIN_OBJECT_CANDIDATES = 64  # an object graph proposes at least this many stored objects per query object ...
+CANDIDATES_PER_RESULT = 8  # ... or this many per result asked for
+
+
+@dataclass(frozen=True)
+class ObjectDistances:
+    """Eq. 7 per photo: D(q, d) = min over object pairs of the squared L2 distance (inf: not reached)."""
+
+    distance: np.ndarray  # [P] float32
+    query_object: np.ndarray  # [P] the query object of the closest pair
+    db_row: np.ndarray  # [P] the stored object row of the closest pair
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Accepted (query keypoint, stored keypoint row) pairs of one orientation, and votes per photo."""
+
+    q_idx: np.ndarray
+    db_rows: np.ndarray
+    photos: np.ndarray
+    counts: np.ndarray  # [P] distinct query keypoints voting for each photo
+
+    @classmethod
+    def from_knn(cls, rows: np.ndarray, dists: np.ndarray, keypoint_image: np.ndarray, n_photos: int, ratio: float) -> Votes:
+        """Votes from k-NN results [Q, k]: a neighbour votes if its distance < `ratio` x the k-th neighbour's."""
+        ok = dists < ratio * dists[:, -1:]
+        q_idx = np.repeat(np.arange(len(rows)), rows.shape[1])[ok.ravel()]
+        db_rows = rows.ravel()[ok.ravel()]
+        photos = keypoint_image[db_rows]
+        # one vote per query keypoint per photo: keep the first (nearest) pair
+        _, first = np.unique(q_idx.astype(np.int64) * n_photos + photos, return_index=True)
+        q_idx, db_rows, photos = q_idx[first], db_rows[first], photos[first]
+        return cls(q_idx, db_rows, photos, np.bincount(photos, minlength=n_photos))
+
+    def residual_counts(self, host: int) -> np.ndarray:
+        """[P] votes of the query keypoints that do not vote for `host` (what the host leaves unexplained)."""
+        explained = np.unique(self.q_idx[self.photos == host])
+        keep = ~np.isin(self.q_idx, explained)
+        return np.bincount(self.photos[keep], minlength=len(self.counts))
+
+
+@dataclass(frozen=True)
+class QueryEvidence:
+    """Everything search knows about one query before it ranks, one entry per indexed photo.
+
+    `features` and `votes` hold one item per orientation searched (as is, then
+    mirrored when searched); `votes` may be shorter when an orientation had no
+    keypoints.
+    """
+
+    boxes: np.ndarray  # [K+1, 4] the query's objects (whole photo first), query pixels
+    embeddings: np.ndarray  # [K+1, D] their whitened embeddings
+    objects: ObjectDistances
+    features: tuple[LocalFeatures, ...]
+    votes: tuple[Votes, ...]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """[P] votes per photo, the better orientation's."""
+        return np.max([v.counts for v in self.votes], axis=0).astype(np.float64)
+
+
+class IndexedPhotos:
+    """The open index as search reads it: the catalogue and its graphs, photos numbered 0..P-1."""
+
+    def __init__(self, catalogue: Catalogue, objects: Graph | IVFPQ | None, local: Graph):
+        self.catalogue = catalogue
+        self.objects = objects  # None: few enough objects to score every photo exactly
+        self.local = local
+        self.count = len(catalogue.paths)
+        self.whole_rows = np.flatnonzero(catalogue.object_index == 0)
+        self.photo_rows = np.searchsorted(catalogue.object_image, np.arange(self.count + 1))  # photo p: rows [p], [p+1]
+
+    @property
+    def has_local_features(self) -> bool:
+        return self.local.count > 0
+
+    def object_distances(self, query_emb: np.ndarray, top: int) -> ObjectDistances:
+        """Eq. 7 for every photo reached.
+
+        Without an object graph every photo is scored exactly. With one, it
+        proposes each query object's nearest stored objects, and every photo
+        owning one of them is scored exactly over all its objects.
+        """
+        dist = np.full(self.count, np.inf, np.float32)
+        q_of = np.zeros(self.count, np.int64)
+        row_of = np.zeros(self.count, np.int64)
+        n = len(self.catalogue.codes)
+        if n == 0:
+            return ObjectDistances(dist, q_of, row_of)
+        if self.objects is None:
+            cand_rows = np.arange(n)
+        else:
+            k = min(n, max(MIN_OBJECT_CANDIDATES, CANDIDATES_PER_RESULT * top))
+            rows, _ = self.objects.knn(query_emb, k, ef=2 * k)
+            rows = rows[rows >= 0]
+            photos = np.unique(self.catalogue.object_image[rows])
+            cand_rows = np.concatenate([np.arange(self.photo_rows[p], self.photo_rows[p + 1]) for p in photos])
+        d = self.catalogue.codec.distances(query_emb, self.catalogue.codes[cand_rows])  # [Q, R], exact w.r.t. the stored codes
+        best_q = d.argmin(0)
+        best_d = d[best_q, np.arange(len(cand_rows))]
+        owners = self.catalogue.object_image[cand_rows]
+        order = np.lexsort((best_d, owners))  # per owner, smallest first
+        first = np.r_[True, owners[order][1:] != owners[order][:-1]]
+        sel = order[first]
+        dist[owners[sel]] = best_d[sel]
+        q_of[owners[sel]] = best_q[sel]
+        row_of[owners[sel]] = cand_rows[sel]
+        return ObjectDistances(dist, q_of, row_of)
+
+    def whole_image_distances(self, emb0: np.ndarray) -> np.ndarray:
+        """[P] squared L2 between the query's whole-image embedding and every photo's (its object 0)."""
+        rows = self.whole_rows
+        d = np.full(self.count, np.inf)
+        d[self.catalogue.object_image[rows]] = self.catalogue.codec.distances(emb0, self.catalogue.codes[rows])[0]
+        return d
+
+    def votes(self, feats: list[LocalFeatures] | tuple[LocalFeatures, ...], params: RankingParams) -> list[Votes]:
+        """Votes of each orientation's keypoints (orientations without keypoints give none)."""
+        out: list[Votes] = []
+        if not self.has_local_features:
+            return out
+        for f in feats:
+            if len(f) == 0:
+                continue
+            rows, dists = self.local.knn(descriptors_as_float(f.descriptors), params.vote_k, ef=params.vote_ef)
+            out.append(Votes.from_knn(rows, dists, self.catalogue.keypoint_image, self.count, params.vote_ratio))
+        return out
+
+    def stored_features(self, photo: int) -> tuple[np.ndarray, np.ndarray]:
+        """A photo's stored keypoint positions [N, 2] (float64) and descriptors [N, 128] (float32)."""
+        lo, hi = np.searchsorted(self.catalogue.keypoint_image, [photo, photo + 1])
+        return self.catalogue.keypoints[lo:hi, :2].astype(np.float64), self.catalogue.descriptors[lo:hi].astype(np.float32)

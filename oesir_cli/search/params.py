@@ -1,0 +1,63 @@
+"""The tuned constants of the ranking, in one frozen record.
+
+Each field says what it means, its unit, and the section of bench/RESULTS.md
+whose measurement chose its value; retune one there, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RankingParams:
+    """Every tuned number of `search`; `RankingParams()` is what oesir ships."""
+
+    # -- keypoint votes (RESULTS "Ablations measured with the exploration scripts") --
+    query_keypoints: int = 1000
+    """RootSIFT keypoints taken from the query photo (the stored photos keep as many)."""
+    vote_k: int = 5
+    """Stored neighbours looked up per query keypoint."""
+    vote_ef: int = 32
+    """hnswlib search breadth for those look-ups (48 gave the same top 10 on 80 dev queries, 25% slower)."""
+    vote_ratio: float = 0.7
+    """A neighbour votes if its squared distance < this x the k-th neighbour's (a ratio test)."""
+    mirror_fallback_votes: int = 20
+    """The whole query's mirror image votes only if no photo gets this many votes as is (RESULTS "The region stage")."""
+
+    # -- host choice (RESULTS "The region stage", frame host rule; "Region keypoints, a host fallback") --
+    host_candidates_votes: int = 3
+    """Host candidates: this many vote leaders ..."""
+    host_candidates_image: int = 2
+    """... and this many nearest whole-image embeddings."""
+    host_margin: float = 0.05
+    """A candidate replaces the vote leader as host only if its host score (share of the query explained) is this much higher."""
+    host_min_score: float = 0.05
+    """Below this host score nothing aligns (a flat photo): the nearest whole image is the host."""
+
+    # -- the region (the part of the query the host does not explain; RESULTS "Region keypoints ...") --
+    region_min_share: float = 0.002
+    """Changed blobs smaller than this share of the query are noise."""
+    region_max_share: float = 0.5
+    """A changed blob over this share of the query means the host was not aligned: no region."""
+    region_keypoint_side: int = 256
+    """Pixels: the region (with its margin) is resized to this longer side for its own keypoints ..."""
+    region_keypoints: int = 500
+    """... and up to this many are taken."""
+    region_blob_grow: float = 0.05
+    """Region keypoints lie within the changed pixels grown by this share of the region's longer side."""
+    region_clear_votes: int = 8
+    """The region's mirror image is searched unless a photo other than the host gets this many votes from it as is."""
+
+    # -- fusion of donor evidence (RESULTS "The region stage": RRF and the vote gate) --
+    rrf_k: float = 10.0
+    """Reciprocal-rank fusion: a photo at rank r (0-based) of one evidence list earns weight / (rrf_k + r)."""
+    object_weight: float = 1.0
+    """RRF weight of Eq. 7 over the query's objects (the residual-vote list has weight 1)."""
+    region_weight: float = 1.0
+    """RRF weight of Eq. 7 of the region's embeddings."""
+    vote_gate: int = 4
+    """Photos with at least this many residual votes (region + unexplained query keypoints) rank before all others."""
+
+
+DEFAULT_PARAMS = RankingParams()

@@ -1,0 +1,124 @@
+"""The region: the part of the query its host does not explain, queried on its own.
+
+A pasted object covers a few cells of the query's feature maps and a few of
+its keypoints; cropped, enlarged and searched on its own (embedding as is and
+mirrored, and keypoints of its own) it finds its donor far more often.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..engine import REGION_MARGIN, Engine, crop_region
+from ..keypoints import LocalFeatures, extract, mirrored
+from ..pixels import clean_mask
+from .evidence import IndexedPhotos
+from .params import RankingParams
+
+MIN_REGION_SIDE = 8  # pixels: a resized region is never smaller than this
+
+
+@dataclass(frozen=True)
+class Region:
+    """The region and the evidence it gives per photo."""
+
+    box: np.ndarray  # [x1, y1, x2, y2], query pixels
+    distance: np.ndarray  # [P] Eq. 7 distance of the region's embeddings to each photo's objects (inf: not reached)
+    row_of: np.ndarray  # [P] the stored object row nearest to the region
+    votes: np.ndarray  # [P] votes of the region's own keypoints
+
+
+def changed_blob(changed: np.ndarray | None, params: RankingParams) -> np.ndarray | None:
+    """The largest cleaned-up changed blob (bool [H, W]), or None (nothing, or over `region_max_share` of the photo).
+
+    Over that share the alignment explains little: there is no reliable region.
+    """
+    if changed is None:
+        return None
+    m = clean_mask(changed, params.region_min_share)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[i, cv2.CC_STAT_AREA] > params.region_max_share * m.size:
+        return None
+    return labels == i
+
+
+def blob_box(blob: np.ndarray) -> np.ndarray:
+    """Box [x1, y1, x2, y2] (exclusive right/bottom) of a non-empty bool mask."""
+    ys, xs = np.nonzero(blob)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+
+
+def changed_region(changed: np.ndarray | None, params: RankingParams) -> np.ndarray | None:
+    """Box [x1, y1, x2, y2] of the largest cleaned-up changed blob, or None (see `changed_blob`)."""
+    blob = changed_blob(changed, params)
+    return None if blob is None else blob_box(blob)
+
+
+def grown_blob(blob: np.ndarray, box: np.ndarray, grow_share: float) -> np.ndarray:
+    """The changed pixels grown by `grow_share` of the region's longer side (bool [H, W])."""
+    grow = max(1, round(grow_share * float(max(box[2] - box[0], box[3] - box[1]))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    return cv2.dilate(blob.astype(np.uint8), kernel) > 0
+
+
+def region_keypoints(
+    rgb: np.ndarray, box: np.ndarray, blob: np.ndarray | None, params: RankingParams
+) -> tuple[LocalFeatures, int]:
+    """RootSIFT of the region resized to `region_keypoint_side` (in the resized crop's coordinates), and its width.
+
+    Enlarged to about the size a pasted object has in its source photo, a
+    small paste yields keypoints at the scales the source's stored keypoints
+    were taken at, instead of the few the whole query gives it; enlarged much
+    further, it only interpolates detail the source's keypoints never saw.
+    With `blob` (bool [H, W], the changed pixels) keypoints are taken only
+    there (grown by `region_blob_grow`): the host around a pasted object would
+    otherwise take most of the keypoint budget and vote for the host, which is
+    already known.
+    """
+    crop = crop_region(rgb, box, REGION_MARGIN)
+    scale = params.region_keypoint_side / max(crop.shape[:2])
+    size = (max(MIN_REGION_SIDE, round(crop.shape[1] * scale)), max(MIN_REGION_SIDE, round(crop.shape[0] * scale)))
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    where = None
+    if blob is not None:
+        grown = grown_blob(blob, box, params.region_blob_grow).astype(np.uint8)
+        where = cv2.resize(crop_region(grown[:, :, None], box, REGION_MARGIN)[:, :, 0], size, interpolation=cv2.INTER_NEAREST) > 0
+    return extract(crop, params.region_keypoints, where), crop.shape[1]
+
+
+def region_evidence(
+    photos: IndexedPhotos,
+    engine: Engine,
+    pool: ThreadPoolExecutor,
+    rgb: np.ndarray,
+    blob: np.ndarray,
+    host: int,
+    top: int,
+    params: RankingParams,
+) -> Region:
+    """Eq. 7 distances of the region's embeddings (as is, mirrored) and its own keypoints' votes.
+
+    The region's mirror image votes unless a photo other than the host gets
+    `region_clear_votes` votes from the region as it is (a mirrored paste finds
+    nothing so, or only a few chance votes). Keypoints are taken on `pool`'s
+    thread while the network runs.
+    """
+    box = blob_box(blob)
+    pending = pool.submit(region_keypoints, rgb, box, blob, params)
+    emb = engine.region_embeddings(rgb, box)
+    objects = photos.object_distances(emb, top)
+    features, width = pending.result()
+    counts = np.zeros(photos.count)
+    for view in (features, mirrored(features, width)):
+        for votes in photos.votes([view], params):
+            counts = np.maximum(counts, votes.counts)
+        if np.delete(counts, host).max(initial=0) >= params.region_clear_votes:
+            break
+    return Region(box, objects.distance, objects.db_row, counts.astype(np.float64))

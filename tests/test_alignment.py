@@ -1,0 +1,59 @@
+"""The alignment module: robust fits, what an aligned original explains, the host/donor rules."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from oesir_cli.alignment import (
+    HOST_EXPLAINED_SHARE,
+    HOST_INLIER_HULL_SHARE,
+    SEARCH_FIT,
+    explained_by,
+    fit_similarity,
+    is_host_relation,
+)
+from oesir_cli.search import DEFAULT_PARAMS
+from oesir_cli.search.region import changed_region
+
+
+def _texture(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
+
+
+def test_explained_counts_the_frame_apart():
+    """A central paste leaves the host all of the frame; the donor explains the middle only."""
+    host, donor = _texture(3), _texture(4)
+    query = host.copy()
+    query[60:240, 80:320] = donor[60:240, 80:320]  # 36% of the photo, away from the edges
+    pts = np.array([[x, y] for x in range(90, 320, 40) for y in range(70, 240, 40)], np.float64)
+    as_host, as_donor = explained_by(query, host, pts, pts), explained_by(query, donor, pts, pts)
+    assert abs(as_host.share - 0.64) < 0.05 and as_host.frame > 0.95
+    assert abs(as_donor.share - 0.36) < 0.05 and as_donor.frame < 0.05
+    assert as_host.host_score > as_donor.host_score + 0.5
+    assert np.allclose(changed_region(as_host.changed, DEFAULT_PARAMS), [80, 60, 320, 240], atol=4)
+
+
+def test_fit_similarity_recovers_a_transform_despite_outliers_and_is_repeatable():
+    rng = np.random.default_rng(1)
+    src = rng.random((60, 2)) * 400
+    angle, scale, t = np.deg2rad(12), 0.7, np.array([30.0, -12.0])
+    r = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = src @ r.T + t
+    dst[:15] = rng.random((15, 2)) * 400  # a quarter are wrong matches
+    a, inl = fit_similarity(src, dst, SEARCH_FIT)
+    assert np.allclose(a[:, :2], r, atol=1e-3) and np.allclose(a[:, 2], t, atol=0.5)
+    assert inl[15:].all() and inl[:15].sum() <= 1
+    a2, inl2 = fit_similarity(src, dst, SEARCH_FIT)
+    assert np.array_equal(a, a2) and np.array_equal(inl, inl2)
+    assert fit_similarity(src[:1], dst[:1], SEARCH_FIT)[0] is None
+
+
+def test_host_relation_rule():
+    spread = np.array([[10, 10], [390, 10], [390, 290], [10, 290]], np.float32)  # inliers all over a 400x300 photo
+    cluster = np.array([[100, 100], [140, 100], [140, 130], [100, 130]], np.float32)
+    assert is_host_relation(HOST_EXPLAINED_SHARE, cluster, 400, 300)
+    assert not is_host_relation(HOST_EXPLAINED_SHARE - 0.01, cluster, 400, 300)
+    assert is_host_relation(0.0, spread, 400, 300)  # much changed, but the inliers span the photo
+    assert HOST_INLIER_HULL_SHARE > (40 * 30) / (400 * 300)

@@ -1,0 +1,151 @@
+"""Each stage of search on small synthetic arrays: fusion order, the vote gate, host choice, votes, the region."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from oesir_cli.imageio import load_rgb
+from oesir_cli.search import DEFAULT_PARAMS, DonorEvidence, Votes, fused_ranking, object_ranking, vote_ranking
+from oesir_cli.search.fusion import reciprocal_ranks
+from oesir_cli.search.host import HostCandidates, choose_host, host_candidates
+from oesir_cli.search.region import changed_blob, changed_region, region_keypoints
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"
+P = DEFAULT_PARAMS
+
+
+def _donors(**kw) -> DonorEvidence:
+    n = 6
+    base = dict(
+        host=0,
+        residual_votes=np.zeros(n),
+        votes=np.zeros(n),
+        object_distance=np.linspace(0.5, 1.5, n),
+        region_distance=None,
+    )
+    return DonorEvidence(**{**base, **kw})
+
+
+def test_host_is_first_whatever_its_other_evidence():
+    ev = _donors(host=5, residual_votes=np.array([9, 8, 7, 0, 0, 30.0]), object_distance=np.array([0.1, 0.2, 0.3, 0.4, 0.5, 3.9]))
+    r = fused_ranking(ev, P)
+    assert r.order[0] == 5 and r.score[5] == r.score.max()
+
+
+def test_vote_gate_puts_region_votes_before_any_embedding_evidence():
+    # photo 4 has the best Eq. 7 distances but only 3 residual votes; photos 2 and 3 pass the gate
+    ev = _donors(
+        residual_votes=np.array([50, 0, P.vote_gate, P.vote_gate + 3, P.vote_gate - 1, 0.0]),
+        object_distance=np.array([0.0, 1.0, 1.9, 1.8, 0.1, 0.2]),
+        region_distance=np.array([0.0, 1.0, 1.9, 1.8, 0.1, 0.2]),
+    )
+    order = fused_ranking(ev, P).order.tolist()
+    assert order[:3] == [0, 3, 2], order  # host, then gated photos by residual votes
+    assert order[3] == 4  # then RRF: best distances and the most residual votes left
+
+
+def test_retuning_rrf_cannot_reorder_gated_photos():
+    ev = _donors(residual_votes=np.array([0, 5, 6, 0, 0, 0.0]), object_distance=np.array([0.0, 0.1, 1.9, 0.2, 0.3, 0.4]))
+    for k in (0.1, 1.0, 10.0, 100.0):
+        for w in (0.1, 1.0, 10.0):
+            order = fused_ranking(_donors(**{**ev.__dict__}), replace(P, rrf_k=k, object_weight=w)).order.tolist()
+            assert order[:3] == [0, 2, 1], (k, w, order)
+
+
+def test_display_score_follows_the_order():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ev = _donors(
+            host=int(rng.integers(6)),
+            residual_votes=rng.integers(0, 9, 6).astype(float),
+            votes=rng.integers(0, 30, 6).astype(float),
+            object_distance=rng.random(6) * 2,
+            region_distance=rng.random(6) * 2,
+        )
+        r = fused_ranking(ev, P)
+        assert np.all(np.diff(r.score[r.order]) <= 0)
+
+
+def test_unreached_photos_earn_no_rrf_credit():
+    assert reciprocal_ranks(np.array([0.5, np.inf, 0.2]), 10.0).tolist() == [1 / 11, 0.0, 1 / 10]
+    ev = _donors(object_distance=np.array([0.1, np.inf, 0.3, 0.4, 0.5, 0.6]))
+    assert fused_ranking(ev, P).order.tolist()[-1] == 1
+
+
+def test_ties_keep_the_lower_photo_number_first():
+    ev = _donors(object_distance=np.full(6, 1.0))
+    assert fused_ranking(ev, P).order.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_object_and_vote_rankings():
+    d = np.array([0.9, np.inf, 0.1, 0.5], np.float32)
+    assert object_ranking(d).order.tolist() == [2, 3, 0]  # unreached left out
+    votes = np.array([3, 3, 7, 0.0])
+    assert vote_ranking(votes, d).order.tolist() == [2, 0, 1, 3]  # tie at 3 votes: reached before unreached
+
+
+def test_votes_ratio_test_and_one_vote_per_keypoint_per_photo():
+    keypoint_image = np.array([0, 0, 1, 1, 2, 2])
+    rows = np.array([[0, 1, 2, 4], [2, 3, 4, 5], [4, 0, 2, 3]])
+    dists = np.array([[1.0, 1.2, 5.0, 10.0], [1.0, 6.0, 9.0, 10.0], [9.0, 9.5, 9.8, 10.0]])
+    v = Votes.from_knn(rows, dists, keypoint_image, 3, ratio=0.7)
+    # keypoint 0: rows 0 and 1 (photo 0, once) and row 2 (photo 1); keypoint 1: rows 2, 3 (photo 1, once); keypoint 2: none
+    assert v.counts.tolist() == [1, 2, 0]
+    assert sorted(zip(v.q_idx.tolist(), v.photos.tolist())) == [(0, 0), (0, 1), (1, 1)]
+
+
+def test_residual_counts_drop_keypoints_the_host_explains():
+    v = Votes(q_idx=np.array([0, 0, 1, 2, 3]), db_rows=np.arange(5), photos=np.array([0, 1, 1, 1, 2]), counts=np.array([1, 3, 1]))
+    assert v.residual_counts(host=0).tolist() == [0, 2, 1]  # keypoint 0 voted for the host: its vote for 1 goes
+    assert v.residual_counts(host=1).tolist() == [0, 0, 1]
+
+
+def test_host_candidates_and_choice():
+    counts = np.array([0, 30, 2, 25, 0.0])
+    whole = np.array([0.3, 0.9, np.inf, 0.8, 0.2])
+    c = host_candidates(counts, whole, P)
+    assert c.by_votes == [1, 3, 2] and c.by_image == [4, 0] and c.all == [1, 3, 2, 4, 0]
+    score = {1: 0.50, 3: 0.54, 2: 0.0, 4: 0.3, 0: 0.1}
+    assert choose_host(c, score, counts, P) == 1  # 0.54 is within the margin of the leader's 0.50
+    assert choose_host(c, {**score, 3: 0.56}, counts, P) == 3
+    flat = dict.fromkeys(score, 0.01)  # nothing aligns: the nearest whole image
+    assert choose_host(c, flat, counts, P) == 4
+    assert choose_host(HostCandidates([], []), {2: 0.0}, np.array([0, 0, 1.0]), P) == 2
+
+
+def test_changed_region_box_and_refusals():
+    changed = np.zeros((200, 300), np.uint8)
+    assert changed_region(None, P) is None and changed_region(changed, P) is None
+    changed[50:90, 100:160] = 255
+    changed[5:7, 5:7] = 255  # speck: cleaned away
+    assert changed_region(changed, P).tolist() == [100, 50, 160, 90]
+    changed[:, :200] = 255  # over half the photo: the host was not aligned
+    assert changed_region(changed, P) is None
+
+
+def test_changed_blob_is_the_largest_blob():
+    changed = np.zeros((200, 300), np.uint8)
+    changed[50:90, 100:160] = 255
+    changed[150:170, 20:40] = 255  # a smaller second blob
+    blob = changed_blob(changed, P)
+    assert blob.dtype == bool and abs(int(blob.sum()) - 40 * 60) <= 8 and blob[60, 120] and not blob[160, 30]
+
+
+def test_region_keypoints_come_from_the_blob_only():
+    """With the changed pixels given, no region keypoint lies on the host around them."""
+    rgb = load_rgb(EXAMPLES / "astronaut.jpg")
+    box = np.array([100, 100, 300, 260], np.float32)
+    blob = np.zeros(rgb.shape[:2], bool)
+    blob[140:220, 150:250] = True  # inside the box, leaving a host margin within it
+    everywhere, width = region_keypoints(rgb, box, None, P)
+    only_blob, width_blob = region_keypoints(rgb, box, blob, P)
+    assert width == width_blob and len(only_blob) > 20 and len(everywhere) > len(only_blob)
+    # crop coordinates -> query pixels: the crop starts REGION_MARGIN x the box size before the box
+    scale = width / (1.2 * 200)
+    x = only_blob.keypoints[:, 0] / scale + 100 - 20
+    y = only_blob.keypoints[:, 1] / scale + 100 - 16
+    grow = P.region_blob_grow * 200 + 2
+    assert (x > 150 - grow).all() and (x < 250 + grow).all() and (y > 140 - grow).all() and (y < 220 + grow).all()
