@@ -1,6 +1,6 @@
 """Distillation benchmark (the paper's Table 2): detector features, S1, S2, S3 and the teacher, side by side.
 
-    python bench/distill.py --data ../shared/data --students weights,/tmp/distill/students --work /tmp/oesir-bench-distill
+    python bench/distill.py --data ../shared/data --students oesir_cli/weights,/tmp/distill/students --work /tmp/oesir-bench-distill
 
 Every row uses the same boxes (the detector's, k = 8 class-agnostic + the whole
 photo) and the same ROIAlign / PCA whitening (learned per row on
@@ -156,7 +156,7 @@ def timing_table(rows: Rows, data: Path, n: int) -> str:
             region_descriptors(maps[r], boxes)
         secs[r] = (time.perf_counter() - t0) / len(photos)
     extra = {}
-    try:  # the shipped S3 path: weights/single_pass_s3.onnx, boxes + descriptors in one onnxruntime call
+    try:  # the shipped S3 path: oesir_cli/weights/single_pass_s3.onnx, boxes + descriptors in one onnxruntime call
         from oesir_cli.single_pass import SinglePass
 
         single = SinglePass()
@@ -164,7 +164,7 @@ def timing_table(rows: Rows, data: Path, n: int) -> str:
         t0 = time.perf_counter()
         for rgb in photos:
             single.objects(rgb, 0.05, 8)
-        extra["S3 single pass (weights/, one call)"] = (time.perf_counter() - t0) / len(photos)
+        extra["S3 single pass (oesir_cli/weights/, one call)"] = (time.perf_counter() - t0) / len(photos)
     except Exception as exc:  # noqa: BLE001 - a bench row, not the product
         print(f"single-pass row skipped: {exc}", file=sys.stderr)
     for r, v in {**secs, **extra}.items():

@@ -9,12 +9,13 @@ for m in api.search_path(searcher, "suspect.jpg", top=5):
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ from .codec import CODECS, make_codec
 from .engine import Engine, EngineConfig
 from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
-from .indexer import IndexSummary, index_paths
+from .indexer import IndexSummary, index_paths, walk
 from .learn import learn_codebook_file as learn_codebook_file  # the API of `oesir weights whiten/pq`
 from .learn import learn_whitening_file as learn_whitening_file
 from .registry import (
@@ -37,7 +38,7 @@ from .registry import (
     verified_file,
     weights_dir,
 )
-from .search import Match, Searcher
+from .search import Match, Searcher, SearchResult
 from .store import DB_FILES, GRAPH_FILES, Store, default_index_dir, writer_lock
 from .store import is_disk_full as store_is_disk_full
 
@@ -55,6 +56,26 @@ def engine(config: EngineConfig | None = None) -> Engine:
     if config not in _ENGINES:
         _ENGINES[config] = Engine(config)
     return _ENGINES[config]
+
+
+def version() -> str:
+    """The installed distribution's version (package metadata); "unknown" for sources never installed."""
+    try:
+        return importlib.metadata.version("oesir")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def index_location(index_dir: str | os.PathLike | None) -> Path:
+    """The index folder `index_dir` names (default `$OESIR_INDEX` or ./.oesir).
+
+    A regular file there is a StoreError naming it: opening it as an index would
+    advise "run `oesir index ... --index FILE`", which cannot create a folder there.
+    """
+    directory = Path(index_dir) if index_dir else default_index_dir()
+    if directory.exists() and not directory.is_dir():
+        raise StoreError(f"index location {directory} is a file, not an index folder")
+    return directory
 
 
 def _config_of(store: Store) -> EngineConfig:
@@ -86,7 +107,7 @@ def index(
     """
     _check_codec(codec)
     model = parse(ModelKind, model, "model").value if model is not None else None
-    directory = Path(index_dir) if index_dir else default_index_dir()
+    directory = index_location(index_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with writer_lock(directory):
         if rebuild:
@@ -141,7 +162,7 @@ def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
     One transaction: a crash leaves the old codec. Returns the photos re-encoded.
     """
     _check_codec(codec)
-    directory = Path(index_dir) if index_dir else default_index_dir()
+    directory = index_location(index_dir)
     with writer_lock(directory):
         store = Store(directory, locked=True)
         try:
@@ -185,16 +206,47 @@ def start_over(directory: Path, on_error: Callable[[str, str], None] | None = No
 
 def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
     """Open an existing index for searching (refuses one built by another model version)."""
-    store = Store(Path(index_dir) if index_dir else default_index_dir())
+    store = Store(index_location(index_dir))
     eng = engine(_config_of(store))
     store.check_model(eng.version, create=False)
     return Searcher(store, eng)
 
 
 def search_path(searcher: Searcher, query: str | os.PathLike, top: int = 10, mode: Mode | str = Mode.FUSED) -> list[Match]:
-    """Ranked matches for the photo at `query`; an unknown `mode` is a ValueError before the photo is read."""
+    """Ranked matches for the photo at `query`; an unknown `mode` or a `top` below 1 is a ValueError before the photo is read."""
     mode = parse(Mode, mode, "mode")
+    if top < 1:  # a slice would take it: -3 gives all but the last 3, 0 nothing
+        raise ValueError(f"top must be at least 1, not {top}")
     return searcher.search_rgb(load_rgb(query), top=top, mode=mode.value)
+
+
+def search_file(searcher: Searcher, query: str | os.PathLike, top: int = 10, mode: Mode | str = Mode.FUSED) -> SearchResult:
+    """`search_path` with roles, a verdict and the query file's sha256 (what `oesir search` prints)."""
+    mode = parse(Mode, mode, "mode")
+    if top < 1:
+        raise ValueError(f"top must be at least 1, not {top}")
+    result = searcher.search(load_rgb(query), top=top, mode=mode.value)
+    return replace(result, query=os.fspath(query), sha256=sha256_file(Path(query)))
+
+
+def provenance(searcher: Searcher) -> dict:
+    """What produced a result: oesir's version, the model version the index was built with, the index folder."""
+    return {"oesir_version": version(), "model_version": searcher.engine.version, "index": str(searcher.store.dir)}
+
+
+def query_photos(paths: Iterable[str | os.PathLike], errors: list[tuple[str, str]]) -> list[str]:
+    """The query photos `paths` name: a file as given, a folder replaced by the photos under it (what
+    `index` would walk), sorted. A folder with no photo, or one that cannot be read, goes into `errors`."""
+    found: list[str] = []
+    for p in paths:
+        if not os.path.isdir(p):
+            found.append(os.fspath(p))
+            continue
+        under = sorted(str(f) for f in walk([p], errors))
+        if not under:
+            errors.append((os.fspath(p), "no photos under this folder"))
+        found.extend(under)
+    return found
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -209,7 +261,7 @@ def is_disk_full(exc: BaseException) -> bool:
 def info(index_dir: str | os.PathLike | None = None) -> dict:
     """Index statistics. Sizes are of every file in the index folder, measured after this
     reader's connection is closed (so without the WAL file it would otherwise leave)."""
-    directory = Path(index_dir) if index_dir else default_index_dir()
+    directory = index_location(index_dir)
     store = Store(directory)
     try:
         photos, objects = store.count()
@@ -237,7 +289,7 @@ def info(index_dir: str | os.PathLike | None = None) -> dict:
 
 def check(index_dir: str | os.PathLike | None = None, repair: bool = False) -> CheckReport:
     """Verify the index (see `oesir_cli.check`); with `repair`, drop damaged photos and rebuild the graphs."""
-    return check_index(Path(index_dir) if index_dir else default_index_dir(), repair=repair)
+    return check_index(index_location(index_dir), repair=repair)
 
 
 def localize_paths(

@@ -2,8 +2,10 @@
 
 The source of truth is SQLite; each photo's row carries a digest of what is
 stored for it, so damage is traced to photos. The hnswlib graphs are derived:
-their stamps hold the generation they were built from and their sha256, so a
-stale or altered graph is found and, with `repair`, rebuilt from the stored
+their stamps hold the generation they were built from and their sha256. An
+altered graph (bytes its stamp does not vouch for) is damage; a missing or
+stale one is only a note, since the next search or index rebuilds it, as after
+Ctrl-C during `oesir index`. With `repair`, both are rebuilt from the stored
 embeddings. A database SQLite itself cannot read is reported; only
 `oesir index --rebuild` (which moves it aside) recovers from that.
 """
@@ -17,6 +19,9 @@ from pathlib import Path
 from .errors import StoreError
 from .graphs import graph_statuses, refresh_graphs
 from .store import DB_NAME, Store, writer_lock
+
+# graph statuses that leave the index usable: a missing or stale graph is rebuilt by the next search or index
+USABLE_GRAPH = ("ok", "rebuilt", "missing", "stale")
 
 
 @dataclass
@@ -33,7 +38,17 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         """True when the index is usable as it is now (after any repair)."""
-        return self.database == "ok" and not self.damaged_photos and all(v in ("ok", "rebuilt") for v in self.graphs.values())
+        return self.database == "ok" and not self.damaged_photos and all(v in USABLE_GRAPH for v in self.graphs.values())
+
+    @property
+    def notes(self) -> list[str]:
+        """What is not damage but worth saying: derived graphs the next search or index will rebuild."""
+        why = {"missing": "is missing", "stale": "is out of date"}
+        return [
+            f"{name} {why[status]}; it is derived, and the next `oesir search` or `oesir index` rebuilds it"
+            for name, status in self.graphs.items()
+            if status in why
+        ]
 
     def as_dict(self) -> dict:
         return {
@@ -43,6 +58,7 @@ class CheckReport:
             "database": self.database,
             "damaged_photos": [{"path": p, "problem": why} for p, why in self.damaged_photos],
             "graphs": self.graphs,
+            "notes": self.notes,
             "repaired": self.repaired,
         }
 

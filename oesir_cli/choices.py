@@ -31,6 +31,22 @@ class ModelKind(str, Enum):
     STUDENT = "student"
 
 
+class Role(str, Enum):
+    """What a ranked photo is to the query: its background, the source of a pasted part, or only a lead."""
+
+    HOST = "host"
+    DONOR = "donor"
+    CANDIDATE = "candidate"
+
+
+class Verdict(str, Enum):
+    """What search concludes for one query: sources found, no source in the collection, or a copy of a stored photo."""
+
+    SOURCES = "sources"
+    NONE = "none"
+    COPY = "copy"
+
+
 def parse(enum: type[Enum], value: object, what: str) -> Enum:
     """`value` as a member of `enum`, or ValueError naming the choices (a typo never silently means something else)."""
     try:

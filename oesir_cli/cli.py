@@ -18,28 +18,47 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import api
-from .choices import Mode, ModelKind, Relation
+from .choices import Mode, ModelKind, Relation, Role, Verdict
 from .engine import EngineConfig
 from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
 from .registry import WeightsError
+from .search import Match, SearchResult
 from .store import default_index_dir
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
+
+
+def _examples(*lines: str) -> str:
+    """An --help epilog of example command lines, shown as written (click's \\b stops re-wrapping; rich markup escaped)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {escape(line)}" for line in lines)
+
+
 app = typer.Typer(
     name="oesir",
     help="Find the authentic photos a suspect photo was spliced from, and show where it was changed.",
+    epilog=_examples(
+        "oesir index ./photos",
+        "oesir search suspect.jpg",
+        "oesir localize suspect.jpg --auto --overlay overlay.png",
+        "oesir check",
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 weights_app = typer.Typer(
-    help="Model files in weights/: verify them, learn the whitening and PQ codebook, build the single-pass graph.",
+    help="Model files ($OESIR_WEIGHTS or the package's weights/): verify them, learn the whitening and PQ codebook, "
+    "build the single-pass graph.",
+    epilog=_examples("oesir weights verify", "OESIR_WEIGHTS=/models oesir weights verify"),
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
@@ -51,6 +70,21 @@ IndexOpt = Annotated[
     Path | None,
     typer.Option("--index", "-i", help="Index folder (default: $OESIR_INDEX or ./.oesir).", show_default=False),
 ]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"oesir {api.version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
+    """Options that come before the command (Typer needs a callback to hold them)."""
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -99,7 +133,15 @@ def _read_paths(paths: list[str], null: bool) -> list[str]:
     return result
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "oesir index ./photos",
+        "oesir index ./photos --index case.oesir --json",
+        "find . -name '*.jpg' -print0 | oesir index - -0",
+        "oesir index ./photos --codec pq --no-local   # compact",
+        "oesir index ./photos --rebuild               # after a model change",
+    )
+)
 def index(
     paths: Annotated[list[str], typer.Argument(help="Photos or folders (recursive); `-` reads paths from stdin.")],
     index_dir: IndexOpt = None,
@@ -145,6 +187,7 @@ def index(
     if not paths:
         raise _fail("no paths given", EXIT_USAGE)
     try:
+        api.index_location(index_dir)  # told before a progress bar starts
         with _progress() as bar:
             task = bar.add_task("indexing", total=None, rate="")
 
@@ -179,9 +222,19 @@ def index(
         raise typer.Exit(EXIT_SKIPPED)
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "oesir search suspect.jpg",
+        "oesir search suspects/ --top 5         # every photo under the folder",
+        "oesir search suspect.jpg --json | jq '.matches[0]'",
+        "find . -name '*.jpg' | oesir search - --json --top 100",
+        "oesir search suspect.jpg --mode objects",
+    )
+)
 def search(
-    queries: Annotated[list[str], typer.Argument(help="Query photos; `-` reads paths from stdin.")],
+    queries: Annotated[
+        list[str], typer.Argument(help="Query photos or folders (every photo under it, sorted); `-` reads paths from stdin.")
+    ],
     index_dir: IndexOpt = None,
     top: Annotated[int, typer.Option("--top", "-n", help="How many photos to list per query.")] = 10,
     mode: Annotated[
@@ -195,14 +248,23 @@ def search(
     queries = _read_paths(queries, null)
     if not queries:
         raise _fail("no query given", EXIT_USAGE)
+    if top < 1:
+        raise _fail(f"--top must be at least 1 (got {top})", EXIT_USAGE)
     try:
         searcher = api.open_searcher(index_dir)
     except (StoreError, WeightsError, OSError, sqlite3.Error) as exc:
         raise _fail(_index_error(exc)) from None
-    failed = 0
+    unreadable: list[tuple[str, str]] = []
+    queries = api.query_photos(queries, unreadable)
+    for q, why in unreadable:
+        err.print(f"[yellow]oesir: skipped query[/yellow] {escape(q)}: {escape(why)}", highlight=False, markup=True)
+        if as_json:
+            print(json.dumps({"query": q, "error": why, "matches": []}), flush=True)
+    failed, total = len(unreadable), len(queries) + len(unreadable)
+    meta = api.provenance(searcher)
     for q in queries:
         try:
-            matches = api.search_path(searcher, q, top=top, mode=mode)
+            result = api.search_file(searcher, q, top=top, mode=mode)
         except ImageError as exc:
             failed += 1
             err.print(f"[yellow]oesir: skipped query[/yellow] {exc}", highlight=False, markup=True)
@@ -210,32 +272,60 @@ def search(
                 print(json.dumps({"query": q, "error": str(exc), "matches": []}), flush=True)
             continue
         if as_json:
-            print(json.dumps({"query": q, "matches": [m.as_dict() for m in matches]}), flush=True)
+            print(json.dumps({**result.as_dict(), **meta}), flush=True)
         else:
-            _print_matches(q, matches)
+            _print_matches(q, result.matches, _verdict_line(result))
     if failed:
-        raise typer.Exit(EXIT_SKIPPED if failed < len(queries) else EXIT_USAGE)
+        raise typer.Exit(EXIT_SKIPPED if failed < total else EXIT_USAGE)
 
 
-def _print_matches(query: str, matches: list) -> None:
-    table = Table(title=query, title_justify="left", show_lines=False)
+def _verdict_line(result: SearchResult) -> str:
+    """One sentence for the table's title: what the evidence supports."""
+    if result.verdict is None:
+        return "ranking only (roles and a verdict come from the default fused mode)"
+    host = next((m.image for m in result.matches if m.role is Role.HOST), None)
+    donors = sum(m.role is Role.DONOR for m in result.matches)
+    if result.verdict is Verdict.COPY:
+        return f"copy of {host} (no local change found)"
+    if result.verdict is Verdict.NONE:
+        return "no source in the collection (the rows below are the nearest photos, not findings)"
+    parts = ([f"host {host}"] if host else []) + ([f"{donors} donor{'s' * (donors != 1)}"] if donors else [])
+    return "sources found: " + ", ".join(parts)
+
+
+def _print_matches(query: str, matches: list[Match], verdict: str) -> None:
+    """The results table. File names are never broken (an investigator copies them): only the box column wraps,
+    and when even that does not make the table fit the terminal, the table is printed wider, one line per row."""
+    table = Table(title=f"{escape(query)}: {escape(verdict)}", title_justify="left", show_lines=False)
+    longest = max((len(m.image) for m in matches), default=0)
     for col, just in (
         ("rank", "right"),
+        ("role", "left"),
         ("photo", "left"),
         ("score", "right"),
         ("votes", "right"),
         ("distance", "right"),
         ("query box → db box", "left"),
     ):
-        table.add_column(col, justify=just, overflow="fold", min_width=24 if col == "photo" else None)  # type: ignore[arg-type]
+        wraps = col == "query box → db box"
+        table.add_column(col, justify=just, no_wrap=not wraps, min_width=longest if col == "photo" else None)  # type: ignore[arg-type]
     for r, m in enumerate(matches, 1):
         qb = ",".join(f"{v:.0f}" for v in m.query_box)
         db = ",".join(f"{v:.0f}" for v in m.db_box)
-        table.add_row(str(r), m.image, f"{m.score:.4f}", str(m.votes), f"{m.distance:.3f}", f"[{qb}] → [{db}]")
-    out.print(table)
+        role = m.role.value if m.role is not Role.CANDIDATE else "[dim]candidate[/dim]"
+        table.add_row(str(r), role, Text(m.image), f"{m.score:.4f}", str(m.votes), f"{m.distance:.3f}", f"[{qb}] → [{db}]")
+    width = Measurement.get(out, out.options.update_width(1 << 20), table)
+    (out if width.minimum <= out.width else Console(width=width.maximum, soft_wrap=True)).print(table)
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "oesir localize suspect.jpg original.jpg --overlay overlay.png",
+        "oesir localize suspect.jpg original.jpg --out mask.png --heatmap heat.png",
+        "oesir localize suspect.jpg donor.jpg --relation donor --json",
+        "oesir localize suspect.jpg --auto --overlay overlay.png  # -host, -donor",
+    )
+)
 def localize(
     query: Annotated[Path, typer.Argument(help="The suspect photo.")],
     original: Annotated[Path | None, typer.Argument(help="An authentic photo it was made from (host or donor).")] = None,
@@ -316,7 +406,7 @@ def _show_localized(query: Path, original: Path, result, error, outputs: dict, r
     return 0
 
 
-@app.command()
+@app.command(epilog=_examples("oesir info", "oesir info --index case.oesir --json | jq .bytes_per_photo"))
 def info(
     index_dir: IndexOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
@@ -328,12 +418,29 @@ def info(
         raise _fail(_index_error(exc)) from None
     if as_json:
         print(json.dumps(stats))
-    else:
-        for k, v in stats.items():
-            out.print(f"{k:>18}: {v}", highlight=False)
+        return
+    sizes = {
+        "bytes_on_disk": ("on disk", ""),
+        "bytes_per_photo": ("per photo", "/photo"),
+        "bytes_per_object": ("per object", "/object"),
+    }
+    for k, v in stats.items():
+        label, unit = sizes.get(k, (k, None))
+        out.print(f"{label:>18}: {v if unit is None else _human_size(v) + unit}", highlight=False)
 
 
-@app.command()
+def _human_size(n: int) -> str:
+    """Bytes for a reader: 612.3 MB, 475.0 KB (powers of 1000, as `du --si`); exact bytes stay in --json."""
+    if n < 1000:
+        return f"{n} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+@app.command(epilog=_examples("oesir check", "oesir check --repair", "oesir check --index case.oesir --json"))
 def check(
     index_dir: IndexOpt = None,
     repair: Annotated[
@@ -344,7 +451,9 @@ def check(
     """Verify the index: database integrity, each photo's checksum, the graphs' checksums.
 
     Exit 0 when the index is intact (or was repaired), 1 when something is
-    still damaged; the last line says which command recovers.
+    still damaged; the last line says which command recovers. A derived graph
+    that is missing or out of date (say after Ctrl-C during `oesir index`) is a
+    note, not damage: the next search or index rebuilds it.
     """
     directory = index_dir or default_index_dir()
     try:
@@ -357,6 +466,8 @@ def check(
         out.print(f"index: {report.index}\nphotos: {report.photos}\ndatabase: {report.database}", highlight=False)
         for name, status in report.graphs.items():
             out.print(f"{name}: {status}", highlight=False)
+        for note in report.notes:
+            out.print(f"note: {note}", highlight=False)
         for path, why in report.damaged_photos:
             out.print(f"damaged photo: {path}: {why}", highlight=False)
         for line in report.repaired:
@@ -377,9 +488,9 @@ def _index_error(exc: BaseException) -> str:
     return text
 
 
-@weights_app.command("verify")
+@weights_app.command("verify", epilog=_examples("oesir weights verify", "OESIR_WEIGHTS=/models oesir weights verify"))
 def weights_verify() -> None:
-    """Check every file in weights/ against the manifest's sha256."""
+    """Check every file in the weights folder ($OESIR_WEIGHTS or the package's) against the manifest's sha256."""
     try:
         report = api.verify_weights()
     except WeightsError as exc:
@@ -402,7 +513,13 @@ def _learn_weights(label: str, model: ModelKind, learn: Callable[..., Path]) -> 
     print(path)
 
 
-@weights_app.command("whiten")
+@weights_app.command(
+    "whiten",
+    epilog=_examples(
+        "oesir weights whiten --images training/ --dim 256",
+        "oesir weights whiten --images training/ --model student",
+    ),
+)
 def weights_whiten(
     images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
     dim: Annotated[int, typer.Option(help="Output dimension.")] = 256,
@@ -414,7 +531,9 @@ def weights_whiten(
     _learn_weights("whitening", model, lambda **kw: api.learn_whitening_file(images, dim, **kw))
 
 
-@weights_app.command("pq")
+@weights_app.command(
+    "pq", epilog=_examples("oesir weights pq --images training/", "oesir weights pq --images training/ --model student")
+)
 def weights_pq(
     images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
     model: Annotated[
@@ -425,11 +544,24 @@ def weights_pq(
     _learn_weights("codebook", model, lambda **kw: api.learn_codebook_file(images, **kw))
 
 
-@weights_app.command("single-pass")
+@weights_app.command(
+    "single-pass",
+    epilog=_examples(
+        "oesir weights single-pass --images training/",
+        "oesir weights single-pass --images training/ --out models/",
+    ),
+)
 def weights_single_pass(
     images: Annotated[Path, typer.Option("--images", help="Photos to check the graph on (the first 3).")],
     variant: Annotated[str, typer.Option(help="s3 or s2: which student_<variant>.onnx to build from.")] = "s3",
-    out: Annotated[Path, typer.Option("--out", help="Weights folder holding student_<variant>.onnx.")] = Path("weights"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Weights folder holding student_<variant>.onnx (default: $OESIR_WEIGHTS or the package's).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Build single_pass_<variant>.onnx (detector + student + NMS + ROIAlign, one call) from an exported student.
 
@@ -448,12 +580,22 @@ def weights_single_pass(
     err.print(f"single pass {variant}: parity {parity:.1e} against student_{variant}.onnx + numpy", highlight=False)
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "oesir distill --images training/ --iterations 600",
+        "oesir distill --images training/ --variant s2 --out models/ --resume",
+    )
+)
 def distill(
     images: Annotated[Path, typer.Option("--images", help="Unlabelled training photos (never the database).")],
-    out: Annotated[Path, typer.Option("--out", help="Weights folder to write the single-pass ONNX and whitening into.")] = Path(
-        "weights"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Weights folder to write the single-pass ONNX and whitening into (default: $OESIR_WEIGHTS or the package's).",
+            show_default=False,
+        ),
+    ] = None,
     variant: Annotated[str, typer.Option(help="s3 (F2 + F3/F4 guidance, the default), s2 (F2 only), s1 (image only).")] = "s3",
     iterations: Annotated[int, typer.Option(help="Training steps.")] = 3000,
     batch: Annotated[int, typer.Option(help="Crops per step.")] = 32,

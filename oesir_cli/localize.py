@@ -76,10 +76,20 @@ class LocalizeResult:
     changed_share: float
     score: float
 
+    @property
+    def verified(self) -> bool:
+        """Whether keypoints confirm the alignment; an object-pair alignment (Eq. 8) is a guess.
+
+        Measured on CASIA, object-pair distances of true donors overlap those of
+        unrelated photos, so a mask from that alignment must not be read as a finding.
+        """
+        return self.alignment.method != "objects" and self.alignment.inliers >= MIN_SIMILARITY_INLIERS
+
     def as_dict(self) -> dict:
         a = self.alignment
         return {
             "relation": self.relation,
+            "verified": self.verified,
             "homography": [[round(float(v), 6) for v in row] for row in a.homography],
             "inliers": a.inliers,
             "matches": a.matches,
@@ -123,14 +133,16 @@ def _align_keypoints(query: np.ndarray, original: np.ndarray, contrast: float) -
             continue
         src, dst = o.keypoints[pairs[:, 1], :2], q.keypoints[pairs[:, 0], :2]
         flip = mirror_x(ow) if mirrored else np.eye(3)
+        # plausibility is judged on the fit itself (flipped original -> query); composed with the
+        # flip, a mirrored transform always reverses orientation, which the check would refuse
         h, inl = fit_homography(src, dst, LOCALIZE_FIT)
-        if h is not None and inl.sum() >= MIN_INLIERS and is_plausible(h @ flip, (ow, oh)):
+        if h is not None and inl.sum() >= MIN_INLIERS and is_plausible(h, (ow, oh)):
             candidates.append(Alignment(h @ flip, int(inl.sum()), len(pairs), mirrored, "keypoints", dst[inl]))
         a, inl2 = fit_similarity(src, dst, LOCALIZE_FIT)
         if a is not None and inl2.sum() >= MIN_SIMILARITY_INLIERS:
-            s = np.vstack([a, [0, 0, 1]]) @ flip
+            s = np.vstack([a, [0, 0, 1]])
             if is_plausible(s, (ow, oh)):
-                candidates.append(Alignment(s, int(inl2.sum()), len(pairs), mirrored, "keypoints-similarity", dst[inl2]))
+                candidates.append(Alignment(s @ flip, int(inl2.sum()), len(pairs), mirrored, "keypoints-similarity", dst[inl2]))
     if not candidates:
         return None
     # prefer a homography when it is well supported, else the best-supported fit

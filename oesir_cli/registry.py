@@ -6,10 +6,11 @@ becomes its input, the outputs read from it, the shapes of the maps other models
 consume), and `open_model` verifies and opens one. Preprocessing code reads these
 records, so an input rule or an output name is written here and nowhere else.
 
-Model files live in `weights/` (or `$OESIR_WEIGHTS`) and are described by
-`weights/manifest.json`. Loading checks the file's sha256 against the manifest,
-so a missing or altered weights file is a clear one-line error, never a
-silently different model.
+Model files live in the package's `weights/` folder (`oesir_cli/weights/`, so
+`pip install` ships them) or in `$OESIR_WEIGHTS`, and are described by its
+`manifest.json`. Loading checks the file's sha256 against the manifest, so a
+missing or altered weights file is a clear one-line error, never a silently
+different model.
 """
 
 from __future__ import annotations
@@ -262,19 +263,33 @@ def learned_file(kind: str, spec: ModelSpec, side: int) -> str:
     raise ValueError(f"unknown learned file kind {kind!r} (whitening, pq)")
 
 
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"  # package data: installed with the code
+
+
 def weights_dir() -> Path:
-    """`$OESIR_WEIGHTS`, else the repository's `weights/` next to the package."""
+    """`$OESIR_WEIGHTS`, else the `weights/` folder inside the package."""
     env = os.environ.get("OESIR_WEIGHTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    return Path(env) if env else PACKAGE_WEIGHTS
+
+
+def _where(directory: Path) -> str:
+    """Why oesir looked in `directory` and how to point it elsewhere: the tail of a weights-not-found error."""
+    env = os.environ.get("OESIR_WEIGHTS")
+    if env and Path(env) == directory:
+        return "(the folder $OESIR_WEIGHTS names; point it at a folder holding manifest.json and the model files, or unset it)"
+    if directory == PACKAGE_WEIGHTS:
+        return "(the weights installed with oesir; reinstall oesir, or set $OESIR_WEIGHTS to a folder holding them)"
+    return "(a weights folder holds manifest.json and the model files; $OESIR_WEIGHTS sets the default one)"
 
 
 def read_manifest(directory: Path | None = None) -> dict[str, Any]:
     """The parsed `manifest.json` of the weights folder."""
-    path = (directory or weights_dir()) / "manifest.json"
+    directory = Path(directory) if directory else weights_dir()
+    path = directory / "manifest.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise WeightsError(f"weights manifest not found: {path}") from None
+        raise WeightsError(f"weights manifest not found: {path} {_where(directory)}") from None
     except json.JSONDecodeError as exc:
         raise WeightsError(f"weights manifest is not valid JSON: {path}: {exc}") from None
 
@@ -296,7 +311,7 @@ def verified_file(file_name: str, directory: Path | None = None) -> tuple[Path, 
     if entry is None:
         raise WeightsError(f"weights file {path} is not listed in {directory / 'manifest.json'}")
     if not path.is_file():
-        raise WeightsError(f"weights file missing: {path} (rebuild: python -m oesir_cli.convert --out weights)")
+        raise WeightsError(f"weights file missing: {path} {_where(directory)}")
     digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise WeightsError(f"weights file altered: {path} (sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...)")

@@ -337,6 +337,14 @@ class Store:
             out[path] = ImageRecord(i, path, sha.hex(), size, mtime, w, h)
         return out
 
+    def sha256_of(self, image_ids: list[int]) -> dict[int, str]:
+        """Hex sha256 of the photos with these ids, as indexed (ids no longer present are left out)."""
+        if not image_ids:
+            return {}
+        marks = ",".join("?" * len(image_ids))
+        rows = self.db.execute(f"SELECT id, sha256 FROM photos WHERE id IN ({marks})", [int(i) for i in image_ids])
+        return {int(i): sha.hex() for i, sha in rows}
+
     def count(self) -> tuple[int, int]:
         photos, packed = self.db.execute("SELECT count(*), coalesce(sum(length(objects)), 0) FROM photos").fetchone()
         return photos, packed // OBJECT_RECORD.itemsize

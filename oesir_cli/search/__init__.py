@@ -17,7 +17,7 @@ is the paper's method alone. Modules: `evidence` (per-photo evidence), `host`,
 from .evidence import IndexedPhotos, ObjectDistances, QueryEvidence, Votes
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .params import DEFAULT_PARAMS, RankingParams
-from .searcher import Match, Searcher
+from .searcher import Match, Searcher, SearchResult
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -28,6 +28,7 @@ __all__ = [
     "QueryEvidence",
     "Ranking",
     "RankingParams",
+    "SearchResult",
     "Searcher",
     "Votes",
     "fused_ranking",

@@ -60,4 +60,18 @@ class RankingParams:
     """Photos with at least this many residual votes (region + unexplained query keypoints) rank before all others."""
 
 
+    # -- roles and verdicts (RESULTS "Roles and verdicts": dev sets vs photos not in the collection) --
+    host_verified_score: float = 0.2
+    """An aligned first photo is labelled host if its host score (mean of the shares of the query and of its
+    outer band that it explains) reaches this."""
+    host_verified_whole_distance: float = 0.5
+    """... or, aligned or not, if its whole-image embedding is within this squared L2 distance of the query's."""
+    copy_min_share: float = 0.9
+    """Verdict `copy`: a verified host explains at least this share of the query and leaves no changed region."""
+    donor_min_votes: int = 4
+    """A photo is labelled donor with at least this many residual votes (region + unexplained query keypoints) ..."""
+    donor_max_region_distance: float = 0.3
+    """... or with an object within this Eq. 7 distance of the region's embedding."""
+
+
 DEFAULT_PARAMS = RankingParams()

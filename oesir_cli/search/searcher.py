@@ -14,11 +14,11 @@ Stages, in order (each in its own module):
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..choices import Mode, parse
+from ..choices import Mode, Role, Verdict, parse
 from ..engine import Engine
 from ..graphs import open_graphs_for_reading
 from ..keypoints import extract, mirrored
@@ -28,6 +28,7 @@ from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
 from .region import Region, changed_blob, region_evidence
+from .verdict import HostFinding, donor_mask, roles_and_verdict
 
 _POOL = ThreadPoolExecutor(max_workers=1)  # keypoints on the other core while the networks run (both release the GIL)
 
@@ -42,16 +43,53 @@ class Match:
     votes: int  # query keypoints voting for this photo
     query_box: list[float]  # the query object (or region) of the closest pair, query pixels
     db_box: list[float]  # the stored object of that pair, photo pixels
+    role: Role = Role.CANDIDATE  # what the evidence supports (fused mode; other modes rank only)
+    evidence: dict = field(default_factory=dict)  # the measurements behind the role (see README, "Search output")
+    sha256: str | None = None  # of the photo as indexed
 
     def as_dict(self) -> dict:
         return {
             "image": self.image,
+            "role": self.role.value,
             "distance": round(float(self.distance), 6) if np.isfinite(self.distance) else None,  # None: not reached
             "score": round(float(self.score), 6),
             "votes": int(self.votes),
             "query_box": [round(float(v), 1) for v in self.query_box],
             "db_box": [round(float(v), 1) for v in self.db_box],
+            "evidence": self.evidence,
+            "sha256": self.sha256,
         }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One query's ranked matches and what they add up to."""
+
+    matches: list[Match]
+    verdict: Verdict | None  # None: not assessed (objects or local mode, which rank only)
+    region_box: list[float] | None = None  # the part of the query the host does not explain, query pixels
+    query: str | None = None  # the query photo's path, when searched from a file
+    sha256: str | None = None  # of that file
+
+    def as_dict(self) -> dict:
+        return {
+            "query": self.query,
+            "sha256": self.sha256,
+            "verdict": None if self.verdict is None else self.verdict.value,
+            "region_box": self.region_box,
+            "matches": [m.as_dict() for m in self.matches],
+        }
+
+
+@dataclass(frozen=True)
+class Fused:
+    """What the fused stages found: the ranking, the host, the region and the donor evidence."""
+
+    ranking: Ranking
+    host: HostFinding | None
+    region: Region | None
+    residual_votes: np.ndarray  # [P]
+    donors: np.ndarray  # [P] bool, `verdict.donor_mask`
 
 
 class Searcher:
@@ -87,25 +125,34 @@ class Searcher:
 
     def search_rgb(self, rgb: np.ndarray, top: int = 10, mode: Mode | str = Mode.FUSED) -> list[Match]:
         """Ranked matches for one decoded query photo."""
+        return self.search(rgb, top, mode).matches
+
+    def search(self, rgb: np.ndarray, top: int = 10, mode: Mode | str = Mode.FUSED) -> SearchResult:
+        """Ranked matches for one decoded query photo, with roles and a verdict (fused mode)."""
         mode = parse(Mode, mode, "mode")
+        if top < 1:
+            raise ValueError(f"top must be at least 1, not {top}")
         if mode != Mode.OBJECTS and not self.photos.has_local_features:  # an index without local features (--no-local)
             mode = Mode.OBJECTS
         ev = self.gather(rgb, top, mode)
         counts = ev.counts if ev.votes else np.zeros(self.photos.count, np.float64)
-        region = None
         if mode == Mode.OBJECTS:
-            ranking = object_ranking(ev.objects.distance)
-        elif mode == Mode.LOCAL:
-            ranking = vote_ranking(counts, ev.objects.distance)
-        else:
-            ranking, region = self.fuse(rgb, ev, counts, top)
-        return self._matches(ev, ranking, counts, region, top)
+            return SearchResult(self._matches(ev, object_ranking(ev.objects.distance), counts, None, top), None)
+        if mode == Mode.LOCAL:
+            return SearchResult(self._matches(ev, vote_ranking(counts, ev.objects.distance), counts, None, top), None)
+        fused = self.fuse(rgb, ev, counts, top)
+        order = fused.ranking.order[:top]
+        roles, verdict = roles_and_verdict(order, fused.host, fused.donors, self.params)
+        matches = self._matches(ev, fused.ranking, counts, fused.region, top, fused, roles)
+        region_box = None if fused.region is None else [round(float(v), 1) for v in fused.region.box]
+        return SearchResult(matches, verdict, region_box)
 
-    def fuse(self, rgb: np.ndarray, ev: QueryEvidence, counts: np.ndarray, top: int) -> tuple[Ranking, Region | None]:
+    def fuse(self, rgb: np.ndarray, ev: QueryEvidence, counts: np.ndarray, top: int) -> Fused:
         """Stages 2-4: the host, the region it leaves unexplained, and the fused ranking of donors."""
-        if not ev.votes or counts.max() <= 0:
-            return object_ranking(ev.objects.distance), None
         whole = self.photos.whole_image_distances(ev.embeddings[:1])
+        if not ev.votes or counts.max() <= 0:  # no keypoint evidence: Eq. 7 alone, no host
+            none = np.zeros(self.photos.count)
+            return Fused(object_ranking(ev.objects.distance), None, None, none, donor_mask(none, None, self.params))
         host, explained = pick_host(self.photos, rgb, counts, whole, ev.features, ev.votes, self.params)
         residual = np.max([v.residual_counts(host) for v in ev.votes], axis=0).astype(np.float64)
         blob = changed_blob(explained.changed, self.params)
@@ -114,13 +161,36 @@ class Searcher:
             region = region_evidence(self.photos, self.engine, _POOL, rgb, blob, host, top, self.params)
             residual += region.votes
         donors = DonorEvidence(host, residual, counts, ev.objects.distance, None if region is None else region.distance)
-        return fused_ranking(donors, self.params), region
+        finding = HostFinding(
+            photo=host,
+            aligned=explained.changed is not None and explained.host_score >= self.params.host_min_score,
+            explained_share=explained.share,
+            frame_share=explained.frame,
+            whole_distance=float(whole[host]),
+            changed_region=blob is not None,
+        )
+        residual_for_roles = residual.copy()
+        residual_for_roles[host] = 0
+        is_donor = donor_mask(residual_for_roles, None if region is None else region.distance, self.params)
+        is_donor[host] = False
+        return Fused(fused_ranking(donors, self.params), finding, region, residual_for_roles, is_donor)
 
-    def _matches(self, ev: QueryEvidence, ranking: Ranking, counts: np.ndarray, region: Region | None, top: int) -> list[Match]:
+    def _matches(
+        self,
+        ev: QueryEvidence,
+        ranking: Ranking,
+        counts: np.ndarray,
+        region: Region | None,
+        top: int,
+        fused: Fused | None = None,
+        roles: list[Role] | None = None,
+    ) -> list[Match]:
         """The first `top` photos of the ranking, each with its closest object pair (the region's when closer)."""
         objects, catalogue = ev.objects, self.photos.catalogue
+        order = ranking.order[:top]
+        digests = self.store.sha256_of([int(catalogue.image_ids[p]) for p in order])
         out = []
-        for p in ranking.order[:top]:
+        for i, p in enumerate(order):
             d, q_box = objects.distance[p], ev.boxes[objects.query_object[p]]
             db_box = catalogue.object_boxes[objects.db_row[p]] if np.isfinite(d) else np.zeros(4)
             if region is not None and region.distance[p] < d:
@@ -128,6 +198,35 @@ class Searcher:
             if not np.isfinite(d):
                 q_box = np.zeros(4)
             out.append(
-                Match(catalogue.paths[p], float(ranking.score[p]), float(d), int(counts[p]), q_box.tolist(), db_box.tolist())
+                Match(
+                    catalogue.paths[p],
+                    float(ranking.score[p]),
+                    float(d),
+                    int(counts[p]),
+                    q_box.tolist(),
+                    db_box.tolist(),
+                    roles[i] if roles else Role.CANDIDATE,
+                    _evidence(p, fused) if fused else {},
+                    digests.get(int(catalogue.image_ids[p])),
+                )
             )
         return out
+
+
+def _evidence(p: int, fused: Fused) -> dict:
+    """The measurements behind photo `p`'s role, rounded for output."""
+    out: dict = {}
+    h = fused.host
+    if h is not None and p == h.photo:
+        out.update(
+            aligned=h.aligned,
+            explained_share=round(h.explained_share, 4),
+            frame_share=round(h.frame_share, 4),
+            whole_distance=round(h.whole_distance, 4),
+            changed_region=h.changed_region,
+        )
+    else:
+        out["residual_votes"] = int(fused.residual_votes[p])
+    if fused.region is not None and np.isfinite(fused.region.distance[p]):
+        out["region_distance"] = round(float(fused.region.distance[p]), 4)
+    return out
