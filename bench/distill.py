@@ -1,6 +1,7 @@
 """Distillation benchmark (the paper's Table 2): detector features, S1, S2, S3 and the teacher, side by side.
 
-    python bench/distill.py --data ../shared/data --students oesir_cli/weights,/tmp/distill/students --work /tmp/oesir-bench-distill
+    python bench/distill.py --data ../shared/data --students oesir_cli/weights,/tmp/distill/students \
+        --work /tmp/oesir-bench-distill
 
 Every row uses the same boxes (the detector's, k = 8 class-agnostic + the whole
 photo) and the same ROIAlign / PCA whitening (learned per row on
