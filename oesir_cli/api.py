@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .check import CheckReport, check_index
-from .choices import Mode, ModelKind, Relation, parse
+from .choices import Mode, ModelKind, Relation, Role, Verdict, parse
 from .codec import CODECS, make_codec
 from .engine import Engine, EngineConfig
 from .errors import DiskFullError, StoreError
@@ -45,7 +45,6 @@ from .store import is_disk_full as store_is_disk_full
 if TYPE_CHECKING:  # localize is imported when first used: it pulls in the teacher
     from .localize import LocalizeResult
 
-AUTO_DONOR_MIN_VOTES = 3  # `localize_auto`: the second match is used as donor only with some keypoint evidence
 
 _ENGINES: dict[EngineConfig, Engine] = {}
 
@@ -336,13 +335,42 @@ def localize_paths(
         return localize(q, o, threshold=th, teacher=teacher, object_pair=(qb[1 + i], ob[1 + j]), relation=relation)
 
 
-def choose_auto_originals(matches: Sequence[Match]) -> list[tuple[Relation, Path]]:
-    """The originals `localize_auto` uses, given the search's top matches: the first as host,
-    the second as donor only when at least AUTO_DONOR_MIN_VOTES query keypoints vote for it
-    (without keypoint evidence the second match is as likely unrelated, and aligning to it fails)."""
-    chosen = [(Relation.HOST, Path(m.image)) for m in matches[:1]]
-    chosen += [(Relation.DONOR, Path(m.image)) for m in matches[1:2] if m.votes >= AUTO_DONOR_MIN_VOTES]
-    return chosen
+@dataclass(frozen=True)
+class AutoOriginal:
+    """One original `localize_auto` localizes against, and the label its output files get ("mask-<label>.png")."""
+
+    role: Relation  # HOST or DONOR
+    original: Path
+    label: str  # "host", "donor1", "donor2", ...
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """What `localize_auto` will do for a query, decided from its search result before any alignment."""
+
+    verdict: Verdict | None
+    originals: list[AutoOriginal]  # the host first, then every donor, in ranking order
+    skipped: list[tuple[Path, str]]  # ranked photos not localized, and why
+
+
+def plan_auto(result: SearchResult) -> AutoPlan:
+    """Localize against the photo search labels host and every photo it labels donor; say why the others are skipped.
+
+    Candidates are skipped: the evidence supports neither role, and a mask
+    against an unrelated photo would only mislead.
+    """
+    originals: list[AutoOriginal] = []
+    skipped: list[tuple[Path, str]] = []
+    donors = 0
+    for m in result.matches:
+        if m.role is Role.HOST:
+            originals.insert(0, AutoOriginal(Relation.HOST, Path(m.image), "host"))
+        elif m.role is Role.DONOR:
+            donors += 1
+            originals.append(AutoOriginal(Relation.DONOR, Path(m.image), f"donor{donors}"))
+        else:
+            skipped.append((Path(m.image), "a candidate only: no keypoint or region evidence names it host or donor"))
+    return AutoPlan(result.verdict, originals, skipped)
 
 
 @dataclass(frozen=True)
@@ -353,6 +381,7 @@ class AutoLocalization:
     original: Path
     result: LocalizeResult | None  # None when the two could not be aligned
     error: Exception | None = None  # the AlignmentError, when result is None
+    label: str = ""  # see AutoOriginal
 
 
 def localize_auto(
@@ -362,26 +391,37 @@ def localize_auto(
     use_features: bool = True,
     object_fallback: bool = False,
     searcher: Searcher | None = None,
-) -> Iterator[AutoLocalization]:
-    """Localize `query` against the originals the index finds for it (`choose_auto_originals`).
+    top: int = 10,
+) -> tuple[AutoPlan, Iterator[AutoLocalization]]:
+    """Search the index for `query`, then localize it against its host and every donor (`plan_auto`).
 
-    Yields one AutoLocalization per original as each is done (host first), so a
-    caller can show the host's result while the donor is being localized; yields
-    nothing when no indexed photo matches. An original that does not align is
-    yielded with its error, the others still run; other errors propagate.
+    Returns the plan at once and an iterator that localizes one original at a
+    time (host first), so a caller can show the host's result while the donors
+    are being localized. An original that does not align is yielded with its
+    error, the others still run; other errors propagate.
     """
     from .localize import AlignmentError
 
     searcher = searcher or open_searcher(index_dir)
-    for role, original in choose_auto_originals(search_path(searcher, query, top=2)):
-        try:
-            result = localize_paths(
-                query, original, threshold=threshold, use_features=use_features, relation=role, object_fallback=object_fallback
-            )
-        except AlignmentError as exc:
-            yield AutoLocalization(role, original, None, exc)
-            continue
-        yield AutoLocalization(role, original, result)
+    plan = plan_auto(search_file(searcher, query, top=top, mode=Mode.FUSED))
+
+    def run() -> Iterator[AutoLocalization]:
+        for o in plan.originals:
+            try:
+                result = localize_paths(
+                    query,
+                    o.original,
+                    threshold=threshold,
+                    use_features=use_features,
+                    relation=o.role,
+                    object_fallback=object_fallback,
+                )
+            except AlignmentError as exc:
+                yield AutoLocalization(o.role, o.original, None, exc, o.label)
+                continue
+            yield AutoLocalization(o.role, o.original, result, None, o.label)
+
+    return plan, run()
 
 
 @dataclass(frozen=True)

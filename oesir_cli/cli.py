@@ -29,6 +29,7 @@ from .choices import Mode, ModelKind, Relation, Role, Verdict
 from .engine import EngineConfig
 from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
+from .localize import LocalizeResult
 from .registry import WeightsError
 from .search import Match, SearchResult
 from .store import default_index_dir
@@ -339,21 +340,29 @@ def localize(
         Relation, typer.Option(help="auto, host or donor.", parser=_choice(Relation, "--relation"))
     ] = Relation.AUTO,
     auto: Annotated[
-        bool, typer.Option("--auto", help="No ORIGINAL: search the index, localize against the top host and donor.")
+        bool, typer.Option("--auto", help="No ORIGINAL: search the index, localize against its host and every donor.")
     ] = False,
     index_dir: IndexOpt = None,
     object_fallback: Annotated[
         bool, typer.Option("--object-fallback", help="When keypoints fail, align by the best object pair (Eq. 8); may be wrong.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evidence as JSON (one line per original).")] = False,
+    allow_unverified: Annotated[
+        bool,
+        typer.Option("--allow-unverified", help="Exit 0 even when an alignment is not confirmed by keypoints (object fallback)."),
+    ] = False,
 ) -> None:
     """Show where QUERY was changed, given ORIGINAL: mask, heatmap, overlay.
 
     The relation is detected: if ORIGINAL explains most of QUERY it is the host
     and the manipulated region is where they differ; otherwise it is a donor
     and the region is the part of QUERY that matches it. With --auto, the
-    index is searched and both the top host and donor are used; output names
-    get "-host" / "-donor" before their extension.
+    index is searched and QUERY is localized against the photo labelled host
+    and every photo labelled donor; output names get "-host", "-donor1",
+    "-donor2", ... before their extension, and the photos skipped are named on
+    stderr with the reason. A result whose alignment keypoints do not confirm
+    (the --object-fallback guess) is marked UNVERIFIED and exits 1 unless
+    --allow-unverified.
     """
     from .localize import AlignmentError
 
@@ -362,48 +371,68 @@ def localize(
     if (original is None) == (not auto):
         raise _fail("give either ORIGINAL or --auto", EXIT_USAGE)
     outputs = {"mask": out_mask, "heatmap": heatmap, "overlay": overlay}
-    failures = 0
+    failures = unverified = 0
     try:
         if auto:
-            found = 0
-            for done in api.localize_auto(query, index_dir, threshold=threshold, object_fallback=object_fallback):
-                found += 1
-                failures += _show_localized(query, done.original, done.result, done.error, outputs, done.role.value, as_json)
-            if not found:
-                raise _fail(f"{query}: no indexed photo matches it", EXIT_ERROR)
+            plan, runs = api.localize_auto(query, index_dir, threshold=threshold, object_fallback=object_fallback)
+            for photo, why in plan.skipped:
+                err.print(f"oesir: skipped {escape(str(photo))}: {why}", highlight=False)
+            if not plan.originals:
+                raise _fail(f"{query}: no source in the collection; nothing to localize against", EXIT_ERROR)
+            for done in runs:
+                f, u = _show_localized(query, done.original, done.result, done.error, outputs, done.label, as_json, done.role)
+                failures, unverified = failures + f, unverified + u
         else:
             result, error = None, None
             try:
                 result = api.localize_paths(query, original, threshold, relation=relation, object_fallback=object_fallback)
             except AlignmentError as exc:
                 error = exc
-            failures += _show_localized(query, original, result, error, outputs, None, as_json)
+            failures, unverified = _show_localized(query, original, result, error, outputs, None, as_json, None)
     except ImageError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except (StoreError, WeightsError, OSError) as exc:
         raise _fail(str(exc)) from None
-    if failures:
+    if unverified and not allow_unverified:
+        err.print(
+            f"oesir: error: {unverified} result(s) not confirmed by keypoints (marked UNVERIFIED); "
+            "read them as guesses, or pass --allow-unverified",
+            highlight=False,
+        )
+    if failures or (unverified and not allow_unverified):
         raise typer.Exit(EXIT_ERROR)
 
 
-def _show_localized(query: Path, original: Path, result, error, outputs: dict, role: str | None, as_json: bool) -> int:
-    """Write the outputs asked for and print the result line (1 returned: it did not align, said on stderr)."""
-    from .render import write_localize_outputs
+def _show_localized(
+    query: Path,
+    original: Path,
+    result: LocalizeResult | None,
+    error: Exception | None,
+    outputs: dict,
+    label: str | None,
+    as_json: bool,
+    role: Relation | None,
+) -> tuple[int, int]:
+    """Write the outputs asked for and print the result line; returns (did not align, not verified) as 0/1."""
+    from .render import suffixed, write_localize_outputs
 
     if result is None:
-        err.print(f"[red]oesir: error:[/red] {query} vs {original}: {error}", highlight=False)
-        return 1
-    write_localize_outputs(query, result, role=role, **outputs)
+        err.print(f"[red]oesir: error:[/red] {escape(str(query))} vs {escape(str(original))}: {error}", highlight=False)
+        return 1, 0
+    write_localize_outputs(query, result, role=label, **outputs)
     if as_json:
-        print(json.dumps({"query": str(query), "original": str(original), **result.as_dict()}), flush=True)
-        return 0
+        written = {k: str(suffixed(v, label)) for k, v in outputs.items() if v is not None}
+        record = {"query": str(query), "original": str(original), "role": role.value if role else None, **result.as_dict()}
+        print(json.dumps({**record, "outputs": written}), flush=True)
+        return 0, int(not result.verified)
     a = result.alignment
+    flag = "" if result.verified else " UNVERIFIED (object-pair alignment: a guess, not confirmed by keypoints)"
     out.print(
         f"{query} vs {original}: {result.relation} relation, {a.inliers} inliers ({a.method}"
-        f"{', mirrored' if a.mirrored else ''}), changed {100 * result.changed_share:.1f}% of the photo",
+        f"{', mirrored' if a.mirrored else ''}), changed {100 * result.changed_share:.1f}% of the photo{flag}",
         highlight=False,
     )
-    return 0
+    return 0, int(not result.verified)
 
 
 @app.command(epilog=_examples("oesir info", "oesir info --index case.oesir --json | jq .bytes_per_photo"))

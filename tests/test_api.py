@@ -14,20 +14,20 @@ from typer.testing import CliRunner
 
 import oesir_cli.localize as localize_module
 from oesir_cli import api
-from oesir_cli.choices import Relation
+from oesir_cli.choices import Relation, Role, Verdict
 from oesir_cli.cli import _index_error, app
 from oesir_cli.errors import DiskFullError, StoreError
 from oesir_cli.localize import AlignmentError
 from oesir_cli.registry import read_manifest, weights_dir
-from oesir_cli.search import Match
+from oesir_cli.search import Match, SearchResult
 
 from .conftest import synthetic_photo
 
 runner = CliRunner()
 
 
-def _match(image: str, votes: int) -> Match:
-    return Match(image, float(votes), 1.0, votes, [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0])
+def _match(image: str, votes: int, role: Role = Role.CANDIDATE) -> Match:
+    return Match(image, float(votes), 1.0, votes, [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], role)
 
 
 def _photo(path: Path, seed: int = 0) -> Path:
@@ -42,9 +42,14 @@ class FakeSearcher:
         self.matches = matches
         self.modes: list[object] = []
 
-    def search_rgb(self, rgb, top: int = 10, mode: str = "fused") -> list[Match]:
+    def search(self, rgb, top: int = 10, mode: str = "fused") -> SearchResult:
         self.modes.append(mode)
-        return self.matches[:top]
+        roles = {m.role for m in self.matches}
+        verdict = Verdict.SOURCES if roles & {Role.HOST, Role.DONOR} else Verdict.NONE
+        return SearchResult(self.matches[:top], verdict)
+
+    def search_rgb(self, rgb, top: int = 10, mode: str = "fused") -> list[Match]:
+        return self.search(rgb, top, mode).matches
 
 
 # choices
@@ -96,16 +101,18 @@ def test_cli_bad_choices_are_one_line_usage_errors():
 # --auto
 
 
-def test_choose_auto_originals():
-    host, donor = _match("photos/host.jpg", 40), _match("photos/donor.jpg", api.AUTO_DONOR_MIN_VOTES)
-    weak = _match("photos/weak.jpg", api.AUTO_DONOR_MIN_VOTES - 1)
-    assert api.choose_auto_originals([host, donor, weak]) == [
-        (Relation.HOST, Path("photos/host.jpg")),
-        (Relation.DONOR, Path("photos/donor.jpg")),
+def test_plan_auto_takes_the_host_and_every_donor_and_says_what_it_skips():
+    host, weak = _match("photos/host.jpg", 40, Role.HOST), _match("photos/weak.jpg", 1)
+    d1, d2 = _match("photos/d1.jpg", 0, Role.DONOR), _match("photos/d2.jpg", 9, Role.DONOR)
+    plan = api.plan_auto(SearchResult([host, d1, weak, d2], Verdict.SOURCES))
+    assert [(o.role, o.original.name, o.label) for o in plan.originals] == [
+        (Relation.HOST, "host.jpg", "host"),
+        (Relation.DONOR, "d1.jpg", "donor1"),  # a donor with no votes (a mirrored paste) is not dropped
+        (Relation.DONOR, "d2.jpg", "donor2"),
     ]
-    assert api.choose_auto_originals([host, weak, donor]) == [(Relation.HOST, Path("photos/host.jpg"))]
-    assert api.choose_auto_originals([weak]) == [(Relation.HOST, Path("photos/weak.jpg"))]  # the top match is always the host
-    assert api.choose_auto_originals([]) == []
+    assert [p.name for p, _ in plan.skipped] == ["weak.jpg"] and "candidate" in plan.skipped[0][1]
+    none = api.plan_auto(SearchResult([weak], Verdict.NONE))
+    assert none.originals == [] and none.verdict is Verdict.NONE
 
 
 def test_localize_auto_yields_each_original_with_its_result_or_error(tmp_path, monkeypatch):
@@ -118,16 +125,19 @@ def test_localize_auto_yields_each_original_with_its_result_or_error(tmp_path, m
         return f"result for {Path(original).name}"
 
     monkeypatch.setattr(api, "localize_paths", fake_localize_paths)
-    searcher = FakeSearcher([_match("host.jpg", 40), _match("donor.jpg", 5)])
-    got = list(api.localize_auto(_photo(tmp_path / "q.png"), searcher=searcher))
+    searcher = FakeSearcher([_match("host.jpg", 40, Role.HOST), _match("donor.jpg", 5, Role.DONOR), _match("x.jpg", 1)])
+    plan, runs = api.localize_auto(_photo(tmp_path / "q.png"), searcher=searcher)
+    got = list(runs)
     assert calls == [("host.jpg", Relation.HOST), ("donor.jpg", Relation.DONOR)]
-    assert [(a.role, a.original, a.result) for a in got] == [
-        (Relation.HOST, Path("host.jpg"), "result for host.jpg"),
-        (Relation.DONOR, Path("donor.jpg"), None),
+    assert [(a.role, a.original, a.result, a.label) for a in got] == [
+        (Relation.HOST, Path("host.jpg"), "result for host.jpg", "host"),
+        (Relation.DONOR, Path("donor.jpg"), None, "donor1"),
     ]
     assert got[0].error is None and isinstance(got[1].error, AlignmentError)
+    assert [p.name for p, _ in plan.skipped] == ["x.jpg"]
     assert searcher.modes == ["fused"]
-    assert list(api.localize_auto(tmp_path / "q.png", searcher=FakeSearcher([]))) == []
+    plan, runs = api.localize_auto(_photo(tmp_path / "q.png"), searcher=FakeSearcher([_match("x.jpg", 1)]))
+    assert plan.originals == [] and list(runs) == []
 
 
 # weights

@@ -168,6 +168,22 @@ def test_auto_localizes_against_searched_host_and_donor(tmp_path):
     lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [(Path(x["original"]).name, x["relation"]) for x in lines] == [("rocket.jpg", "host"), ("chelsea.jpg", "donor")]
     truth = cv2.imread(str(EXAMPLES.parent / "spliced_mask.png"), cv2.IMREAD_GRAYSCALE)
-    for role in ("host", "donor"):
-        m = cv2.imread(str(tmp_path / f"m-{role}.png"), cv2.IMREAD_GRAYSCALE)
-        assert _iou(m, truth) >= 0.7, role
+    assert [x["role"] for x in lines] == ["host", "donor"] and all(x["verified"] for x in lines)
+    assert [Path(x["outputs"]["mask"]).name for x in lines] == ["m-host.png", "m-donor1.png"]
+    for label in ("host", "donor1"):
+        m = cv2.imread(str(tmp_path / f"m-{label}.png"), cv2.IMREAD_GRAYSCALE)
+        assert _iou(m, truth) >= 0.7, label
+
+
+def test_object_fallback_is_marked_unverified_and_fails_unless_allowed(tmp_path):
+    """Two unrelated photos: the Eq. 8 object-pair alignment is a guess, never a finding."""
+    q, o = EXAMPLES / "astronaut.jpg", EXAMPLES / "rocket.jpg"
+    r = runner.invoke(app, ["localize", str(q), str(o), "--object-fallback", "--json"])
+    assert r.exit_code == 1, r.output
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert line["alignment"] == "objects" and line["verified"] is False
+    assert "UNVERIFIED" in r.stderr and "--allow-unverified" in r.stderr
+    r = runner.invoke(app, ["localize", str(q), str(o), "--object-fallback", "--allow-unverified"])
+    assert r.exit_code == 0 and "UNVERIFIED" in r.stdout
+    r = runner.invoke(app, ["localize", str(q), str(o)])  # without the fallback: a plain refusal
+    assert r.exit_code == 1 and "could not align" in r.output

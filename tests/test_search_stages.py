@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from oesir_cli.choices import Verdict
 from oesir_cli.imageio import load_rgb
 from oesir_cli.search import DEFAULT_PARAMS, DonorEvidence, Votes, fused_ranking, object_ranking, vote_ranking
 from oesir_cli.search.fusion import reciprocal_ranks
 from oesir_cli.search.host import HostCandidates, choose_host, host_candidates
 from oesir_cli.search.region import changed_blob, changed_region, region_keypoints
+from oesir_cli.search.verdict import HostFinding, is_verified_host, roles_and_verdict
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"
 P = DEFAULT_PARAMS
@@ -149,3 +151,41 @@ def test_region_keypoints_come_from_the_blob_only():
     y = only_blob.keypoints[:, 1] / scale + 100 - 16
     grow = P.region_blob_grow * 200 + 2
     assert (x > 150 - grow).all() and (x < 250 + grow).all() and (y > 140 - grow).all() and (y < 220 + grow).all()
+
+
+def _host(**kw) -> HostFinding:
+    base = dict(photo=0, aligned=True, explained_share=0.8, frame_share=0.95, whole_distance=0.2, changed_region=True)
+    return HostFinding(**{**base, **kw})
+
+
+def test_roles_host_verified_donors_by_consistent_votes():
+    support = np.array([0, P.donor_min_consistent_votes, P.donor_min_consistent_votes - 1, 40, 0])
+    roles, verdict = roles_and_verdict(np.array([0, 3, 1, 2, 4]), _host(), support, P)
+    assert [r.value for r in roles] == ["host", "donor", "donor", "candidate", "candidate"] and verdict is Verdict.SOURCES
+
+
+def test_unverified_host_is_a_candidate_and_lone_chance_votes_give_no_source():
+    weak = _host(aligned=False, explained_share=0.0, frame_share=0.0, whole_distance=P.host_verified_whole_distance + 0.3)
+    support = np.array([0, P.donor_min_consistent_votes, 0])  # enough with a host, not without one
+    roles, verdict = roles_and_verdict(np.array([0, 1, 2]), weak, support, P)
+    assert [r.value for r in roles] == ["candidate"] * 3 and verdict is Verdict.NONE
+    support[1] = P.donor_min_consistent_votes_without_host  # a composite of copies: donors, no host
+    roles, verdict = roles_and_verdict(np.array([0, 1, 2]), weak, support, P)
+    assert [r.value for r in roles] == ["candidate", "donor", "candidate"] and verdict is Verdict.SOURCES
+
+
+def test_host_verified_by_its_whole_image_when_nothing_aligns():
+    flat = _host(aligned=False, explained_share=0.0, frame_share=0.0, whole_distance=P.host_verified_whole_distance - 0.1)
+    assert is_verified_host(flat, P)
+    assert not is_verified_host(_host(explained_share=0.1, frame_share=0.2, whole_distance=1.0), P)  # explains too little
+
+
+def test_copy_verdict_needs_a_verified_host_explaining_all_with_no_change():
+    same = _host(explained_share=0.99, frame_share=1.0, changed_region=False)
+    assert roles_and_verdict(np.array([0, 1]), same, np.zeros(2), P)[1] is Verdict.COPY
+    assert (
+        roles_and_verdict(np.array([0, 1]), _host(explained_share=0.99, changed_region=True), np.zeros(2), P)[1]
+        is Verdict.SOURCES
+    )
+    donor = np.array([0, 30])
+    assert roles_and_verdict(np.array([0, 1]), same, donor, P)[1] is Verdict.SOURCES  # a donor means a change

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..alignment import SEARCH_FIT, fit_similarity
 from ..ann import Graph
 from ..graphs import descriptors_as_float
 from ..ivf import IVFPQ
@@ -151,3 +152,26 @@ class IndexedPhotos:
         """A photo's stored keypoint positions [N, 2] (float64) and descriptors [N, 128] (float32)."""
         lo, hi = np.searchsorted(self.catalogue.keypoint_image, [photo, photo + 1])
         return self.catalogue.keypoints[lo:hi, :2].astype(np.float64), self.catalogue.descriptors[lo:hi].astype(np.float32)
+
+
+MIN_FIT_PAIRS = 3  # a similarity fits any two pairs exactly: support needs a third at least
+
+
+def consistent_votes(
+    photos: IndexedPhotos, features: LocalFeatures, votes: Votes, photo: int, skip_queries: np.ndarray | None = None
+) -> int:
+    """How many of `photo`'s votes agree on one similarity transform (RANSAC inliers; 0 below MIN_FIT_PAIRS).
+
+    Chance votes for an unrelated photo point every which way; the keypoints of
+    a pasted object that came from `photo` map onto it by one transform. Votes
+    of the query keypoints in `skip_queries` (those the host explains) are left out.
+    """
+    pick = votes.photos == photo
+    if skip_queries is not None:
+        pick &= ~np.isin(votes.q_idx, skip_queries)
+    if pick.sum() < MIN_FIT_PAIRS:
+        return 0
+    src = photos.catalogue.keypoints[votes.db_rows[pick], :2].astype(np.float64)
+    dst = features.keypoints[votes.q_idx[pick], :2].astype(np.float64)
+    _, inliers = fit_similarity(src, dst, SEARCH_FIT)
+    return int(inliers.sum())

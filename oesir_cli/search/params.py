@@ -68,10 +68,10 @@ class RankingParams:
     """... or, aligned or not, if its whole-image embedding is within this squared L2 distance of the query's."""
     copy_min_share: float = 0.9
     """Verdict `copy`: a verified host explains at least this share of the query and leaves no changed region."""
-    donor_min_votes: int = 4
-    """A photo is labelled donor with at least this many residual votes (region + unexplained query keypoints) ..."""
-    donor_max_region_distance: float = 0.3
-    """... or with an object within this Eq. 7 distance of the region's embedding."""
-
+    donor_min_consistent_votes: int = 5
+    """A photo is labelled donor when at least this many of its residual votes (the region's own keypoints, or
+    the query keypoints the host does not explain) agree on one similarity transform (RANSAC inliers)."""
+    donor_min_consistent_votes_without_host: int = 7
+    """The same when no host is verified: photos not in the collection drew up to 6 consistent chance votes."""
 
 DEFAULT_PARAMS = RankingParams()

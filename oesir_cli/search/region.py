@@ -16,7 +16,7 @@ import numpy as np
 from ..engine import REGION_MARGIN, Engine, crop_region
 from ..keypoints import LocalFeatures, extract, mirrored
 from ..pixels import clean_mask
-from .evidence import IndexedPhotos
+from .evidence import IndexedPhotos, Votes
 from .params import RankingParams
 
 MIN_REGION_SIDE = 8  # pixels: a resized region is never smaller than this
@@ -30,6 +30,7 @@ class Region:
     distance: np.ndarray  # [P] Eq. 7 distance of the region's embeddings to each photo's objects (inf: not reached)
     row_of: np.ndarray  # [P] the stored object row nearest to the region
     votes: np.ndarray  # [P] votes of the region's own keypoints
+    views: tuple[tuple[LocalFeatures, Votes], ...] = ()  # the region's keypoints (as is, mirrored) and their votes
 
 
 def changed_blob(changed: np.ndarray | None, params: RankingParams) -> np.ndarray | None:
@@ -116,9 +117,11 @@ def region_evidence(
     objects = photos.object_distances(emb, top)
     features, width = pending.result()
     counts = np.zeros(photos.count)
+    views = []
     for view in (features, mirrored(features, width)):
         for votes in photos.votes([view], params):
             counts = np.maximum(counts, votes.counts)
+            views.append((view, votes))
         if np.delete(counts, host).max(initial=0) >= params.region_clear_votes:
             break
-    return Region(box, objects.distance, objects.db_row, counts.astype(np.float64))
+    return Region(box, objects.distance, objects.db_row, counts.astype(np.float64), tuple(views))

@@ -23,12 +23,12 @@ from ..engine import Engine
 from ..graphs import open_graphs_for_reading
 from ..keypoints import extract, mirrored
 from ..store import Catalogue, Store
-from .evidence import IndexedPhotos, QueryEvidence
+from .evidence import IndexedPhotos, QueryEvidence, consistent_votes
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
 from .region import Region, changed_blob, region_evidence
-from .verdict import HostFinding, donor_mask, roles_and_verdict
+from .verdict import HostFinding, roles_and_verdict
 
 _POOL = ThreadPoolExecutor(max_workers=1)  # keypoints on the other core while the networks run (both release the GIL)
 
@@ -89,7 +89,7 @@ class Fused:
     host: HostFinding | None
     region: Region | None
     residual_votes: np.ndarray  # [P]
-    donors: np.ndarray  # [P] bool, `verdict.donor_mask`
+    support: np.ndarray  # [P] geometrically consistent residual votes (ranked photos only)
 
 
 class Searcher:
@@ -142,7 +142,7 @@ class Searcher:
             return SearchResult(self._matches(ev, vote_ranking(counts, ev.objects.distance), counts, None, top), None)
         fused = self.fuse(rgb, ev, counts, top)
         order = fused.ranking.order[:top]
-        roles, verdict = roles_and_verdict(order, fused.host, fused.donors, self.params)
+        roles, verdict = roles_and_verdict(order, fused.host, fused.support, self.params)
         matches = self._matches(ev, fused.ranking, counts, fused.region, top, fused, roles)
         region_box = None if fused.region is None else [round(float(v), 1) for v in fused.region.box]
         return SearchResult(matches, verdict, region_box)
@@ -151,8 +151,8 @@ class Searcher:
         """Stages 2-4: the host, the region it leaves unexplained, and the fused ranking of donors."""
         whole = self.photos.whole_image_distances(ev.embeddings[:1])
         if not ev.votes or counts.max() <= 0:  # no keypoint evidence: Eq. 7 alone, no host
-            none = np.zeros(self.photos.count)
-            return Fused(object_ranking(ev.objects.distance), None, None, none, donor_mask(none, None, self.params))
+            none = np.zeros(self.photos.count, np.int64)
+            return Fused(object_ranking(ev.objects.distance), None, None, none, none)
         host, explained = pick_host(self.photos, rgb, counts, whole, ev.features, ev.votes, self.params)
         residual = np.max([v.residual_counts(host) for v in ev.votes], axis=0).astype(np.float64)
         blob = changed_blob(explained.changed, self.params)
@@ -169,11 +169,26 @@ class Searcher:
             whole_distance=float(whole[host]),
             changed_region=blob is not None,
         )
+        ranking = fused_ranking(donors, self.params)
         residual_for_roles = residual.copy()
         residual_for_roles[host] = 0
-        is_donor = donor_mask(residual_for_roles, None if region is None else region.distance, self.params)
-        is_donor[host] = False
-        return Fused(fused_ranking(donors, self.params), finding, region, residual_for_roles, is_donor)
+        support = self._donor_support(ranking.order[:top], host, ev, region)
+        return Fused(ranking, finding, region, residual_for_roles, support)
+
+    def _donor_support(self, ranked: np.ndarray, host: int, ev: QueryEvidence, region: Region | None) -> np.ndarray:
+        """[P] geometrically consistent votes per ranked photo (0 elsewhere): the region's own keypoints',
+        and the query's keypoints the host does not explain; the larger of the two."""
+        support = np.zeros(self.photos.count, np.int64)
+        views = [] if region is None else list(region.views)
+        explained = [np.unique(v.q_idx[v.photos == host]) for v in ev.votes]
+        for p in ranked:
+            if p == host:
+                continue
+            best = max((consistent_votes(self.photos, f, v, p) for f, v in views), default=0)
+            for f, v, skip in zip(ev.features, ev.votes, explained):
+                best = max(best, consistent_votes(self.photos, f, v, p, skip))
+            support[p] = best
+        return support
 
     def _matches(
         self,
@@ -227,6 +242,7 @@ def _evidence(p: int, fused: Fused) -> dict:
         )
     else:
         out["residual_votes"] = int(fused.residual_votes[p])
+        out["consistent_votes"] = int(fused.support[p])
     if fused.region is not None and np.isfinite(fused.region.distance[p]):
         out["region_distance"] = round(float(fused.region.distance[p]), 4)
     return out

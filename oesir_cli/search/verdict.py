@@ -4,8 +4,8 @@ The ranking always lists the nearest photos; these rules say which of them the
 evidence actually supports. A host must be *verified*: aligned with the query
 and explaining a good part of it, or (for a photo too flat to align) nearly the
 same whole image. A donor must have keypoints of the part the host does not
-explain voting for it, or an embedding of that part very close to one of its
-objects. Everything else is a `candidate`: a lead, not a finding. The
+explain voting for it *and agreeing on one transform onto it* (chance votes for
+an unrelated photo point every which way). Everything else is a `candidate`: a lead, not a finding. The
 thresholds live in `RankingParams` and were chosen on the dev sets and on photos
 that are not in the collection (bench/RESULTS.md, "Roles and verdicts").
 """
@@ -48,27 +48,23 @@ def is_copy(h: HostFinding, params: RankingParams) -> bool:
     return h.aligned and not h.changed_region and h.explained_share >= params.copy_min_share
 
 
-def donor_mask(residual_votes: np.ndarray, region_distance: np.ndarray | None, params: RankingParams) -> np.ndarray:
-    """[P] photos the evidence names as donors: residual keypoint votes, or a very close region embedding."""
-    ok = np.asarray(residual_votes) >= params.donor_min_votes
-    if region_distance is not None:
-        ok |= np.asarray(region_distance) <= params.donor_max_region_distance
-    return ok
-
-
 def roles_and_verdict(
-    order: np.ndarray, host: HostFinding | None, donors: np.ndarray, params: RankingParams
+    order: np.ndarray, host: HostFinding | None, consistent_votes: np.ndarray, params: RankingParams
 ) -> tuple[list[Role], Verdict]:
     """The role of each ranked photo and the query's verdict.
 
-    `donors` is `donor_mask` over all photos; the host itself is never a donor.
+    `consistent_votes` [P] counts, per photo, the residual votes that agree on
+    one transform onto it. Without a verified host a donor needs more of them:
+    photos that are not in the collection at all draw a few consistent chance
+    votes, and a splice almost always has its host in the collection.
     """
     host_ok = host is not None and is_verified_host(host, params)
+    need = params.donor_min_consistent_votes if host_ok else params.donor_min_consistent_votes_without_host
     roles = []
     for p in order:
-        if host_ok and p == host.photo:
-            roles.append(Role.HOST)
-        elif donors[p] and (host is None or p != host.photo):
+        if host is not None and p == host.photo:
+            roles.append(Role.HOST if host_ok else Role.CANDIDATE)
+        elif consistent_votes[p] >= need:
             roles.append(Role.DONOR)
         else:
             roles.append(Role.CANDIDATE)
