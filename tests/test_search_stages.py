@@ -12,7 +12,7 @@ from oesir_cli.imageio import load_rgb
 from oesir_cli.search import DEFAULT_PARAMS, DonorEvidence, Votes, fused_ranking, object_ranking, vote_ranking
 from oesir_cli.search.fusion import reciprocal_ranks
 from oesir_cli.search.host import HostCandidates, choose_host, host_candidates
-from oesir_cli.search.region import changed_blob, changed_region, region_keypoints
+from oesir_cli.search.region import Region, changed_blob, changed_blobs, changed_region, merge_regions, region_keypoints
 from oesir_cli.search.verdict import HostFinding, is_verified_host, roles_and_verdict
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "photos"
@@ -189,3 +189,26 @@ def test_copy_verdict_needs_a_verified_host_explaining_all_with_no_change():
     )
     donor = np.array([0, 30])
     assert roles_and_verdict(np.array([0, 1]), same, donor, P)[1] is Verdict.SOURCES  # a donor means a change
+
+
+def test_changed_blobs_largest_first_then_large_enough_others():
+    changed = np.zeros((200, 300), np.uint8)
+    changed[20:80, 20:100] = 255  # 4,800 px: the largest
+    changed[120:170, 150:230] = 255  # 4,000 px: a second paste
+    changed[150:160, 20:30] = 255  # 100 px: kept by the region cleaner, too small for a region of its own
+    blobs = changed_blobs(changed, P)
+    assert len(blobs) == 2 and blobs[0][50, 50] and blobs[1][140, 200]
+    assert (
+        changed_blobs(changed, replace(P, max_regions=1))[0][50, 50]
+        and len(changed_blobs(changed, replace(P, max_regions=1))) == 1
+    )
+    assert changed_blobs(None, P) == []
+
+
+def test_merge_regions_takes_the_closest_region_per_photo_and_sums_votes():
+    a = Region(np.array([0, 0, 10, 10.0]), np.array([0.5, 1.5, 1.0]), np.array([1, 2, 3]), np.array([5.0, 0, 1]))
+    b = Region(np.array([50, 50, 60, 60.0]), np.array([1.2, 0.4, 1.0]), np.array([7, 8, 9]), np.array([0.0, 9, 1]))
+    assert merge_regions([a]) is a
+    m = merge_regions([a, b])
+    assert m.distance.tolist() == [0.5, 0.4, 1.0] and m.row_of.tolist() == [1, 8, 3] and m.votes.tolist() == [5, 9, 2]
+    assert m.box_of.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]]

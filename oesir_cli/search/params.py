@@ -46,6 +46,10 @@ class RankingParams:
     """... and up to this many are taken."""
     region_blob_grow: float = 0.05
     """Region keypoints lie within the changed pixels grown by this share of the region's longer side."""
+    max_regions: int = 3
+    """A query assembled from several pastes: at most this many changed blobs are searched, largest first ..."""
+    extra_region_min_share: float = 0.01
+    """... each after the largest covering at least this share of the query."""
     region_clear_votes: int = 8
     """The region's mirror image is searched unless a photo other than the host gets this many votes from it as is."""
 

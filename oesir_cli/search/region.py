@@ -31,6 +31,7 @@ class Region:
     row_of: np.ndarray  # [P] the stored object row nearest to the region
     votes: np.ndarray  # [P] votes of the region's own keypoints
     views: tuple[tuple[LocalFeatures, Votes], ...] = ()  # the region's keypoints (as is, mirrored) and their votes
+    box_of: np.ndarray | None = None  # [P, 4] when merged from several regions: the region closest to each photo
 
 
 def changed_blob(changed: np.ndarray | None, params: RankingParams) -> np.ndarray | None:
@@ -48,6 +49,42 @@ def changed_blob(changed: np.ndarray | None, params: RankingParams) -> np.ndarra
     if stats[i, cv2.CC_STAT_AREA] > params.region_max_share * m.size:
         return None
     return labels == i
+
+
+def changed_blobs(changed: np.ndarray | None, params: RankingParams) -> list[np.ndarray]:
+    """The changed blobs worth searching on their own (bool [H, W] each), largest first.
+
+    The largest as `changed_blob` gives it; then, for a photo assembled from
+    several pastes, up to `max_regions` - 1 more that each cover at least
+    `extra_region_min_share` of the query (smaller ones are seams and noise).
+    """
+    first = changed_blob(changed, params)
+    if first is None:
+        return []
+    m = clean_mask(changed, params.region_min_share)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    order = 1 + np.argsort(-areas, kind="stable")
+    extra = [labels == i for i in order[1:] if stats[i, cv2.CC_STAT_AREA] >= params.extra_region_min_share * m.size]
+    return [first] + extra[: params.max_regions - 1]
+
+
+def merge_regions(regions: list[Region]) -> Region:
+    """One region's worth of evidence from several: per photo the closest region's distance (and its box
+    and object row), votes summed (they come from different keypoints), every view kept. One region: itself."""
+    if len(regions) == 1:
+        return regions[0]
+    dist = np.stack([r.distance for r in regions])
+    which = dist.argmin(0)
+    cols = np.arange(dist.shape[1])
+    return Region(
+        box=regions[0].box,
+        distance=dist[which, cols],
+        row_of=np.stack([r.row_of for r in regions])[which, cols],
+        votes=np.sum([r.votes for r in regions], axis=0),
+        views=tuple(v for r in regions for v in r.views),
+        box_of=np.stack([r.box for r in regions])[which],
+    )
 
 
 def blob_box(blob: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from .evidence import IndexedPhotos, QueryEvidence, consistent_votes
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
-from .region import Region, changed_blob, region_evidence
+from .region import Region, changed_blobs, merge_regions, region_evidence
 from .verdict import HostFinding, roles_and_verdict
 
 _POOL = ThreadPoolExecutor(max_workers=1)  # keypoints on the other core while the networks run (both release the GIL)
@@ -155,10 +155,11 @@ class Searcher:
             return Fused(object_ranking(ev.objects.distance), None, None, none, none)
         host, explained = pick_host(self.photos, rgb, counts, whole, ev.features, ev.votes, self.params)
         residual = np.max([v.residual_counts(host) for v in ev.votes], axis=0).astype(np.float64)
-        blob = changed_blob(explained.changed, self.params)
+        blobs = changed_blobs(explained.changed, self.params)
         region = None
-        if blob is not None:
-            region = region_evidence(self.photos, self.engine, _POOL, rgb, blob, host, top, self.params)
+        if blobs:
+            regions = [region_evidence(self.photos, self.engine, _POOL, rgb, b, host, top, self.params) for b in blobs]
+            region = merge_regions(regions)
             residual += region.votes
         donors = DonorEvidence(host, residual, counts, ev.objects.distance, None if region is None else region.distance)
         finding = HostFinding(
@@ -167,7 +168,7 @@ class Searcher:
             explained_share=explained.share,
             frame_share=explained.frame,
             whole_distance=float(whole[host]),
-            changed_region=blob is not None,
+            changed_region=bool(blobs),
         )
         ranking = fused_ranking(donors, self.params)
         residual_for_roles = residual.copy()
@@ -177,12 +178,14 @@ class Searcher:
 
     def _donor_support(self, ranked: np.ndarray, host: int, ev: QueryEvidence, region: Region | None) -> np.ndarray:
         """[P] geometrically consistent votes per ranked photo (0 elsewhere): the region's own keypoints',
-        and the query's keypoints the host does not explain; the larger of the two."""
+        and the query's keypoints the host does not explain; the larger of the two. For the host itself,
+        all the query's votes for it."""
         support = np.zeros(self.photos.count, np.int64)
         views = [] if region is None else list(region.views)
         explained = [np.unique(v.q_idx[v.photos == host]) for v in ev.votes]
         for p in ranked:
-            if p == host:
+            if p == host:  # all its votes: if it is not a verified host, it may still be a donor (a composite of copies)
+                support[p] = max(consistent_votes(self.photos, f, v, p) for f, v in zip(ev.features, ev.votes))
                 continue
             best = max((consistent_votes(self.photos, f, v, p) for f, v in views), default=0)
             for f, v, skip in zip(ev.features, ev.votes, explained):
@@ -209,7 +212,8 @@ class Searcher:
             d, q_box = objects.distance[p], ev.boxes[objects.query_object[p]]
             db_box = catalogue.object_boxes[objects.db_row[p]] if np.isfinite(d) else np.zeros(4)
             if region is not None and region.distance[p] < d:
-                d, q_box, db_box = region.distance[p], region.box, catalogue.object_boxes[region.row_of[p]]
+                q_box = region.box if region.box_of is None else region.box_of[p]
+                d, db_box = region.distance[p], catalogue.object_boxes[region.row_of[p]]
             if not np.isfinite(d):
                 q_box = np.zeros(4)
             out.append(

@@ -54,7 +54,8 @@ def roles_and_verdict(
     """The role of each ranked photo and the query's verdict.
 
     `consistent_votes` [P] counts, per photo, the residual votes that agree on
-    one transform onto it. Without a verified host a donor needs more of them:
+    one transform onto it (for the first-ranked photo, all its votes: when it is
+    not a verified host it can still be a donor, as in a composite of copies). Without a verified host a donor needs more of them:
     photos that are not in the collection at all draw a few consistent chance
     votes, and a splice almost always has its host in the collection.
     """
@@ -62,8 +63,8 @@ def roles_and_verdict(
     need = params.donor_min_consistent_votes if host_ok else params.donor_min_consistent_votes_without_host
     roles = []
     for p in order:
-        if host is not None and p == host.photo:
-            roles.append(Role.HOST if host_ok else Role.CANDIDATE)
+        if host is not None and p == host.photo and host_ok:
+            roles.append(Role.HOST)
         elif consistent_votes[p] >= need:
             roles.append(Role.DONOR)
         else:
