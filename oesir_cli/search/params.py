@@ -63,7 +63,6 @@ class RankingParams:
     vote_gate: int = 4
     """Photos with at least this many residual votes (region + unexplained query keypoints) rank before all others."""
 
-
     # -- roles and verdicts (RESULTS "Roles and verdicts": dev sets vs photos not in the collection) --
     host_verified_score: float = 0.2
     """An aligned first photo is labelled host if its host score (mean of the shares of the query and of its
@@ -77,5 +76,6 @@ class RankingParams:
     the query keypoints the host does not explain) agree on one similarity transform (RANSAC inliers)."""
     donor_min_consistent_votes_without_host: int = 7
     """The same when no host is verified: photos not in the collection drew up to 6 consistent chance votes."""
+
 
 DEFAULT_PARAMS = RankingParams()

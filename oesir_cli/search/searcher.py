@@ -28,7 +28,7 @@ from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
 from .region import Region, changed_blobs, merge_regions, region_evidence
-from .verdict import HostFinding, roles_and_verdict
+from .verdict import HostFinding, is_verified_host, roles_and_verdict
 
 _POOL = ThreadPoolExecutor(max_workers=1)  # keypoints on the other core while the networks run (both release the GIL)
 
@@ -173,19 +173,22 @@ class Searcher:
         ranking = fused_ranking(donors, self.params)
         residual_for_roles = residual.copy()
         residual_for_roles[host] = 0
-        support = self._donor_support(ranking.order[:top], host, ev, region)
+        support = self._donor_support(ranking.order[:top], host, ev, region, is_verified_host(finding, self.params))
         return Fused(ranking, finding, region, residual_for_roles, support)
 
-    def _donor_support(self, ranked: np.ndarray, host: int, ev: QueryEvidence, region: Region | None) -> np.ndarray:
+    def _donor_support(
+        self, ranked: np.ndarray, host: int, ev: QueryEvidence, region: Region | None, host_verified: bool
+    ) -> np.ndarray:
         """[P] geometrically consistent votes per ranked photo (0 elsewhere): the region's own keypoints',
-        and the query's keypoints the host does not explain; the larger of the two. For the host itself,
-        all the query's votes for it."""
+        and the query's keypoints the host does not explain; the larger of the two. For a host that is
+        not verified, all the query's votes for it."""
         support = np.zeros(self.photos.count, np.int64)
         views = [] if region is None else list(region.views)
         explained = [np.unique(v.q_idx[v.photos == host]) for v in ev.votes]
         for p in ranked:
-            if p == host:  # all its votes: if it is not a verified host, it may still be a donor (a composite of copies)
-                support[p] = max(consistent_votes(self.photos, f, v, p) for f, v in zip(ev.features, ev.votes))
+            if p == host:  # not a verified host: it may still be a donor (a composite of copies), by all its votes
+                if not host_verified:
+                    support[p] = max(consistent_votes(self.photos, f, v, p) for f, v in zip(ev.features, ev.votes))
                 continue
             best = max((consistent_votes(self.photos, f, v, p) for f, v in views), default=0)
             for f, v, skip in zip(ev.features, ev.votes, explained):
