@@ -14,6 +14,7 @@ provide what `Backend` lists; the engine adds whitening and local features.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ from .teacher import FeatureMaps, Teacher
 MAX_OBJECTS = 8  # detections stored per photo (the paper's k), besides the whole photo
 MIN_SCORE = 0.05  # the least detector score of a stored detection
 REGION_MARGIN = 0.1  # context added around a region on each side, as a share of its size
+_KEYPOINTS = ThreadPoolExecutor(max_workers=1)  # SIFT on the other core while the networks run (both release the GIL)
 
 
 @dataclass(frozen=True)
@@ -235,11 +237,12 @@ class Engine:
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
         """What the index stores for a photo: its objects, their embeddings, and its local features."""
+        pending = _KEYPOINTS.submit(extract, rgb, self.config.local_keypoints) if self.config.local_keypoints else None
         boxes, scores, classes, descriptors = self.raw_objects(rgb)
         emb = self.whitening.apply(descriptors)
-        if self.config.local_keypoints == 0:
+        if pending is None:
             return PhotoData(boxes, scores, classes, emb, np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
-        local = extract(rgb, self.config.local_keypoints)
+        local = pending.result()
         return PhotoData(boxes, scores, classes, emb, local.keypoints, local.descriptors)
 
     @staticmethod

@@ -3,10 +3,12 @@
 SQLite holds the truth; the structures are caches of it, saved beside it so
 that opening an index does not rebuild them:
 
-* `local.hnsw`, an hnswlib graph over the local descriptors, always;
 * above EXACT_OBJECTS_MAX stored objects, an object structure: `objects.ivfpq`
   (faiss IVF-PQ) for pq codes when faiss is installed, else `objects.hnsw`.
   Below, search scores every photo exactly, which is then cheaper.
+
+(Local features need no derived structure: their segments are searched as
+they are, see postings.py.)
 
 Each carries a stamp of the data it was built from (`graph_stamp`); one whose
 stamp differs from the wanted one is rebuilt, never trusted. A writer saves
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from . import ivf
 from .ann import Graph, cached_graph
 from .errors import StoreError
@@ -26,13 +26,12 @@ from .store import OBJECT_FILES, Catalogue, Store, check_stamp, stamp_path, writ
 
 EXACT_OBJECTS_MAX = 200_000
 OBJECT_GRAPH = {"m": 16, "ef_construction": 200}
-LOCAL_GRAPH = {"m": 16, "ef_construction": 64}  # ~1M descriptors per 1,000 photos: build cost matters
 
 ObjectStructure = Graph | ivf.IVFPQ
 
 
 def graph_stamp(store: Store, catalogue: Catalogue, kind: str) -> dict:
-    """What a structure of `kind` ('objects' or 'local') built from `catalogue` is stamped with.
+    """What a structure of `kind` ('objects') built from `catalogue` is stamped with.
 
     The keys and their order are part of the index format: an index written by any
     oesir with these stamps keeps its graphs.
@@ -52,7 +51,7 @@ def needed_graphs(store: Store, catalogue: Catalogue) -> dict[str, dict]:
     The object structure is only needed above EXACT_OBJECTS_MAX objects; below,
     search scores every photo exactly.
     """
-    out = {"local.hnsw": graph_stamp(store, catalogue, "local")}
+    out = {}
     if len(catalogue.codes) > EXACT_OBJECTS_MAX:
         out[object_structure(catalogue)] = graph_stamp(store, catalogue, "objects")
     return out
@@ -65,8 +64,8 @@ def graph_statuses(store: Store, catalogue: Catalogue) -> dict[str, str]:
     }
 
 
-def load_graphs(store: Store, catalogue: Catalogue, writable: bool) -> tuple[ObjectStructure | None, Graph]:
-    """The object structure and local-feature graph for `catalogue`: loaded if current, else built (and saved when `writable`).
+def load_graphs(store: Store, catalogue: Catalogue, writable: bool) -> ObjectStructure | None:
+    """The object structure for `catalogue`: loaded if current, else built (and saved when `writable`).
 
     The object structure is None when not needed (a leftover file is removed when `writable`).
     """
@@ -89,18 +88,10 @@ def load_graphs(store: Store, catalogue: Catalogue, writable: bool) -> tuple[Obj
         kept = {stamp_path(store.dir / name).name for name in stamps} | set(stamps)
         for name in set(OBJECT_FILES) - kept:
             (store.dir / name).unlink(missing_ok=True)
-    local = cached_graph(
-        store.dir / "local.hnsw",
-        lambda: descriptors_as_float(catalogue.descriptors),
-        stamps["local.hnsw"],
-        writable,
-        shape=(len(catalogue.descriptors), catalogue.descriptors.shape[1]),
-        **LOCAL_GRAPH,
-    )
-    return objects, local
+    return objects
 
 
-def open_graphs_for_reading(store: Store, catalogue: Catalogue) -> tuple[ObjectStructure | None, Graph]:
+def open_graphs_for_reading(store: Store, catalogue: Catalogue) -> ObjectStructure | None:
     """`load_graphs` for a reader: a stale structure is rebuilt in memory, and saved only if no writer is at work.
 
     A reader that can take the writer lock saves what it rebuilt, so the next reader need not;
@@ -119,7 +110,3 @@ def refresh_graphs(store: Store) -> None:
     """Rebuild the structures that are missing or stale, and save them (the caller holds the writer lock)."""
     load_graphs(store, store.load_all(), writable=True)
 
-
-def descriptors_as_float(descriptors: np.ndarray) -> np.ndarray:
-    """Stored uint8 RootSIFT descriptors as the float32 rows the local graph indexes and is queried with."""
-    return descriptors.astype(np.float32) * (1.0 / 255.0)

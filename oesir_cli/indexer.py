@@ -3,8 +3,9 @@
 Re-running is incremental: a file whose size and mtime are unchanged is
 skipped; when they changed but the sha256 did not, only the record is
 refreshed; otherwise it is re-described. Files that disappeared are dropped
-unless `keep_missing`. Each batch is one SQLite transaction, so an interrupted
-run keeps what it committed and the next run carries on from there.
+unless `keep_missing`. Each batch is one SQLite transaction (its photos' local
+features one new segment file, listed in it), so an interrupted run keeps what
+it committed and the next run carries on from there.
 """
 
 from __future__ import annotations
@@ -125,12 +126,15 @@ def index_paths(
         if not pending:
             return
         with store.transaction(changes_vectors=any(data is not None for _, data in pending)) as db:
+            local = []
             for rec, data in pending:
                 if data is None:  # same bytes, new mtime: refresh the record only
                     store.touch(db, rec)
                 else:
-                    store.put(db, rec, data)
+                    local.append((store.put(db, rec, data), data.keypoints, data.descriptors))
+            store.add_local_features(db, local)  # the batch's keypoints: one new segment
         pending.clear()
+        store.merge_segments()
 
     for i, path in enumerate(files):
         if progress:
@@ -177,6 +181,7 @@ def index_paths(
             with store.transaction() as db:
                 store.delete(db, gone)
             summary.removed = len(gone)
+            store.merge_segments()
     refresh_graphs(store)
     summary.photos, summary.objects = store.count()
     summary.seconds = time.perf_counter() - t0

@@ -16,6 +16,7 @@ import numpy as np
 MAX_SIDE = 768  # stored and query features: SIFT runs on at most this longer side
 SIFT_CONTRAST = 0.04  # OpenCV's default contrast threshold
 DESCRIPTOR_BYTES = 128
+STORED_KEYPOINTS = 1000  # per stored photo (and per query): the default of `extract`
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def rootsift(desc: np.ndarray) -> np.ndarray:
 
 def extract(
     rgb: np.ndarray,
-    max_keypoints: int = 1000,
+    max_keypoints: int = STORED_KEYPOINTS,
     where: np.ndarray | None = None,
     *,
     max_side: int | None = MAX_SIDE,

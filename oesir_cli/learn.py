@@ -104,3 +104,36 @@ def learn_codebook_file(
         },
     )
     return path
+
+
+def learn_vocabulary_file(
+    images: str | os.PathLike,
+    progress: Callable[[int, int], None] | None = None,
+    weights: Path | None = None,
+) -> Path:
+    """Learn the local-feature vocabulary and residual PQ codebook (vocabulary.py) on the RootSIFT
+    descriptors of training photos, as stored (`keypoints.extract` defaults) and mirrored; write it + manifest entry."""
+    from .keypoints import STORED_KEYPOINTS, extract, mirrored
+    from .vocabulary import COARSE, FINE, PQ_SUBSPACES, VOCABULARY_FILE, as_float, train_vocabulary
+
+    def both(rgb: np.ndarray) -> list[np.ndarray]:
+        f = extract(rgb, STORED_KEYPOINTS)
+        return [f.descriptors, mirrored(f, rgb.shape[1]).descriptors]
+
+    descs, count = _training_regions(images, both, progress)
+    vocabulary = train_vocabulary(as_float(descs))
+    path = (weights or weights_dir()) / VOCABULARY_FILE
+    vocabulary.save(path)
+    add_manifest_entry(
+        path,
+        {
+            "model": f"RootSIFT visual vocabulary ({COARSE} x {FINE} words, hierarchical k-means) and "
+            f"PQ codebook of residuals ({PQ_SUBSPACES} x 256 centroids)",
+            "source": {"photos": str(images), "count": count, "descriptors": len(descs)},
+            "licence": "derived statistics (k-means of RootSIFT descriptors) of the training photos; see LICENSES.md",
+            "preprocessing": f"input: RootSIFT (keypoints.extract, {STORED_KEYPOINTS} keypoints) of each photo "
+            "and of its mirror image, as float (uint8 / 255)",
+            "command": f"oesir weights vocabulary --images {images}",
+        },
+    )
+    return path

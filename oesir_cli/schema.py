@@ -11,8 +11,16 @@ import os
 
 import numpy as np
 
-FORMAT = 2  # 1: images/objects/vectors tables (upgraded in place on open, see upgrade.py)
+FORMAT = 3  # 1: images/objects/vectors tables; 2: local features in the photo rows (both upgraded in place, see upgrade.py)
 
+SEGMENTS_TABLE = """CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file TEXT NOT NULL UNIQUE,
+    level INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 BLOB NOT NULL
+)"""
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # photos' folders, stored once (most photos share a few): text, or bytes when not UTF-8
@@ -33,8 +41,13 @@ SCHEMA = (
     embeddings BLOB NOT NULL,
     keypoints BLOB,
     descriptors BLOB,
-    digest BLOB NOT NULL
+    digest BLOB NOT NULL,
+    segment INTEGER
 )""",
+    # the live local-feature segment files (postings.py); a photo's features are in `photos.segment`
+    # (keypoints/descriptors are NULL from format 3 on). AUTOINCREMENT: an id is never reused, so
+    # entries of a photo left in an older segment can never pass for live ones.
+    SEGMENTS_TABLE,
 )
 # One detected object in `photos.objects`: its box as fractions of the photo's sides in
 # 1/65535 steps (under 0.1 px for a 6,000 px side), detector score in 1/255 steps, COCO class.

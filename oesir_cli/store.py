@@ -1,16 +1,19 @@
 """The index on disk: SQLite is the source of truth, hnswlib graphs are derived.
 
 Layout of an index folder:
-    oesir.sqlite         one packed row per photo: record, objects, embeddings, local descriptors (WAL mode)
+    oesir.sqlite         one packed row per photo: record, objects, embeddings; the live segments (WAL mode)
+    local-*.ivf          local-feature segments: inverted lists of coded keypoints (postings.py), each
+                         written once, listed in SQLite with its size and sha256
     objects.hnsw(.json)  hnswlib graph over object embeddings + its stamp (large indexes only)
     objects.ivfpq(.json) or, for pq codes with faiss installed, faiss IVF-PQ over them + its stamp
-    local.hnsw(.json)    hnswlib graph over local descriptors + its stamp
     lock                 held (flock) by the one writer
 
 Every change is a SQLite transaction, so a crash or kill loses at most the
 photos of the batch in flight. Each photo's row carries a digest of what is
-stored for it (path, sha256, boxes, vectors), so `oesir check` can tell which
-photos a damaged file affects. The graphs carry the `generation` of the data
+stored for it (path, sha256, boxes, vectors), and each segment its sha256, so
+`oesir check` can tell which photos a damaged file affects. A segment file is
+written and fsync'ed before the transaction that lists it commits; one that
+no committed row lists (a crash in between) is deleted by the next writer. The graphs carry the `generation` of the data
 they were built from, their size and sha256, and are rebuilt when any of it
 differs; they are written to a temporary file, fsync'ed and renamed into place.
 
@@ -27,6 +30,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +39,20 @@ import numpy as np
 
 from .codec import Codec, CodecError, make_codec
 from .errors import DiskFullError, StoreError
+from .local_index import LocalIndex
+from .postings import FANOUT, SEGMENT_SUFFIX, Entries, Segment, pack_geometry, write_segment
 from .registry import WeightsError, sha256_file, verified_file
 from .schema import FORMAT, OBJECT_RECORD, SCHEMA, pack_objects, path_from_db, row_digest, split_path, unpack_boxes
-from .upgrade import upgrade_format1
+from .upgrade import upgrade_format1, upgrade_format2
+from .vocabulary import VOCABULARY_FILE, Vocabulary, as_float
 
 DB_NAME = "oesir.sqlite"
 DB_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")
 # The derived structures (see graphs.py), each followed by its stamp: the one list of them.
 OBJECT_FILES = ("objects.hnsw", "objects.hnsw.json", "objects.ivfpq", "objects.ivfpq.json")
-LOCAL_FILES = ("local.hnsw", "local.hnsw.json")
+LOCAL_FILES = ("local.hnsw", "local.hnsw.json")  # format 2's local graph: removed by the upgrade
 GRAPH_FILES = OBJECT_FILES + LOCAL_FILES
+SEGMENT_GLOB = "local-*" + SEGMENT_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,7 @@ class Store:
         writer lock; an index in an older format is upgraded in place, under that lock or one taken here."""
         self.dir = Path(directory)
         self._codec: Codec | None = None
+        self._vocabulary: tuple[Vocabulary, str] | None = None
         self._ids: dict[str, int] | None = None  # path -> photo id, for writers (see `_path_ids`)
         self._folders: dict[str | bytes, int] | None = None
         db_path = self.dir / DB_NAME
@@ -152,30 +161,42 @@ class Store:
                 self.db.execute("PRAGMA foreign_keys=ON")
                 tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 if "images" in tables:
-                    self._upgrade(locked)
-                elif create:
+                    self._upgrade(locked, upgrade_format1)
+                elif create and "photos" not in tables:
                     for statement in SCHEMA:
                         self.db.execute(statement)
                 fmt = int(self.meta("format", str(FORMAT)) or FORMAT)
+                if fmt == 2:
+                    self._upgrade(locked, upgrade_format2)
+                    fmt = FORMAT
                 self.db.execute("SELECT count(*) FROM photos").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"index database {db_path} is damaged or not an oesir index ({exc})") from None
         if fmt > FORMAT:
             raise StoreError(f"index at {self.dir} was written by a newer oesir (format {fmt}; this one reads {FORMAT})")
 
-    def _upgrade(self, locked: bool) -> None:
-        """Rewrite an index of on-disk format 1 as format 2 (see upgrade.py), under the writer lock."""
+    def _upgrade(self, locked: bool, upgrade: Callable) -> None:
+        """Rewrite an index of an older on-disk format (see upgrade.py), under the writer lock."""
         try:
             if locked:
-                upgrade_format1(self.db, self.transaction(changes_vectors=False))
+                self._run_upgrade(upgrade)
             else:
                 with writer_lock(self.dir):
-                    upgrade_format1(self.db, self.transaction(changes_vectors=False))
+                    self._run_upgrade(upgrade)
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreError(
                 f"index at {self.dir} is in the on-disk format of an older oesir and must be upgraded once, "
                 f"by any oesir command run by a user who can write it ({exc})"
             ) from None
+
+    def _run_upgrade(self, upgrade: Callable) -> None:
+        if upgrade is upgrade_format1:
+            upgrade_format1(self.db, self.transaction(changes_vectors=False))
+        upgrade_format2(self)
+        self.prepare_for_writing()
+        self.merge_segments()
+        for name in LOCAL_FILES:  # format 2's graph over the descriptors now in segments
+            (self.dir / name).unlink(missing_ok=True)
 
     # -- meta -------------------------------------------------------------
     def meta(self, key: str, default: str | None = None) -> str | None:
@@ -262,6 +283,7 @@ class Store:
     def prepare_for_writing(self) -> None:
         """With the lock held: drop temp files a killed writer left."""
         remove_temp_files(self.dir)
+        self.remove_orphan_segments()
 
     def damaged_rows(self) -> list[tuple[int, str, str]]:
         """(photo id, path, problem) for every photo whose stored data fails its digest or is incomplete."""
@@ -349,28 +371,26 @@ class Store:
         photos, packed = self.db.execute("SELECT count(*), coalesce(sum(length(objects)), 0) FROM photos").fetchone()
         return photos, packed // OBJECT_RECORD.itemsize
 
-    def put(self, db: sqlite3.Connection, rec: ImageRecord, data: PhotoData) -> None:
-        """Insert or replace one photo (call inside `transaction()`)."""
+    def put(self, db: sqlite3.Connection, rec: ImageRecord, data: PhotoData) -> int:
+        """Insert or replace one photo's record, objects and embeddings (call inside `transaction()`); its id.
+
+        Its local features go in with the batch's segment (`add_local_features`)."""
         ids = self._path_ids()
         if rec.path in ids:
             db.execute("DELETE FROM photos WHERE id=?", (ids.pop(rec.path),))
         folder, name = split_path(rec.path)
         objects = pack_objects(data.boxes, data.scores, data.classes, rec.width, rec.height)
-        blobs = (
-            self.codec().encode(data.embeddings).tobytes(),
-            np.ascontiguousarray(data.keypoints, np.float32).tobytes(),
-            np.ascontiguousarray(data.descriptors, np.uint8).tobytes(),
-        )
+        embeddings = self.codec().encode(data.embeddings).tobytes()
         cur = db.execute(
             "INSERT INTO photos(folder, name, sha256, size, mtime_ns, width, height, indexed_at, objects, "
-            "embeddings, keypoints, descriptors, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "embeddings, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 self._folder_id(db, folder), name, bytes.fromhex(rec.sha256), rec.size, rec.mtime_ns, rec.width,
-                rec.height, int(time.time()), objects, blobs[0], blobs[1] or None, blobs[2] or None,
-                row_digest(rec.path, rec.sha256, objects, *blobs),
+                rec.height, int(time.time()), objects, embeddings, row_digest(rec.path, rec.sha256, objects, embeddings, b"", b""),
             ),
         )  # fmt: skip
         ids[rec.path] = cur.lastrowid
+        return cur.lastrowid
 
     def touch(self, db: sqlite3.Connection, rec: ImageRecord) -> None:
         """Same bytes, new size/mtime record (call inside `transaction()`)."""
@@ -385,10 +405,12 @@ class Store:
         self._ids = None
 
     def content(self) -> list[tuple]:
-        """Everything stored per photo, sorted by path, ids left out: equal content means an equal index."""
+        """Everything stored per photo (local features included), sorted by path, ids left out: equal content
+        means an equal index."""
         folders = self._folder_paths()
+        local = self.local_content()
         rows = [
-            (_path_of(r, folders), r[3].hex(), *r[4:8], r[8:])
+            (_path_of(r, folders), r[3].hex(), *r[4:8], r[8:], local.get(r[0], b""))
             for r in self.db.execute(
                 "SELECT id, folder, name, sha256, size, mtime_ns, width, height, objects, embeddings, keypoints, "
                 "descriptors, digest FROM photos"
@@ -411,23 +433,19 @@ class Store:
         codec = self.codec()
         size = codec.code_size
         folders = self._folder_paths()
-        ids, paths, sizes = [], [], []
+        ids, paths, sizes, segment_of = [], [], [], []
         obj_img, obj_idx, boxes, embs = [], [], [], []
-        kp_img, kps, descs = [], [], []
-        q = "SELECT id, folder, name, width, height, objects, embeddings, keypoints, descriptors FROM photos ORDER BY id"
-        for image_id, folder, name, w, h, o, e, k, d in self.db.execute(q):
+        q = "SELECT id, folder, name, width, height, objects, embeddings, segment FROM photos ORDER BY id"
+        for image_id, folder, name, w, h, o, e, seg in self.db.execute(q):
             ids.append(image_id)
             paths.append(os.path.join(folders[folder], path_from_db(name)))
             sizes.append((w, h))
+            segment_of.append(seg or 0)
             emb = np.frombuffer(e, np.uint8).reshape(-1, size)
             embs.append(emb)
             boxes.append(unpack_boxes(o, w, h))
             obj_img.append(np.full(len(emb), len(ids) - 1, np.int32))
             obj_idx.append(np.arange(len(emb), dtype=np.int32))
-            kp = np.frombuffer(k or b"", np.float32).reshape(-1, 4)
-            kps.append(kp)
-            descs.append(np.frombuffer(d or b"", np.uint8).reshape(-1, 128))
-            kp_img.append(np.full(len(kp), len(ids) - 1, np.int32))
 
         def stacked(parts: list, shape: tuple, dtype) -> np.ndarray:
             return np.concatenate(parts) if parts else np.zeros(shape, dtype)
@@ -441,11 +459,165 @@ class Store:
             object_boxes=stacked(boxes, (0, 4), np.float32),
             codes=stacked(embs, (0, size), np.uint8),
             codec=codec,
-            keypoint_image=stacked(kp_img, (0,), np.int32),
-            keypoints=stacked(kps, (0, 4), np.float32),
-            descriptors=stacked(descs, (0, 128), np.uint8),
+            segment_of=np.asarray(segment_of, np.int64),
+            segments=[(i, f, lv, b) for i, f, lv, b in self.segments()],
             generation=self.generation,
         )
+
+    # -- local features (postings.py, local_index.py) ------------------------
+    def vocabulary(self) -> tuple[Vocabulary, str]:
+        """The local-feature vocabulary and its 'file@sha256' tag; refused if the index was coded with another."""
+        if self._vocabulary is None:
+            try:
+                path, digest = verified_file(VOCABULARY_FILE)
+            except WeightsError as exc:
+                raise StoreError(f"index at {self.dir} needs the local-feature vocabulary: {exc}") from None
+            tag, have = f"{VOCABULARY_FILE}@{digest}", self.meta("local_codebook")
+            if have is not None and have != tag:
+                raise StoreError(
+                    f"index at {self.dir} stores local features coded with {have.split('@')[0]} (sha256 "
+                    f"{have.split('@')[-1][:12]}...), not with this oesir's; re-index with `oesir index --rebuild`"
+                )
+            self._vocabulary = (Vocabulary.load(path), tag)
+        return self._vocabulary
+
+    def add_local_features(self, db: sqlite3.Connection, items: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Store photos' local features, (photo id, keypoints [N, 4], uint8 descriptors [N, 128]) each, as one
+        new segment (call inside `transaction()`: the segment counts only once it commits)."""
+        items = [(i, k, d) for i, k, d in items if len(d)]
+        if not items:
+            return
+        vocabulary, tag = self.vocabulary()
+        x = as_float(np.concatenate([d for _, _, d in items]))
+        words = vocabulary.nearest_words(x)[:, 0]
+        image = np.repeat([i for i, _, _ in items], [len(d) for _, _, d in items]).astype(np.int64)
+        geometry = pack_geometry(np.concatenate([k for _, k, _ in items]))
+        codes = vocabulary.encode(x, words)
+        segment = self._write_segment(db, Entries(image, words, codes, vocabulary.norms(words, codes), geometry), level=0)
+        db.executemany("UPDATE photos SET segment=? WHERE id=?", [(segment, i) for i, _, _ in items])
+        if self.meta("local_codebook") is None:
+            self.set_meta("local_codebook", tag)
+
+    def _write_segment(self, db: sqlite3.Connection, entries: Entries, level: int) -> int:
+        """Write a segment file (atomically, fsync'ed) and list it (inside `transaction()`); its id."""
+        vocabulary, _ = self.vocabulary()
+        path = self.dir / f"local-{uuid.uuid4().hex[:16]}{SEGMENT_SUFFIX}"
+        atomic_write(path, lambda tmp: write_segment(tmp, entries, vocabulary.words))
+        return db.execute(
+            "INSERT INTO segments(file, level, entries, bytes, sha256) VALUES (?,?,?,?,?)",
+            (path.name, level, len(entries), path.stat().st_size, bytes.fromhex(sha256_file(path))),
+        ).lastrowid
+
+    def segments(self) -> list[tuple[int, str, int, int]]:
+        """(id, file, level, bytes) of every live segment, oldest first."""
+        return [tuple(r) for r in self.db.execute("SELECT id, file, level, bytes FROM segments ORDER BY id")]
+
+    def merge_segments(self) -> int:
+        """While a level holds FANOUT segments, merge its oldest FANOUT into one of the next level, keeping only
+        the entries of photos still stored there; drop segments no photo uses. With the writer lock held.
+        Returns the merges done. Each merge is one transaction: a crash leaves the old segments, or the new one."""
+        merges = 0
+        self._drop_unused_segments()
+        while True:
+            levels: dict[int, list[tuple[int, str]]] = {}
+            for seg_id, file, level, _ in self.segments():
+                levels.setdefault(level, []).append((seg_id, file))
+            full = sorted(level for level, group in levels.items() if len(group) >= FANOUT)
+            if not full:
+                return merges
+            group = levels[full[0]][:FANOUT]
+            ids = [seg_id for seg_id, _ in group]
+            parts = []
+            for seg_id, file in group:
+                entries = Segment(self.dir / file).all_entries()
+                users = np.array([r[0] for r in self.db.execute("SELECT id FROM photos WHERE segment=?", (seg_id,))], np.int64)
+                parts.append(entries.subset(np.isin(entries.image, users)))
+            merged = Entries.concat(parts)
+            marks = ",".join("?" * len(ids))
+            with self.transaction(changes_vectors=False) as db:
+                new = self._write_segment(db, merged, full[0] + 1) if len(merged) else None
+                db.execute(f"UPDATE photos SET segment=? WHERE segment IN ({marks})", [new, *ids])
+                db.execute(f"DELETE FROM segments WHERE id IN ({marks})", ids)
+            for _, file in group:
+                (self.dir / file).unlink(missing_ok=True)
+            merges += 1
+
+    def _drop_unused_segments(self) -> None:
+        used = {r[0] for r in self.db.execute("SELECT DISTINCT segment FROM photos WHERE segment IS NOT NULL")}
+        unused = [(seg_id, file) for seg_id, file, _, _ in self.segments() if seg_id not in used]
+        if unused:
+            with self.transaction(changes_vectors=False) as db:
+                db.executemany("DELETE FROM segments WHERE id=?", [(seg_id,) for seg_id, _ in unused])
+            for _, file in unused:
+                (self.dir / file).unlink(missing_ok=True)
+
+    def remove_orphan_segments(self) -> int:
+        """Delete segment files no committed row lists (a writer killed between writing one and committing)."""
+        listed = {file for _, file, _, _ in self.segments()}
+        n = 0
+        for path in self.dir.glob(SEGMENT_GLOB):
+            if path.name not in listed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    n += 1
+        return n
+
+    def damaged_segments(self) -> list[tuple[int, str, str]]:
+        """(segment id, file, problem) for each listed segment that is missing or whose bytes fail its sha256."""
+        bad = []
+        for seg_id, file, size, sha in self.db.execute("SELECT id, file, bytes, sha256 FROM segments"):
+            path = self.dir / file
+            if not path.exists():
+                bad.append((seg_id, file, "missing"))
+            elif path.stat().st_size != size or sha256_file(path) != sha.hex():
+                bad.append((seg_id, file, "its bytes do not match its checksum"))
+        return bad
+
+    def photos_in_segments(self, segment_ids: list[int]) -> list[tuple[int, str]]:
+        """(photo id, path) of the photos whose local features are in these segments."""
+        folders = self._folder_paths()
+        out = []
+        for seg_id in segment_ids:
+            for i, f, n in self.db.execute("SELECT id, folder, name FROM photos WHERE segment=?", (seg_id,)):
+                out.append((i, os.path.join(folders[f], path_from_db(n))))
+        return out
+
+    def local_index(self, catalogue: Catalogue) -> LocalIndex:
+        """The catalogue's segments, memory-mapped, as one searchable `LocalIndex`.
+
+        A segment whose file is missing or not the size its row says is damage: StoreError naming the repair.
+        """
+        mapped = {}
+        for seg_id, file, _, size in catalogue.segments:
+            path = self.dir / file
+            try:
+                if path.stat().st_size != size:
+                    raise ValueError("size differs")
+                mapped[seg_id] = Segment(path)
+            except (OSError, ValueError) as exc:
+                raise StoreError(
+                    f"local-feature segment {path} is missing or damaged ({exc}); run `oesir check --repair --index {self.dir}`"
+                ) from None
+        vocabulary = self.vocabulary()[0] if mapped else None
+        photo_of_id = np.full(int(catalogue.image_ids.max(initial=-1)) + 1, -1, np.int64)
+        photo_of_id[catalogue.image_ids] = np.arange(len(catalogue.image_ids))
+        return LocalIndex(vocabulary, mapped, photo_of_id, catalogue.segment_of)
+
+    def local_content(self) -> dict[int, bytes]:
+        """Photo id -> its live local entries (word, code, geometry) as sorted bytes: equal bytes, equal features."""
+        owner = dict(self.db.execute("SELECT id, segment FROM photos WHERE segment IS NOT NULL").fetchall())
+        out: dict[int, bytes] = {}
+        for seg_id, file, _, _ in self.segments():
+            e = Segment(self.dir / file).all_entries()
+            fields = [("image", "<i8"), ("word", "<i8"), ("code", "u1", (e.code.shape[1],)), ("norm", "u1"), ("g", e.geometry.dtype)]
+            rows = np.zeros(len(e), fields)
+            rows["image"], rows["word"], rows["code"], rows["norm"], rows["g"] = e.image, e.word, e.code, e.norm, e.geometry
+            rows = np.sort(rows, order=["image", "word"], kind="stable")
+            for image in np.unique(rows["image"]):
+                if owner.get(int(image)) == seg_id:
+                    part = rows[rows["image"] == image]
+                    out[int(image)] = np.sort(part.view(np.dtype((np.void, part.dtype.itemsize)))).tobytes()
+        return out
 
     def close(self) -> None:
         self.db.close()
@@ -476,9 +648,8 @@ class Catalogue:
     object_boxes: np.ndarray
     codes: np.ndarray  # [objects, codec.code_size] uint8: the stored embeddings
     codec: Codec
-    keypoint_image: np.ndarray
-    keypoints: np.ndarray
-    descriptors: np.ndarray
+    segment_of: np.ndarray  # [P] the segment holding each photo's local features (0: none)
+    segments: list[tuple[int, str, int, int]]  # (id, file, level, bytes) of the live segments
     generation: int
 
     @property

@@ -1,4 +1,4 @@
-"""Upgrade an index from on-disk format 1 to format 2, in place, in one transaction.
+"""Upgrade an index from an older on-disk format, in place: 1 -> 2 -> 3, each in one transaction.
 
 Format 1 kept three tables (images, objects with 8-byte REAL boxes and a composite key,
 vectors); format 2 packs each photo into one `photos` row and stores folders once, which
@@ -17,7 +17,7 @@ import sqlite3
 
 import numpy as np
 
-from .schema import SCHEMA, pack_objects, path_from_db, row_digest, split_path
+from .schema import SCHEMA, SEGMENTS_TABLE, pack_objects, path_from_db, row_digest, split_path
 
 
 def format1_digest(path: str, sha256: str, boxes: np.ndarray, embeddings: bytes, keypoints: bytes, descriptors: bytes) -> str:
@@ -79,3 +79,45 @@ def upgrade_format1(db: sqlite3.Connection, transaction: contextlib.AbstractCont
     with contextlib.suppress(sqlite3.OperationalError):
         db.execute("VACUUM")
     return kept
+
+
+def upgrade_format2(store) -> int:  # noqa: ANN001 - a store.Store (importing it here would be a cycle)
+    """Rewrite the format-2 index open in `store` as format 3, in one transaction (the caller holds the writer lock).
+
+    Format 2 kept each photo's RootSIFT keypoints and descriptors in its row and searched them through an
+    hnswlib graph (`local.hnsw`, ~475 KB per photo); format 3 codes them with the shipped vocabulary into
+    segments (postings.py, ~26 bytes per keypoint). Nothing is re-extracted: the stored descriptors are coded
+    as they are, so the upgraded index equals one built from scratch. Returns the photos converted.
+    """
+    db = store.db
+    folders = {i: path_from_db(p) for i, p in db.execute("SELECT id, path FROM folders")}
+    converted = 0
+    with store.transaction(changes_vectors=False) as tx:
+        if "segment" not in {r[1] for r in tx.execute("PRAGMA table_info(photos)")}:
+            tx.execute("ALTER TABLE photos ADD COLUMN segment INTEGER")
+        tx.execute(SEGMENTS_TABLE)
+        ids = [r[0] for r in tx.execute("SELECT id FROM photos WHERE descriptors IS NOT NULL ORDER BY id")]
+        for lo in range(0, len(ids), _UPGRADE_BATCH):
+            chunk = ids[lo : lo + _UPGRADE_BATCH]
+            marks = ",".join("?" * len(chunk))
+            rows = tx.execute(
+                f"SELECT id, folder, name, sha256, objects, embeddings, keypoints, descriptors, digest FROM photos "
+                f"WHERE id IN ({marks}) ORDER BY id",
+                chunk,
+            ).fetchall()
+            items, updates = [], []
+            for image_id, folder, name, sha, objects, emb, kp, desc, digest in rows:
+                path = os.path.join(folders[folder], path_from_db(name))
+                intact = digest == row_digest(path, sha.hex(), objects, emb, kp or b"", desc or b"")
+                items.append((image_id, np.frombuffer(kp or b"", np.float32).reshape(-1, 4), np.frombuffer(desc, np.uint8).reshape(-1, 128)))
+                updates.append((row_digest(path, sha.hex(), objects, emb, b"", b"") if intact else b"", image_id))
+            store.add_local_features(tx, items)
+            tx.executemany("UPDATE photos SET keypoints=NULL, descriptors=NULL, digest=? WHERE id=?", updates)
+            converted += len(rows)
+        tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format', '3')")
+    with contextlib.suppress(sqlite3.OperationalError):
+        db.execute("VACUUM")
+    return converted
+
+
+_UPGRADE_BATCH = 256

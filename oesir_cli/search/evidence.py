@@ -13,9 +13,9 @@ import numpy as np
 
 from ..alignment import SEARCH_FIT, fit_similarity
 from ..ann import Graph
-from ..graphs import descriptors_as_float
 from ..ivf import IVFPQ
 from ..keypoints import LocalFeatures
+from ..local_index import LocalIndex, Neighbours
 from ..store import Catalogue
 from .params import RankingParams
 
@@ -34,24 +34,28 @@ class ObjectDistances:
 
 @dataclass(frozen=True)
 class Votes:
-    """Accepted (query keypoint, stored keypoint row) pairs of one orientation, and votes per photo."""
+    """Accepted (query keypoint, stored keypoint) pairs of one orientation, and votes per photo.
+
+    `neighbours` is everything the query's keypoints found in the lists they probed
+    (the host stage matches a candidate's keypoints from it)."""
 
     q_idx: np.ndarray
-    db_rows: np.ndarray
+    db_xy: np.ndarray  # [n, 2] the stored keypoint's position, photo pixels
     photos: np.ndarray
     counts: np.ndarray  # [P] distinct query keypoints voting for each photo
+    neighbours: Neighbours | None = None
 
     @classmethod
-    def from_knn(cls, rows: np.ndarray, dists: np.ndarray, keypoint_image: np.ndarray, n_photos: int, ratio: float) -> Votes:
-        """Votes from k-NN results [Q, k]: a neighbour votes if its distance < `ratio` x the k-th neighbour's."""
-        ok = dists < ratio * dists[:, -1:]
-        q_idx = np.repeat(np.arange(len(rows)), rows.shape[1])[ok.ravel()]
-        db_rows = rows.ravel()[ok.ravel()]
-        photos = keypoint_image[db_rows]
+    def from_neighbours(cls, found: Neighbours, n_photos: int, ratio: float) -> Votes:
+        """Votes from the entries a query's keypoints found: an entry votes if its distance < `ratio` x its
+        query keypoint's k-th nearest (a ratio test)."""
+        ok = found.ratio_votes(ratio)
+        ok = ok[np.lexsort((found.dist[ok], found.q[ok]))]  # nearest first per query keypoint
+        q_idx, photos = found.q[ok], found.photo[ok]
         # one vote per query keypoint per photo: keep the first (nearest) pair
         _, first = np.unique(q_idx.astype(np.int64) * n_photos + photos, return_index=True)
-        q_idx, db_rows, photos = q_idx[first], db_rows[first], photos[first]
-        return cls(q_idx, db_rows, photos, np.bincount(photos, minlength=n_photos))
+        sel = ok[first]
+        return cls(found.q[sel], found.xy[sel], found.photo[sel], np.bincount(found.photo[sel], minlength=n_photos), found)
 
     def residual_counts(self, host: int) -> np.ndarray:
         """[P] votes of the query keypoints that do not vote for `host` (what the host leaves unexplained)."""
@@ -84,7 +88,7 @@ class QueryEvidence:
 class IndexedPhotos:
     """The open index as search reads it: the catalogue and its graphs, photos numbered 0..P-1."""
 
-    def __init__(self, catalogue: Catalogue, objects: Graph | IVFPQ | None, local: Graph):
+    def __init__(self, catalogue: Catalogue, objects: Graph | IVFPQ | None, local: LocalIndex):
         self.catalogue = catalogue
         self.objects = objects  # None: few enough objects to score every photo exactly
         self.local = local
@@ -144,14 +148,9 @@ class IndexedPhotos:
         for f in feats:
             if len(f) == 0:
                 continue
-            rows, dists = self.local.knn(descriptors_as_float(f.descriptors), params.vote_k, ef=params.vote_ef)
-            out.append(Votes.from_knn(rows, dists, self.catalogue.keypoint_image, self.count, params.vote_ratio))
+            found = self.local.probe(f.descriptors, params.vote_k, params.vote_probes)
+            out.append(Votes.from_neighbours(found, self.count, params.vote_ratio))
         return out
-
-    def stored_features(self, photo: int) -> tuple[np.ndarray, np.ndarray]:
-        """A photo's stored keypoint positions [N, 2] (float64) and descriptors [N, 128] (float32)."""
-        lo, hi = np.searchsorted(self.catalogue.keypoint_image, [photo, photo + 1])
-        return self.catalogue.keypoints[lo:hi, :2].astype(np.float64), self.catalogue.descriptors[lo:hi].astype(np.float32)
 
 
 MIN_FIT_PAIRS = 3  # a similarity fits any two pairs exactly: support needs a third at least
@@ -171,7 +170,7 @@ def consistent_votes(
         pick &= ~np.isin(votes.q_idx, skip_queries)
     if pick.sum() < MIN_FIT_PAIRS:
         return 0
-    src = photos.catalogue.keypoints[votes.db_rows[pick], :2].astype(np.float64)
+    src = votes.db_xy[pick]
     dst = features.keypoints[votes.q_idx[pick], :2].astype(np.float64)
     _, inliers = fit_similarity(src, dst, SEARCH_FIT)
     return int(inliers.sum())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..alignment import Explained, explained_by, ratio_matches
+from ..alignment import RATIO, Explained, explained_by
 from ..imageio import ImageError, load_rgb
 from ..keypoints import LocalFeatures, spread
 from .evidence import IndexedPhotos, Votes
@@ -65,18 +65,17 @@ def explain(
     """How much of the query `photo` explains once aligned, and what it does not.
 
     The query's keypoints (of the orientation that voted more for this photo)
-    are matched directly against the photo's stored ones by the ratio test:
-    far more matches than survive the global k-NN for a plain host such as sea
-    or sky. The stored photo gives the pixels; if it cannot be read, the
-    spread of the matches stands in for the share explained.
+    are matched against the photo's stored ones found in the lists they probed,
+    by the ratio test within the photo: far more matches than survive the
+    global k-NN for a plain host such as sea or sky. The stored photo gives the
+    pixels; if it cannot be read, the spread of the matches stands in for the
+    share explained.
     """
     h, w = rgb.shape[:2]
-    db_pts, db_desc = photos.stored_features(photo)
     flip = int(len(votes) > 1 and votes[1].counts[photo] > votes[0].counts[photo])
     f = features[flip]
-    pairs = ratio_matches(f.descriptors.astype(np.float32), db_desc)
-    src = db_pts[pairs[:, 1]]
-    dst = f.keypoints[pairs[:, 0], :2].astype(np.float64)
+    q_idx, src = votes[flip].neighbours.matches(photo, RATIO)
+    dst = f.keypoints[q_idx, :2].astype(np.float64)
     if flip:
         dst[:, 0] = w - dst[:, 0]
     if len(src) < MIN_HOST_MATCHES:

@@ -18,8 +18,8 @@ class RankingParams:
     """RootSIFT keypoints taken from the query photo (the stored photos keep as many)."""
     vote_k: int = 5
     """Stored neighbours looked up per query keypoint."""
-    vote_ef: int = 32
-    """hnswlib search breadth for those look-ups (48 gave the same top 10 on 80 dev queries, 25% slower)."""
+    vote_probes: int = 3
+    """Visual words (inverted lists) each query keypoint looks in (RESULTS "Local features that scale")."""
     vote_ratio: float = 0.7
     """A neighbour votes if its squared distance < this x the k-th neighbour's (a ratio test)."""
     mirror_fallback_votes: int = 20

@@ -100,8 +100,8 @@ class Searcher:
         self.engine = engine
         self.params = params
         catalogue = store.load_all()
-        objects, local = open_graphs_for_reading(store, catalogue)
-        self.photos = IndexedPhotos(catalogue, objects, local)
+        objects = open_graphs_for_reading(store, catalogue)
+        self.photos = IndexedPhotos(catalogue, objects, store.local_index(catalogue))
 
     @property
     def catalogue(self) -> Catalogue:

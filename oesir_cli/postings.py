@@ -1,0 +1,156 @@
+"""Inverted lists of local features on disk: segment files that are written once and memory-mapped.
+
+A segment holds the local features of a set of photos, one entry per
+keypoint, grouped by visual word (vocabulary.py): which of the segment's
+photos it belongs to (2 bytes up to 65,536 photos per segment, else 4), the
+PQ code of the descriptor's residual (16 bytes), the decoded descriptor's
+squared norm (1 byte: what search needs to score it without decoding it) and
+the keypoint's quantised geometry (6 bytes): 25 bytes per keypoint. Adding photos writes a new segment; segments
+of one size class are merged into one of the next (`FANOUT` at a time, as an
+LSM tree), so an index of N photos has O(log N) segments and no structure is
+ever rebuilt whole. Search maps the files and reads only the lists a query
+probes: memory grows with what a query touches, not with the collection.
+
+A segment file is immutable: a fixed-size JSON header naming its sections,
+then the sections (offsets per word, the segment's photo ids, then per entry
+its photo's number among them, code, norm and geometry), each 64-byte aligned. Which segments are live, their sizes and sha256 live in
+SQLite (store.py), so a half-written or damaged file is never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"OESIRIVF"
+HEADER_BYTES = 4096
+ALIGN = 64
+FANOUT = 8  # segments of one level merged into one of the next
+SEGMENT_SUFFIX = ".ivf"
+# One keypoint's geometry: position in photo pixels, log2(size) in 1/16 steps, angle in 1/256 turns.
+GEOMETRY = np.dtype([("xy", "<u2", (2,)), ("log_size", "u1"), ("angle", "u1")])
+_SIZE_STEPS = 16.0
+
+
+def pack_geometry(keypoints: np.ndarray) -> np.ndarray:
+    """Keypoints [N, 4] (x, y, size, angle; photo pixels, degrees) as GEOMETRY records (6 bytes each)."""
+    kp = np.asarray(keypoints, np.float64).reshape(-1, 4)
+    out = np.zeros(len(kp), GEOMETRY)
+    out["xy"] = np.clip(np.rint(kp[:, :2]), 0, 65535)
+    out["log_size"] = np.clip(np.rint(np.log2(np.maximum(kp[:, 2], 1.0)) * _SIZE_STEPS), 0, 255)
+    out["angle"] = np.rint(kp[:, 3] / 360.0 * 256.0).astype(np.int64) % 256
+    return out
+
+
+def unpack_geometry(geometry: np.ndarray) -> np.ndarray:
+    """GEOMETRY records as keypoints [N, 4] float32 (x, y, size, angle), to the stored precision."""
+    g = np.asarray(geometry)
+    out = np.empty((len(g), 4), np.float32)
+    out[:, :2] = g["xy"]
+    out[:, 2] = np.exp2(g["log_size"] / _SIZE_STEPS)
+    out[:, 3] = g["angle"] * (360.0 / 256.0)
+    return out
+
+
+@dataclass(frozen=True)
+class Entries:
+    """Local-feature entries in memory (any order): photo id, visual word, PQ code [N, M], norm, geometry."""
+
+    image: np.ndarray  # [N] int64 photo ids
+    word: np.ndarray  # [N] int64
+    code: np.ndarray  # [N, M] uint8
+    norm: np.ndarray  # [N] uint8 (vocabulary.Vocabulary.norms)
+    geometry: np.ndarray  # [N] GEOMETRY
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @staticmethod
+    def concat(parts: list[Entries]) -> Entries:
+        return Entries(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("image", "word", "code", "norm", "geometry")))
+
+    def subset(self, keep: np.ndarray) -> Entries:
+        return Entries(self.image[keep], self.word[keep], self.code[keep], self.norm[keep], self.geometry[keep])
+
+
+def write_segment(path: Path, entries: Entries, words: int) -> None:
+    """Write `entries` as a segment file at `path` (the caller makes it atomic: see store.atomic_write)."""
+    order = np.argsort(entries.word, kind="stable")
+    offsets = np.zeros(words + 1, np.uint32 if len(entries) < 2**32 else np.uint64)
+    offsets[1:] = np.cumsum(np.bincount(entries.word, minlength=words)[:words])
+    photos, local = np.unique(entries.image, return_inverse=True)
+    sections = {
+        "offsets": offsets,
+        "photos": photos.astype(np.uint32),
+        "local": local[order].astype(np.uint16 if len(photos) <= 65536 else np.uint32),
+        "code": np.ascontiguousarray(entries.code[order], np.uint8),
+        "norm": entries.norm[order].astype(np.uint8),
+        "geometry": entries.geometry[order],
+    }
+    layout, at = {}, HEADER_BYTES
+    for name, arr in sections.items():
+        layout[name] = {"offset": at, "dtype": arr.dtype.descr if arr.dtype.names else arr.dtype.str, "shape": list(arr.shape)}
+        at += -(-arr.nbytes // ALIGN) * ALIGN
+    header = json.dumps({"format": 1, "words": words, "entries": len(entries), "sections": layout}).encode()
+    if len(header) + len(MAGIC) > HEADER_BYTES:
+        raise ValueError("segment header too long")
+    with open(path, "wb") as fh:
+        fh.write(MAGIC + header.ljust(HEADER_BYTES - len(MAGIC), b" "))
+        for name, arr in sections.items():
+            fh.seek(layout[name]["offset"])
+            fh.write(np.ascontiguousarray(arr).tobytes())
+        fh.truncate(at)
+
+
+class Segment:
+    """One segment file, memory-mapped read-only."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            head = fh.read(HEADER_BYTES)
+        if not head.startswith(MAGIC):
+            raise ValueError(f"{self.path} is not a local-feature segment")
+        meta = json.loads(head[len(MAGIC) :].decode())
+        self.words = int(meta["words"])
+        self.count = int(meta["entries"])
+        arrays = {}
+        for name, s in meta["sections"].items():
+            dtype = np.dtype([tuple(f) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in s["dtype"]]) if isinstance(
+                s["dtype"], list
+            ) else np.dtype(s["dtype"])
+            shape = tuple(s["shape"])
+            arrays[name] = (
+                np.memmap(self.path, dtype=dtype, mode="r", offset=s["offset"], shape=shape) if np.prod(shape) else np.zeros(shape, dtype)
+            )
+        self.offsets: np.ndarray = np.asarray(arrays["offsets"], np.int64)  # small: read into memory
+        self.photos: np.ndarray = np.asarray(arrays["photos"], np.int64)  # the segment's photo ids (small)
+        self.local: np.ndarray = arrays["local"]  # per entry: its photo's number in `photos`
+        self.code: np.ndarray = arrays["code"]
+        self.norm: np.ndarray = arrays["norm"]
+        self.geometry: np.ndarray = arrays["geometry"]
+        if len(self.offsets) != self.words + 1 or int(self.offsets[-1]) != self.count or len(self.local) != self.count:
+            raise ValueError(f"{self.path}: inconsistent segment")
+
+    def ranges(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each requested word, (pair index, entry index) of every entry in its list, flattened."""
+        starts, ends = self.offsets[words], self.offsets[words + 1]
+        lens = ends - starts
+        total = int(lens.sum())
+        pair = np.repeat(np.arange(len(words)), lens)
+        first = np.cumsum(lens) - lens
+        entry = np.arange(total, dtype=np.int64) - np.repeat(first, lens) + np.repeat(starts, lens)
+        return pair, entry
+
+    def all_entries(self) -> Entries:
+        """Every entry (for merging), in list order."""
+        word = np.repeat(np.arange(self.words), np.diff(self.offsets))
+        image = self.photos[np.asarray(self.local, np.int64)] if self.count else np.zeros(0, np.int64)
+        return Entries(image, word, np.asarray(self.code), np.asarray(self.norm), np.asarray(self.geometry))
+
+    def images(self, entry: np.ndarray) -> np.ndarray:
+        """[E] photo ids of some entries."""
+        return self.photos[np.asarray(self.local[entry], np.int64)]
