@@ -23,12 +23,13 @@ import numpy as np
 
 from .check import CheckReport, check_index
 from .choices import Mode, ModelKind, Relation, Role, Verdict, parse
-from .codec import CODECS, make_codec
+from .codec import CODECS, DEFAULT_CODEC, make_codec
 from .engine import Engine, EngineConfig
 from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
 from .indexer import IndexSummary, index_paths, walk
 from .learn import learn_codebook_file as learn_codebook_file  # the API of `oesir weights whiten/pq`
+from .learn import learn_vocabulary_file as learn_vocabulary_file  # `oesir weights vocabulary`
 from .learn import learn_whitening_file as learn_whitening_file
 from .registry import (
     SINGLE_PASS_VARIANTS,
@@ -99,7 +100,7 @@ def index(
 
     `max_objects`, `model` ("teacher" or "student") and `local_features` set up a
     new index; an existing one keeps them (asking for others is an error).
-    `codec` ("float32", "float16", "pq"; default float32) sets how embeddings are
+    `codec` ("float32", "float16", "pq"; default `codec.DEFAULT_CODEC`, float16) sets how embeddings are
     stored; asking an existing index for a smaller codec re-encodes it in place
     (float32 > float16 > pq), a larger one needs `rebuild`. An unknown `model` is a
     ValueError before anything is created on disk.
@@ -132,7 +133,7 @@ def index(
                 with store.transaction():
                     store.set_meta("engine_config", json.dumps(config.as_dict()))
                     store.set_meta("embedding_dim", str(eng.embedding_dim))
-                    store.set_codec(codec or "float32", _codebook(config, codec or "float32")[1])
+                    store.set_codec(codec or DEFAULT_CODEC, _codebook(config, codec or DEFAULT_CODEC)[1])
             elif codec and codec != store.codec().name:
                 _transcode(store, config, codec)
             return index_paths(

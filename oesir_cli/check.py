@@ -1,12 +1,17 @@
 """`oesir check`: is the index intact, and what does the damage affect?
 
 The source of truth is SQLite; each photo's row carries a digest of what is
-stored for it, so damage is traced to photos. The hnswlib graphs are derived:
-their stamps hold the generation they were built from and their sha256. An
-altered graph (bytes its stamp does not vouch for) is damage; a missing or
-stale one is only a note, since the next search or index rebuilds it, as after
-Ctrl-C during `oesir index`. With `repair`, both are rebuilt from the stored
-embeddings. A database SQLite itself cannot read is reported; only
+stored for it, so damage is traced to photos. The photos' local features live
+in segment files (postings.py) that SQLite lists with their size and sha256:
+a segment that is missing or fails its sha256 is damage to every photo whose
+features it holds. The object structure (an hnswlib graph, or faiss IVF-PQ;
+large indexes only, see graphs.py) is derived: its stamp holds the generation
+it was built from and its sha256. An altered structure (bytes its stamp does
+not vouch for) is damage; a missing or stale one is only a note, since the
+next search or index rebuilds it, as after Ctrl-C during `oesir index`. With
+`repair`, damaged photos are dropped (their rows, and damaged segments' files;
+`oesir index PATHS` describes them again) and the structure is rebuilt from
+the stored embeddings. A database SQLite itself cannot read is reported; only
 `oesir index --rebuild` (which moves it aside) recovers from that.
 """
 
@@ -32,13 +37,19 @@ class CheckReport:
     photos: int = 0
     database: str = "ok"  # ok | damaged: ... | cannot open: ...
     damaged_photos: list[tuple[str, str]] = field(default_factory=list)
+    damaged_segments: list[tuple[str, str]] = field(default_factory=list)  # (file, problem)
     graphs: dict[str, str] = field(default_factory=dict)
     repaired: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when the index is usable as it is now (after any repair)."""
-        return self.database == "ok" and not self.damaged_photos and all(v in USABLE_GRAPH for v in self.graphs.values())
+        return (
+            self.database == "ok"
+            and not self.damaged_photos
+            and not self.damaged_segments
+            and all(v in USABLE_GRAPH for v in self.graphs.values())
+        )
 
     @property
     def notes(self) -> list[str]:
@@ -57,6 +68,7 @@ class CheckReport:
             "photos": self.photos,
             "database": self.database,
             "damaged_photos": [{"path": p, "problem": why} for p, why in self.damaged_photos],
+            "damaged_segments": [{"file": f, "problem": why} for f, why in self.damaged_segments],
             "graphs": self.graphs,
             "notes": self.notes,
             "repaired": self.repaired,
@@ -68,13 +80,16 @@ class CheckReport:
             return "the database is damaged: run `oesir index --rebuild PATHS` (it moves the damaged file aside)"
         if self.damaged_photos:
             return "run `oesir check --repair`, then `oesir index PATHS` to re-describe the affected photos"
+        if self.damaged_segments:
+            return "run `oesir check --repair` to remove the damaged local-feature segments"
         if not self.ok:
             return "run `oesir check --repair` to rebuild the derived graphs"
         return None
 
 
 def check_index(directory: Path, repair: bool = False) -> CheckReport:
-    """Check the index at `directory`; with `repair`, drop damaged photos' rows and rebuild graphs (takes the writer lock)."""
+    """Check the index at `directory`; with `repair`, drop damaged photos (rows, damaged segments) and rebuild the object
+    structure (takes the writer lock)."""
     report = CheckReport(index=str(directory))
     try:
         store = Store(directory)
@@ -87,8 +102,7 @@ def check_index(directory: Path, repair: bool = False) -> CheckReport:
         if repair:
             with writer_lock(store.dir):
                 store.prepare_for_writing()
-                _inspect(store, report)
-                _repair(store, report)
+                _repair(store, report, _inspect(store, report))
         else:
             _inspect(store, report)
     finally:
@@ -96,33 +110,62 @@ def check_index(directory: Path, repair: bool = False) -> CheckReport:
     return report
 
 
-def _inspect(store: Store, report: CheckReport) -> None:
+@dataclass(frozen=True)
+class _Damage:
+    """What `_inspect` found, by id, for `_repair` (hashing every segment again would cost as much as the check)."""
+
+    photos: list[int] = field(default_factory=list)
+    segments: list[tuple[int, str]] = field(default_factory=list)  # (segment id, file)
+
+
+def _inspect(store: Store, report: CheckReport) -> _Damage:
     try:
         problems = [r[0] for r in store.db.execute("PRAGMA quick_check(5)").fetchall()]
         if problems != ["ok"]:
             report.database = "damaged: " + "; ".join(problems)
-            return
+            return _Damage()
         report.photos = store.count()[0]
-        report.damaged_photos = [(path, why) for _, path, why in store.damaged_rows()]
+        bad = store.damaged_rows()
+        segments = store.damaged_segments()
+        seen = {image_id for image_id, _, _ in bad}
+        for seg_id, file, _ in segments:  # a damaged segment damages every photo whose local features it holds
+            for image_id, path in store.photos_in_segments([seg_id]):
+                if image_id not in seen:
+                    seen.add(image_id)
+                    bad.append((image_id, path, f"its local features (segment {file}) are missing or damaged"))
+        for image_id, path in store.photos_in_unlisted_segments():
+            if image_id not in seen:
+                seen.add(image_id)
+                bad.append((image_id, path, "its local features are in a segment the index does not list"))
     except sqlite3.DatabaseError as exc:
         report.database = f"damaged: {exc}"
-        return
+        return _Damage()
+    report.damaged_photos = [(path, why) for _, path, why in bad]
+    report.damaged_segments = [(file, why) for _, file, why in segments]
     _inspect_graphs(store, report)
+    return _Damage([image_id for image_id, _, _ in bad], [(seg_id, file) for seg_id, file, _ in segments])
 
 
 def _inspect_graphs(store: Store, report: CheckReport) -> None:
     report.graphs.update(graph_statuses(store, store.load_all()))
 
 
-def _repair(store: Store, report: CheckReport) -> None:
+def _repair(store: Store, report: CheckReport, damage: _Damage) -> None:
     if report.database != "ok":
         return  # nothing here can be trusted; `index --rebuild` is the way
-    if report.damaged_photos:
-        bad = store.damaged_rows()
+    if damage.photos or damage.segments:
         with store.transaction() as db:
-            store.delete_ids(db, [image_id for image_id, _, _ in bad])
-        report.repaired.append(f"dropped {len(bad)} damaged photo(s); re-index them with `oesir index PATHS`")
+            store.delete_ids(db, damage.photos)
+            db.executemany("DELETE FROM segments WHERE id=?", [(seg_id,) for seg_id, _ in damage.segments])
+        for _, file in damage.segments:
+            (store.dir / file).unlink(missing_ok=True)
+        store.merge_segments()
+        if damage.photos:
+            report.repaired.append(f"dropped {len(damage.photos)} damaged photo(s); re-index them with `oesir index PATHS`")
+        if damage.segments:
+            report.repaired.append(f"removed {len(damage.segments)} damaged local-feature segment(s)")
         report.damaged_photos = []
+        report.damaged_segments = []
         report.photos = store.count()[0]
         _inspect_graphs(store, report)  # the generation moved on: the graphs are stale now
     before = dict(report.graphs)

@@ -166,7 +166,7 @@ def index(
     codec: Annotated[
         str | None,
         typer.Option(
-            help="How embeddings are stored: float32 (default for a new index), float16, or pq (32 bytes per object, "
+            help="How embeddings are stored: float32, float16 (default for a new index), or pq (32 bytes per object, "
             "asymmetric distances). On an existing index a smaller codec re-encodes it in place."
         ),
     ] = None,
@@ -571,6 +571,22 @@ def weights_pq(
 ) -> None:
     """Learn the product-quantisation codebook of `oesir index --codec pq`; add it to the manifest."""
     _learn_weights("codebook", model, lambda **kw: api.learn_codebook_file(images, **kw))
+
+
+@weights_app.command("vocabulary", epilog=_examples("oesir weights vocabulary --images training/"))
+def weights_vocabulary(
+    images: Annotated[Path, typer.Option("--images", help="Training photos (never part of a database).")],
+) -> None:
+    """Learn the local-feature vocabulary and residual PQ codebook on training photos' RootSIFT; add it to the manifest.
+
+    Indexes coded with another vocabulary are refused (re-index with --rebuild)."""
+    try:
+        with _progress() as bar:
+            task = bar.add_task("vocabulary", total=None, rate="")
+            path = api.learn_vocabulary_file(images, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    except (WeightsError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    print(path)
 
 
 @weights_app.command(

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import OesirError
 
 CODECS = ("float32", "float16", "pq")
+DEFAULT_CODEC = "float16"  # a new index's: half float32's bytes, the same rankings (RESULTS "Scale: codecs ...")
 PQ_SUBSPACES = 32  # 32 one-byte codes per 256-d embedding
 PQ_CENTROIDS = 256
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .postings import Segment, unpack_geometry
+from .postings import Segment
 from .vocabulary import NORM_LOW, NORM_STEP, Vocabulary, as_float
 
+SPARSE_KTH = 0.17  # median 5th-neighbour squared distance of query keypoints in the standard database (RESULTS)
 PROBES = 3  # visual words each query descriptor looks in (bench/RESULTS.md "Local features that scale")
 
 
@@ -93,13 +94,21 @@ class LocalIndex:
             xy = np.asarray(seg.geometry[entry]["xy"], np.float64)
             parts.append((q, photo, np.maximum(dist, 0.0).astype(np.float32), xy))
         if not parts:
-            return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), np.full(n, np.inf))
+            return Neighbours(
+                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), np.full(n, np.inf)
+            )
         q, photo, dist, xy = (np.concatenate(p) for p in zip(*parts))
         return Neighbours(q, photo, dist, xy, _kth_smallest(q, dist, n, k))
 
 
 def _kth_smallest(q: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.ndarray:
-    """[n] per query the k-th smallest distance (the largest when it has fewer than k; inf when none)."""
+    """[n] per query the k-th smallest distance; inf when it found nothing.
+
+    When its lists hold fewer than k entries (a small index), its k-th neighbour lies
+    outside them: no nearer than the largest found, nor than SPARSE_KTH, the k-th
+    distance a query keypoint typically has in a populated index. Without that floor
+    a keypoint with one entry in its lists could never pass the ratio test against itself.
+    """
     out = np.full(n, np.inf, np.float32)
     if len(q) == 0:
         return out
@@ -110,9 +119,6 @@ def _kth_smallest(q: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.ndarray
     has = ends > starts
     pick = np.minimum(starts + k - 1, ends - 1)
     out[has] = dist[order[pick[has]]]
+    few = has & (ends - starts < k)
+    out[few] = np.maximum(out[few], SPARSE_KTH)
     return out
-
-
-def stored_keypoints(seg: Segment, entry: np.ndarray) -> np.ndarray:
-    """[N, 4] keypoints (x, y, size, angle) of some entries of a segment."""
-    return unpack_geometry(np.asarray(seg.geometry[entry]))

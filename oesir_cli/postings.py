@@ -13,8 +13,9 @@ probes: memory grows with what a query touches, not with the collection.
 
 A segment file is immutable: a fixed-size JSON header naming its sections,
 then the sections (offsets per word, the segment's photo ids, then per entry
-its photo's number among them, code, norm and geometry), each 64-byte aligned. Which segments are live, their sizes and sha256 live in
-SQLite (store.py), so a half-written or damaged file is never trusted.
+its photo's number among them, code, norm and geometry), each 64-byte
+aligned. Which segments are live, their sizes and sha256 live in SQLite
+(store.py), so a half-written or damaged file is never trusted.
 """
 
 from __future__ import annotations
@@ -76,33 +77,99 @@ class Entries:
         return Entries(self.image[keep], self.word[keep], self.code[keep], self.norm[keep], self.geometry[keep])
 
 
+def _sections(n: int, photos: int, words: int, code_size: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of each section of a segment of `n` entries of `photos` photos, in file order."""
+    return {
+        "offsets": (np.dtype(np.uint32 if n < 2**32 else np.uint64), (words + 1,)),
+        "photos": (np.dtype(np.uint32), (photos,)),
+        "local": (np.dtype(np.uint16 if photos <= 65536 else np.uint32), (n,)),
+        "code": (np.dtype(np.uint8), (n, code_size)),
+        "norm": (np.dtype(np.uint8), (n,)),
+        "geometry": (GEOMETRY, (n,)),
+    }
+
+
+def _write_header(fh, n: int, photos: int, words: int, code_size: int) -> dict[str, int]:  # noqa: ANN001 - a binary file
+    """Write the header of a segment file and size it; returns each section's byte offset."""
+    layout, at = {}, HEADER_BYTES
+    for name, (dtype, shape) in _sections(n, photos, words, code_size).items():
+        layout[name] = {"offset": at, "dtype": dtype.descr if dtype.names else dtype.str, "shape": list(shape)}
+        at += -(-int(np.prod(shape)) * dtype.itemsize // ALIGN) * ALIGN
+    header = json.dumps({"format": 1, "words": words, "entries": n, "sections": layout}).encode()
+    if len(header) + len(MAGIC) > HEADER_BYTES:
+        raise ValueError("segment header too long")
+    fh.write(MAGIC + header.ljust(HEADER_BYTES - len(MAGIC), b" "))
+    fh.truncate(at)
+    return {name: spec["offset"] for name, spec in layout.items()}
+
+
 def write_segment(path: Path, entries: Entries, words: int) -> None:
     """Write `entries` as a segment file at `path` (the caller makes it atomic: see store.atomic_write)."""
     order = np.argsort(entries.word, kind="stable")
-    offsets = np.zeros(words + 1, np.uint32 if len(entries) < 2**32 else np.uint64)
-    offsets[1:] = np.cumsum(np.bincount(entries.word, minlength=words)[:words])
     photos, local = np.unique(entries.image, return_inverse=True)
-    sections = {
+    spec = _sections(len(entries), len(photos), words, entries.code.shape[1])
+    offsets = np.zeros(words + 1, spec["offsets"][0])
+    offsets[1:] = np.cumsum(np.bincount(entries.word, minlength=words)[:words])
+    arrays = {
         "offsets": offsets,
-        "photos": photos.astype(np.uint32),
-        "local": local[order].astype(np.uint16 if len(photos) <= 65536 else np.uint32),
-        "code": np.ascontiguousarray(entries.code[order], np.uint8),
-        "norm": entries.norm[order].astype(np.uint8),
+        "photos": photos,
+        "local": local[order],
+        "code": entries.code[order],
+        "norm": entries.norm[order],
         "geometry": entries.geometry[order],
     }
-    layout, at = {}, HEADER_BYTES
-    for name, arr in sections.items():
-        layout[name] = {"offset": at, "dtype": arr.dtype.descr if arr.dtype.names else arr.dtype.str, "shape": list(arr.shape)}
-        at += -(-arr.nbytes // ALIGN) * ALIGN
-    header = json.dumps({"format": 1, "words": words, "entries": len(entries), "sections": layout}).encode()
-    if len(header) + len(MAGIC) > HEADER_BYTES:
-        raise ValueError("segment header too long")
     with open(path, "wb") as fh:
-        fh.write(MAGIC + header.ljust(HEADER_BYTES - len(MAGIC), b" "))
-        for name, arr in sections.items():
-            fh.seek(layout[name]["offset"])
-            fh.write(np.ascontiguousarray(arr).tobytes())
-        fh.truncate(at)
+        at = _write_header(fh, len(entries), len(photos), words, entries.code.shape[1])
+        for name, arr in arrays.items():
+            fh.seek(at[name])
+            fh.write(np.ascontiguousarray(arr, spec[name][0]).tobytes())
+
+
+MERGE_WORDS = 1024  # words copied at a time by `merge_into`: memory stays a small share of the segments merged
+
+
+def merge_into(path: Path, sources: list[tuple[Segment, np.ndarray]]) -> int:
+    """Write at `path` one segment holding the entries of `sources` whose photo is among the ids given with
+    each (segment, live photo ids), list by list: memory stays about MERGE_WORDS / words of the segments
+    (what a merge of the largest segments of a 10^6-photo index needs). Returns the entries written."""
+    words, code_size = sources[0][0].words, sources[0][0].code.shape[1]
+    masks, counts, kept = [], np.zeros(words, np.int64), []
+    for seg, live_ids in sources:
+        live_photo = np.isin(seg.photos, live_ids)
+        mask = live_photo[np.asarray(seg.local, np.int64)] if seg.count else np.zeros(0, bool)
+        running = np.r_[0, np.cumsum(mask)]
+        counts += running[seg.offsets[1:]] - running[seg.offsets[:-1]]
+        masks.append(mask)
+        kept.append(seg.photos[live_photo])
+    photos = np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    n = int(counts.sum())
+    spec = _sections(n, len(photos), words, code_size)
+    with open(path, "wb") as fh:
+        at = _write_header(fh, n, len(photos), words, code_size)
+        fh.seek(at["offsets"])
+        fh.write(np.r_[0, np.cumsum(counts)].astype(spec["offsets"][0]).tobytes())
+        fh.seek(at["photos"])
+        fh.write(photos.astype(np.uint32).tobytes())
+        written = 0
+        for w0 in range(0, words, MERGE_WORDS):
+            w1 = min(words, w0 + MERGE_WORDS)
+            parts = []
+            for (seg, _), mask in zip(sources, masks):
+                lo, hi = int(seg.offsets[w0]), int(seg.offsets[w1])
+                take = lo + np.flatnonzero(mask[lo:hi])
+                word = np.repeat(np.arange(w0, w1), np.diff(seg.offsets[w0 : w1 + 1]))[take - lo]
+                local = np.searchsorted(photos, seg.photos[np.asarray(seg.local[take], np.int64)])
+                parts.append(
+                    (word, local, np.asarray(seg.code[take]), np.asarray(seg.norm[take]), np.asarray(seg.geometry[take]))
+                )
+            word, local, code, norm, geometry = (np.concatenate(p) for p in zip(*parts))
+            order = np.argsort(word, kind="stable")
+            for name, arr in (("local", local), ("code", code), ("norm", norm), ("geometry", geometry)):
+                dtype = spec[name][0]
+                fh.seek(at[name] + written * dtype.itemsize * (code_size if name == "code" else 1))
+                fh.write(np.ascontiguousarray(arr[order], dtype).tobytes())
+            written += len(order)
+    return n
 
 
 class Segment:
@@ -119,12 +186,16 @@ class Segment:
         self.count = int(meta["entries"])
         arrays = {}
         for name, s in meta["sections"].items():
-            dtype = np.dtype([tuple(f) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in s["dtype"]]) if isinstance(
-                s["dtype"], list
-            ) else np.dtype(s["dtype"])
+            dtype = (
+                np.dtype([tuple(f) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in s["dtype"]])
+                if isinstance(s["dtype"], list)
+                else np.dtype(s["dtype"])
+            )
             shape = tuple(s["shape"])
             arrays[name] = (
-                np.memmap(self.path, dtype=dtype, mode="r", offset=s["offset"], shape=shape) if np.prod(shape) else np.zeros(shape, dtype)
+                np.memmap(self.path, dtype=dtype, mode="r", offset=s["offset"], shape=shape)
+                if np.prod(shape)
+                else np.zeros(shape, dtype)
             )
         self.offsets: np.ndarray = np.asarray(arrays["offsets"], np.int64)  # small: read into memory
         self.photos: np.ndarray = np.asarray(arrays["photos"], np.int64)  # the segment's photo ids (small)

@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ import numpy as np
 from .codec import Codec, CodecError, make_codec
 from .errors import DiskFullError, StoreError
 from .local_index import LocalIndex
-from .postings import FANOUT, SEGMENT_SUFFIX, Entries, Segment, pack_geometry, write_segment
+from .postings import FANOUT, SEGMENT_SUFFIX, Entries, Segment, merge_into, pack_geometry, write_segment
 from .registry import WeightsError, sha256_file, verified_file
 from .schema import FORMAT, OBJECT_RECORD, SCHEMA, pack_objects, path_from_db, row_digest, split_path, unpack_boxes
 from .upgrade import upgrade_format1, upgrade_format2
@@ -386,7 +387,8 @@ class Store:
             "embeddings, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 self._folder_id(db, folder), name, bytes.fromhex(rec.sha256), rec.size, rec.mtime_ns, rec.width,
-                rec.height, int(time.time()), objects, embeddings, row_digest(rec.path, rec.sha256, objects, embeddings, b"", b""),
+                rec.height, int(time.time()), objects, embeddings,
+                row_digest(rec.path, rec.sha256, objects, embeddings, b"", b""),
             ),
         )  # fmt: skip
         ids[rec.path] = cur.lastrowid
@@ -498,14 +500,22 @@ class Store:
         if self.meta("local_codebook") is None:
             self.set_meta("local_codebook", tag)
 
-    def _write_segment(self, db: sqlite3.Connection, entries: Entries, level: int) -> int:
-        """Write a segment file (atomically, fsync'ed) and list it (inside `transaction()`); its id."""
-        vocabulary, _ = self.vocabulary()
+    def _write_segment(self, db: sqlite3.Connection, entries: Entries | Callable[[Path], int], level: int) -> int:
+        """Write a segment file (atomically, fsync'ed) and list it (inside `transaction()`); its id.
+        `entries`: what it holds, or a function that writes it at a path and returns its entry count."""
         path = self.dir / f"local-{uuid.uuid4().hex[:16]}{SEGMENT_SUFFIX}"
-        atomic_write(path, lambda tmp: write_segment(tmp, entries, vocabulary.words))
+        count = [len(entries)] if isinstance(entries, Entries) else []
+
+        def write(tmp: Path) -> None:
+            if isinstance(entries, Entries):
+                write_segment(tmp, entries, self.vocabulary()[0].words)
+            else:
+                count.append(entries(tmp))
+
+        atomic_write(path, write)
         return db.execute(
             "INSERT INTO segments(file, level, entries, bytes, sha256) VALUES (?,?,?,?,?)",
-            (path.name, level, len(entries), path.stat().st_size, bytes.fromhex(sha256_file(path))),
+            (path.name, level, count[0], path.stat().st_size, bytes.fromhex(sha256_file(path))),
         ).lastrowid
 
     def segments(self) -> list[tuple[int, str, int, int]]:
@@ -527,20 +537,28 @@ class Store:
                 return merges
             group = levels[full[0]][:FANOUT]
             ids = [seg_id for seg_id, _ in group]
-            parts = []
-            for seg_id, file in group:
-                entries = Segment(self.dir / file).all_entries()
-                users = np.array([r[0] for r in self.db.execute("SELECT id FROM photos WHERE segment=?", (seg_id,))], np.int64)
-                parts.append(entries.subset(np.isin(entries.image, users)))
-            merged = Entries.concat(parts)
             marks = ",".join("?" * len(ids))
+            users: dict[int, list[int]] = {seg_id: [] for seg_id in ids}
+            for photo, seg_id in self.db.execute(f"SELECT id, segment FROM photos WHERE segment IN ({marks})", ids):
+                users[seg_id].append(photo)
+            self._verify_segments(ids)  # never fold a damaged segment into a new one with a valid checksum
+            sources = [(Segment(self.dir / file), np.array(users[seg_id], np.int64)) for seg_id, file in group]
             with self.transaction(changes_vectors=False) as db:
-                new = self._write_segment(db, merged, full[0] + 1) if len(merged) else None
+                new = self._write_segment(db, partial(merge_into, sources=sources), full[0] + 1)
                 db.execute(f"UPDATE photos SET segment=? WHERE segment IN ({marks})", [new, *ids])
                 db.execute(f"DELETE FROM segments WHERE id IN ({marks})", ids)
+            del sources  # unmap before the files go
             for _, file in group:
                 (self.dir / file).unlink(missing_ok=True)
             merges += 1
+
+    def _verify_segments(self, ids: list[int]) -> None:
+        """StoreError naming the repair when one of these segments is missing or fails its sha256."""
+        bad = [file for _, file, _ in self.damaged_segments(ids)]
+        if bad:
+            raise StoreError(
+                f"local-feature segment {self.dir / bad[0]} is missing or damaged; run `oesir check --repair --index {self.dir}`"
+            )
 
     def _drop_unused_segments(self) -> None:
         used = {r[0] for r in self.db.execute("SELECT DISTINCT segment FROM photos WHERE segment IS NOT NULL")}
@@ -562,10 +580,13 @@ class Store:
                     n += 1
         return n
 
-    def damaged_segments(self) -> list[tuple[int, str, str]]:
-        """(segment id, file, problem) for each listed segment that is missing or whose bytes fail its sha256."""
+    def damaged_segments(self, ids: list[int] | None = None) -> list[tuple[int, str, str]]:
+        """(segment id, file, problem) for each listed segment (of `ids`; None: all) that is missing or whose
+        bytes fail its sha256."""
         bad = []
-        for seg_id, file, size, sha in self.db.execute("SELECT id, file, bytes, sha256 FROM segments"):
+        for seg_id, file, size, sha in self.db.execute("SELECT id, file, bytes, sha256 FROM segments").fetchall():
+            if ids is not None and seg_id not in ids:
+                continue
             path = self.dir / file
             if not path.exists():
                 bad.append((seg_id, file, "missing"))
@@ -581,6 +602,12 @@ class Store:
             for i, f, n in self.db.execute("SELECT id, folder, name FROM photos WHERE segment=?", (seg_id,)):
                 out.append((i, os.path.join(folders[f], path_from_db(n))))
         return out
+
+    def photos_in_unlisted_segments(self) -> list[tuple[int, str]]:
+        """(photo id, path) of photos whose `segment` names no listed segment (damage SQLite cannot see)."""
+        folders = self._folder_paths()
+        q = "SELECT id, folder, name FROM photos WHERE segment IS NOT NULL AND segment NOT IN (SELECT id FROM segments)"
+        return [(i, os.path.join(folders[f], path_from_db(n))) for i, f, n in self.db.execute(q)]
 
     def local_index(self, catalogue: Catalogue) -> LocalIndex:
         """The catalogue's segments, memory-mapped, as one searchable `LocalIndex`.
@@ -604,18 +631,19 @@ class Store:
         return LocalIndex(vocabulary, mapped, photo_of_id, catalogue.segment_of)
 
     def local_content(self) -> dict[int, bytes]:
-        """Photo id -> its live local entries (word, code, geometry) as sorted bytes: equal bytes, equal features."""
+        """Photo id -> its live local entries (word, code, norm, geometry; not the id) as sorted bytes:
+        equal bytes, equal features."""
         owner = dict(self.db.execute("SELECT id, segment FROM photos WHERE segment IS NOT NULL").fetchall())
         out: dict[int, bytes] = {}
         for seg_id, file, _, _ in self.segments():
             e = Segment(self.dir / file).all_entries()
-            fields = [("image", "<i8"), ("word", "<i8"), ("code", "u1", (e.code.shape[1],)), ("norm", "u1"), ("g", e.geometry.dtype)]
+            fields = [("word", "<i8"), ("code", "u1", (e.code.shape[1],)), ("norm", "u1"), ("g", e.geometry.dtype)]
             rows = np.zeros(len(e), fields)
-            rows["image"], rows["word"], rows["code"], rows["norm"], rows["g"] = e.image, e.word, e.code, e.norm, e.geometry
-            rows = np.sort(rows, order=["image", "word"], kind="stable")
-            for image in np.unique(rows["image"]):
+            rows["word"], rows["code"], rows["norm"], rows["g"] = e.word, e.code, e.norm, e.geometry
+            by_image = np.argsort(e.image, kind="stable")
+            images, starts = np.unique(e.image[by_image], return_index=True)
+            for image, part in zip(images, np.split(rows[by_image], starts[1:])):
                 if owner.get(int(image)) == seg_id:
-                    part = rows[rows["image"] == image]
                     out[int(image)] = np.sort(part.view(np.dtype((np.void, part.dtype.itemsize)))).tobytes()
         return out
 

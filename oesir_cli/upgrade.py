@@ -109,7 +109,13 @@ def upgrade_format2(store) -> int:  # noqa: ANN001 - a store.Store (importing it
             for image_id, folder, name, sha, objects, emb, kp, desc, digest in rows:
                 path = os.path.join(folders[folder], path_from_db(name))
                 intact = digest == row_digest(path, sha.hex(), objects, emb, kp or b"", desc or b"")
-                items.append((image_id, np.frombuffer(kp or b"", np.float32).reshape(-1, 4), np.frombuffer(desc, np.uint8).reshape(-1, 128)))
+                items.append(
+                    (
+                        image_id,
+                        np.frombuffer(kp or b"", np.float32).reshape(-1, 4),
+                        np.frombuffer(desc, np.uint8).reshape(-1, 128),
+                    )
+                )
                 updates.append((row_digest(path, sha.hex(), objects, emb, b"", b"") if intact else b"", image_id))
             store.add_local_features(tx, items)
             tx.executemany("UPDATE photos SET keypoints=NULL, descriptors=NULL, digest=? WHERE id=?", updates)

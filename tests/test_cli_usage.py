@@ -158,38 +158,67 @@ def test_index_option_naming_a_file_is_one_clear_error(args, tmp_path):
     assert notes.read_text() == "case notes\n"
 
 
-# check: missing or stale graphs are notes, altered ones damage
+# check: missing or stale graphs are notes, altered ones damage; so are missing or altered local-feature segments
 
 
-def test_check_notes_a_missing_or_stale_graph_and_flags_an_altered_one(indexed, tmp_path):
+def test_check_notes_a_missing_or_stale_graph_and_flags_an_altered_one(indexed, tmp_path, monkeypatch):
+    from oesir_cli import graphs
+
     idx = tmp_path / "idx"
     shutil.copytree(indexed[1], idx)
-    graph = idx / "local.hnsw"
-    saved = graph.read_bytes()
-
-    graph.unlink()  # as after Ctrl-C of `oesir index` before the graph was saved
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)  # so the index needs an object graph
+    graph = idx / "objects.hnsw"
+    assert not graph.exists()  # as after Ctrl-C of `oesir index` before the graph was saved
     r = runner.invoke(app, ["check", "--index", str(idx)])
     assert r.exit_code == 0, r.output
-    assert "local.hnsw: missing" in r.stdout and "note: local.hnsw is missing" in r.stdout and "rebuilds it" in r.stdout
+    assert "objects.hnsw: missing" in r.stdout and "note: objects.hnsw is missing" in r.stdout and "rebuilds it" in r.stdout
     report = json.loads(runner.invoke(app, ["check", "--index", str(idx), "--json"]).stdout)
-    assert report["ok"] and report["graphs"]["local.hnsw"] == "missing" and len(report["notes"]) == 1
+    assert report["ok"] and report["graphs"]["objects.hnsw"] == "missing" and len(report["notes"]) == 1
+    r = runner.invoke(app, ["check", "--index", str(idx), "--repair", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["objects.hnsw"] == "rebuilt"
+    saved = graph.read_bytes()
 
-    graph.write_bytes(saved)
     stamp = json.loads(stamp_path(graph).read_text())
     stamp_path(graph).write_text(json.dumps({**stamp, "generation": stamp["generation"] - 1}))
     r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["local.hnsw"] == "stale"
+    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["objects.hnsw"] == "stale"
 
     stamp_path(graph).write_text(json.dumps(stamp))
+    assert json.loads(runner.invoke(app, ["check", "--index", str(idx), "--json"]).stdout)["graphs"]["objects.hnsw"] == "ok"
     flipped = bytearray(saved)
     flipped[len(flipped) // 2] ^= 0xFF  # same size, other bytes: only the sha256 tells
     graph.write_bytes(bytes(flipped))
     r = runner.invoke(app, ["check", "--index", str(idx)])
-    assert r.exit_code == 1 and "local.hnsw: damaged" in r.stdout and "--repair" in r.stderr
+    assert r.exit_code == 1 and "objects.hnsw: damaged" in r.stdout and "--repair" in r.stderr
 
     r = runner.invoke(app, ["check", "--index", str(idx), "--repair", "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["local.hnsw"] == "rebuilt"
+    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["objects.hnsw"] == "rebuilt"
+    assert graph.read_bytes() != bytes(flipped)
     assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
+
+
+def test_check_flags_a_missing_segment_and_search_names_the_repair(indexed, tmp_path):
+    """A deleted local-feature segment is damage to the photos it held, never a note: the index cannot search them."""
+    photos, _ = indexed
+    idx = tmp_path / "idx"
+    shutil.copytree(indexed[1], idx)
+    (segment,) = idx.glob("local-*.ivf")  # three photos, one batch: one segment
+    segment.unlink()
+    r = runner.invoke(app, ["check", "--index", str(idx)])
+    assert r.exit_code == 1, r.output
+    for path in photos.iterdir():
+        assert f"damaged photo: {path}: its local features (segment {segment.name}) are missing or damaged" in r.stdout
+    assert "run `oesir check --repair`, then `oesir index PATHS`" in r.stderr
+    r = runner.invoke(app, ["search", str(EXAMPLES / "spliced.jpg"), "--index", str(idx)])
+    assert r.exit_code == 1 and segment.name in r.stderr and "oesir check --repair" in r.stderr and "Traceback" not in r.output
+
+    r = runner.invoke(app, ["check", "--index", str(idx), "--repair", "--json"])
+    report = json.loads(r.stdout)
+    assert r.exit_code == 0 and report["ok"] and report["photos"] == 0 and report["damaged_segments"] == []
+    assert not list(idx.glob("local-*.ivf"))
+    r = runner.invoke(app, ["index", str(photos), "--index", str(idx)])
+    assert r.exit_code == 0, r.output
+    assert api.info(idx)["photos"] == 3 and runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
 
 
 # the results table at 80 columns

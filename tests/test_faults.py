@@ -214,24 +214,38 @@ def test_second_writer_gets_clear_message(tmp_path):
     assert len(_content(idx)) == 2  # the refused --rebuild touched nothing
 
 
-def test_reader_sees_last_committed_state(tmp_path):
-    photos = _small_photos(tmp_path / "photos", 4)
-    idx = tmp_path / "idx"
-    api.index([photos / "p00.jpg", photos / "p01.jpg"], index_dir=idx)
-    graph_before = (idx / "local.hnsw").read_bytes()
+def test_reader_sees_last_committed_state(tmp_path, monkeypatch):
+    from oesir_cli import graphs
     from oesir_cli.imageio import load_rgb
     from oesir_cli.store import ImageRecord
 
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)  # so the index has an object graph too
+    photos = _small_photos(tmp_path / "photos", 4)
+    idx = tmp_path / "idx"
+    api.index([photos / "p00.jpg", photos / "p01.jpg"], index_dir=idx)
+    graph_before = (idx / "objects.hnsw").read_bytes()
+    segments_before = sorted(p.name for p in idx.glob("local-*.ivf"))
+
     writer = Store(idx)
     new_path = str(photos / "p02.jpg")
+    data = api.engine().describe(load_rgb(new_path))
     with writer_lock(idx):
         with writer.transaction() as db:
-            writer.put(db, ImageRecord(0, new_path, "0" * 64, 1, 1, 240, 180), api.engine().describe(load_rgb(new_path)))
+            new_id = writer.put(db, ImageRecord(0, new_path, "0" * 64, 1, 1, 240, 180), data)
+            writer.add_local_features(db, [(new_id, data.keypoints, data.descriptors)])
+            (written,) = set(p.name for p in idx.glob("local-*.ivf")) - set(segments_before)  # on disk, not yet committed
             during = api.open_searcher(idx)  # mid-transaction
             assert len(during.catalogue.paths) == 2 and new_path not in during.catalogue.paths
+            assert [file for _, file, _, _ in during.catalogue.segments] == segments_before
+            assert during.photos.local.count == sum(s.count for s in during.photos.local.segments.values()) > 0
+        assert (idx / written).exists()  # the reader left the writer's segment alone
         after = api.open_searcher(idx)  # committed, writer still holds the lock
         assert len(after.catalogue.paths) == 3 and new_path in after.catalogue.paths
-        assert (idx / "local.hnsw").read_bytes() == graph_before  # readers never write graphs under a writer
+        assert written in [file for _, file, _, _ in after.catalogue.segments]
+        found = after.photos.local.probe(data.descriptors, k=5)  # its own keypoints find the new photo first
+        votes = np.bincount(found.photo[found.ratio_votes(0.7)], minlength=3)
+        assert votes.argmax() == after.catalogue.paths.index(new_path)
+        assert (idx / "objects.hnsw").read_bytes() == graph_before  # readers never write graphs under a writer
     writer.close()
 
 
@@ -334,22 +348,60 @@ def test_damaged_rows_found_repaired_and_reindexed(tmp_path):
 def test_damaged_graphs_detected_and_rebuilt(tmp_path, monkeypatch):
     from oesir_cli import graphs
 
-    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)  # so the index has an object graph too
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)  # so the index has an object graph
     photos = _small_photos(tmp_path / "photos", 3)
     idx = tmp_path / "idx"
     api.index([photos], index_dir=idx)
     query = photos / "p01.jpg"
     expected = [m.image for m in api.search_path(api.open_searcher(idx), query, top=3)]
-    _tamper(idx / "local.hnsw", (idx / "local.hnsw").stat().st_size // 2)
+    _tamper(idx / "objects.hnsw", (idx / "objects.hnsw").stat().st_size // 2)
     r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
-    assert r.exit_code == 1 and json.loads(r.stdout)["graphs"]["local.hnsw"] == "damaged"
+    assert r.exit_code == 1 and json.loads(r.stdout)["graphs"]["objects.hnsw"] == "damaged"
+    assert json.loads(r.stdout)["damaged_photos"] == []  # derived: no photo is lost
     r = runner.invoke(app, ["check", "--index", str(idx), "--repair", "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["local.hnsw"] == "rebuilt"
+    assert r.exit_code == 0 and json.loads(r.stdout)["graphs"]["objects.hnsw"] == "rebuilt"
+    assert json.loads(r.stdout)["photos"] == 3
     # a truncated graph is noticed when the index is opened, and rebuilt then
     with open(idx / "objects.hnsw", "r+b") as fh:
         fh.truncate(100)
     assert [m.image for m in api.search_path(api.open_searcher(idx), query, top=3)] == expected
     assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
+
+
+def test_damaged_segment_found_repaired_and_reindexed(tmp_path):
+    """One byte of one local-feature segment altered: exactly the photos whose features it holds are damaged."""
+    photos = _small_photos(tmp_path / "photos", 5)
+    idx = tmp_path / "idx"
+    api.index([photos / "p00.jpg", photos / "p01.jpg"], index_dir=idx)  # segment 1: p00, p01
+    (first,) = idx.glob("local-*.ivf")
+    api.index([photos], index_dir=idx)  # segment 2: p02, p03, p04
+    assert len(list(idx.glob("local-*.ivf"))) == 2
+    expected = _content(idx)
+    query = photos / "p00.jpg"
+    assert [m.image for m in api.search_path(api.open_searcher(idx), query, top=1, mode="local")] == [str(query)]
+    _tamper(first, first.stat().st_size - 3)  # same size, other bytes: only the sha256 tells
+
+    r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
+    assert r.exit_code == 1 and "--repair" in r.stderr and "oesir index PATHS" in r.stderr
+    report = json.loads(r.stdout)
+    assert report["damaged_photos"] == [
+        {"path": str(photos / name), "problem": f"its local features (segment {first.name}) are missing or damaged"}
+        for name in ("p00.jpg", "p01.jpg")
+    ]
+    assert [d["file"] for d in report["damaged_segments"]] == [first.name] and report["graphs"] == {}
+    r = runner.invoke(app, ["check", "--index", str(idx), "--repair", "--json"])
+    report = json.loads(r.stdout)
+    assert r.exit_code == 0 and report["ok"] and report["photos"] == 3 and report["damaged_photos"] == []
+    assert not first.exists() and len(list(idx.glob("local-*.ivf"))) == 1
+    assert sorted(Path(p).name for p in Store(idx).images()) == ["p02.jpg", "p03.jpg", "p04.jpg"]
+    assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
+    assert [m.image for m in api.search_path(api.open_searcher(idx), query, top=1, mode="local")] != [str(query)]
+
+    s = api.index([photos], index_dir=idx)
+    assert (s.added, s.unchanged) == (2, 3)
+    assert runner.invoke(app, ["check", "--index", str(idx)]).exit_code == 0
+    assert [m.image for m in api.search_path(api.open_searcher(idx), query, top=1, mode="local")] == [str(query)]
+    assert _content(idx) == expected
 
 
 def test_truncated_database_reported_and_rebuild_recovers(tmp_path):
@@ -379,56 +431,79 @@ FORMAT1_TABLES = (
 )
 
 
-def _rewrite_as_format1(idx: Path, digests: bool = True) -> None:
-    """Turn a format-2 index into the layout earlier oesir versions wrote (same photos, same ids)."""
+def _indexed_keeping_features(tmp_path: Path, n: int) -> tuple[Path, Path, list[tuple], dict[int, tuple[bytes, bytes]]]:
+    """`_indexed`, and the local features the indexer stored: photo id -> (keypoints, descriptors) as format 1 kept them."""
+    features: dict[int, tuple[bytes, bytes]] = {}
+    real = Store.add_local_features
+
+    def keep(self: Store, db: sqlite3.Connection, items: list) -> None:
+        for image_id, kp, desc in items:
+            features[image_id] = (np.asarray(kp, np.float32).tobytes(), np.asarray(desc, np.uint8).tobytes())
+        real(self, db, items)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Store, "add_local_features", keep)
+        photos, idx, expected = _indexed(tmp_path, n)
+    return photos, idx, expected, features
+
+
+def _rewrite_as_format1(idx: Path, features: dict[int, tuple[bytes, bytes]], digests: bool = True) -> None:
+    """Turn an index into the layout earlier oesir versions wrote (same photos, same ids), the local features
+    (which format 3 keeps only coded) given as the indexer stored them (`_indexed_keeping_features`)."""
     from oesir_cli.schema import OBJECT_RECORD, unpack_boxes
     from oesir_cli.upgrade import format1_digest
 
     db = sqlite3.connect(idx / "oesir.sqlite", isolation_level=None)
     rows = db.execute(
         "SELECT p.id, f.path, p.name, p.sha256, p.size, p.mtime_ns, p.width, p.height, p.indexed_at, p.objects, "
-        "p.embeddings, p.keypoints, p.descriptors FROM photos p JOIN folders f ON f.id = p.folder"
+        "p.embeddings FROM photos p JOIN folders f ON f.id = p.folder"
     ).fetchall()
     db.execute("BEGIN")
     for statement in FORMAT1_TABLES:
         db.execute(statement)
-    for pid, folder, name, sha, size, mtime, w, h, at, objs, emb, kp, desc in rows:
+    for pid, folder, name, sha, size, mtime, w, h, at, objs, emb in rows:
         path = os.path.join(folder, name)
         boxes = unpack_boxes(objs, w, h)
         rec = np.frombuffer(objs, OBJECT_RECORD)
         db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)", (pid, path, sha.hex(), size, mtime, w, h, float(at)))
         for i, (box, score, cls) in enumerate(zip(boxes, rec["score"] / 255.0, rec["cls"])):
             db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?)", (pid, i, *map(float, box), float(score), int(cls)))
-        kp, desc = kp or b"", desc or b""
+        kp, desc = features.get(pid, (b"", b""))
         digest = format1_digest(path, sha.hex(), boxes, emb, kp, desc) if digests else None
         db.execute("INSERT INTO vectors VALUES (?,?,?,?,?)", (pid, emb, kp, desc, digest))
     db.execute("DROP TABLE photos")
     db.execute("DROP TABLE folders")
+    db.execute("DROP TABLE segments")
     db.execute("UPDATE meta SET value='1' WHERE key='format'")
     db.execute("COMMIT")
     db.close()
+    for segment in idx.glob("local-*.ivf"):  # format 1 had none
+        segment.unlink()
 
 
 @pytest.mark.parametrize("digests", [True, False], ids=["format1", "format1-before-checksums"])
 def test_format1_index_is_upgraded_in_place(tmp_path, digests):
-    photos, idx, expected = _indexed(tmp_path, 3)
+    photos, idx, expected, features = _indexed_keeping_features(tmp_path, 3)
     before = api.info(idx)
     query = photos / "p01.jpg"
     ranking = [(m.image, m.distance) for m in api.search_path(api.open_searcher(idx), query, top=3)]
-    graph = (idx / "local.hnsw").read_bytes()
-    _rewrite_as_format1(idx, digests)
+    store = Store(idx)
+    local = store.local_content()
+    store.close()
+    assert sorted(local) == sorted(features) == [1, 2, 3]
+    _rewrite_as_format1(idx, features, digests)
     if digests:  # damage one photo's row in the old format: the upgrade must not vouch for it
         db = sqlite3.connect(idx / "oesir.sqlite")
         (emb,) = db.execute("SELECT embeddings FROM vectors WHERE image_id=2").fetchone()
         db.execute("UPDATE vectors SET embeddings=? WHERE image_id=2", (bytes([emb[0] ^ 1]) + emb[1:],))
         db.commit()
         db.close()
-    # a reader opens it first: it is upgraded under the writer lock; graphs and generation untouched
+    # a reader opens it first: it is upgraded under the writer lock, its local features coded as a fresh index's
     searcher = api.open_searcher(idx)
-    assert (idx / "local.hnsw").read_bytes() == graph
+    assert searcher.store.local_content() == local
     after = api.info(idx)
     assert (after["generation"], after["objects"], after["photos"]) == (before["generation"], before["objects"], 3)
-    assert before["format"] == after["format"] == 2
+    assert before["format"] == after["format"] == 3
     r = runner.invoke(app, ["check", "--index", str(idx), "--json"])
     if digests:
         assert r.exit_code == 1 and [d["path"] for d in json.loads(r.stdout)["damaged_photos"]] == [str(photos / "p01.jpg")]
@@ -445,8 +520,8 @@ def test_format1_upgrade_interrupted_keeps_the_old_index(tmp_path, monkeypatch):
     """A failure half-way through the upgrade leaves the format-1 index as it was; the next open upgrades it."""
     from oesir_cli import upgrade
 
-    photos, idx, expected = _indexed(tmp_path, 3)
-    _rewrite_as_format1(idx)
+    photos, idx, expected, features = _indexed_keeping_features(tmp_path, 3)
+    _rewrite_as_format1(idx, features)
     before = sqlite3.connect(idx / "oesir.sqlite").execute("SELECT count(*) FROM objects").fetchone()[0]
     calls = []
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from oesir_cli.choices import Verdict
 from oesir_cli.imageio import load_rgb
+from oesir_cli.local_index import Neighbours
 from oesir_cli.search import DEFAULT_PARAMS, DonorEvidence, Votes, fused_ranking, object_ranking, vote_ranking
 from oesir_cli.search.fusion import reciprocal_ranks
 from oesir_cli.search.host import HostCandidates, choose_host, host_candidates
@@ -90,17 +91,30 @@ def test_object_and_vote_rankings():
 
 
 def test_votes_ratio_test_and_one_vote_per_keypoint_per_photo():
-    keypoint_image = np.array([0, 0, 1, 1, 2, 2])
-    rows = np.array([[0, 1, 2, 4], [2, 3, 4, 5], [4, 0, 2, 3]])
-    dists = np.array([[1.0, 1.2, 5.0, 10.0], [1.0, 6.0, 9.0, 10.0], [9.0, 9.5, 9.8, 10.0]])
-    v = Votes.from_knn(rows, dists, keypoint_image, 3, ratio=0.7)
-    # keypoint 0: rows 0 and 1 (photo 0, once) and row 2 (photo 1); keypoint 1: rows 2, 3 (photo 1, once); keypoint 2: none
-    assert v.counts.tolist() == [1, 2, 0]
-    assert sorted(zip(v.q_idx.tolist(), v.photos.tolist())) == [(0, 0), (0, 1), (1, 1)]
+    # what the query's keypoints found in the lists they probed, in no particular order (as `LocalIndex.probe` returns it)
+    found = Neighbours(
+        q=np.array([0, 0, 0, 0, 1, 1, 1, 2, 2]),
+        photo=np.array([0, 0, 1, 2, 1, 1, 2, 2, 0]),
+        dist=np.array([1.2, 1.0, 5.0, 8.0, 6.0, 1.0, 9.0, 8.0, 9.0], np.float32),
+        xy=np.array([[12, 0], [10, 0], [50, 0], [80, 0], [60, 1], [10, 1], [90, 1], [80, 2], [90, 2]], np.float64),
+        kth=np.array([10.0, 10.0, 12.0], np.float32),
+    )
+    v = Votes.from_neighbours(found, 3, ratio=0.7)
+    # keypoint 0 (k-th 10: under 7 votes): photo 0 twice (counted once) and photo 1; its 8.0 for photo 2 is too far.
+    # keypoint 1: photo 1 twice, once. keypoint 2 (its own k-th 12: under 8.4 votes): photo 2 at 8.0.
+    assert v.counts.tolist() == [1, 2, 1]
+    pairs = sorted(zip(v.q_idx.tolist(), v.photos.tolist(), v.db_xy.tolist()))
+    # each (keypoint, photo) vote keeps its nearest stored keypoint's position
+    assert pairs == [(0, 0, [10, 0]), (0, 1, [50, 0]), (1, 1, [10, 1]), (2, 2, [80, 2])]
+    assert v.neighbours is found  # kept for the host stage's matches
+    none = Votes.from_neighbours(found, 3, ratio=0.1)
+    assert none.counts.tolist() == [0, 0, 0] and len(none.q_idx) == len(none.db_xy) == 0
 
 
 def test_residual_counts_drop_keypoints_the_host_explains():
-    v = Votes(q_idx=np.array([0, 0, 1, 2, 3]), db_rows=np.arange(5), photos=np.array([0, 1, 1, 1, 2]), counts=np.array([1, 3, 1]))
+    v = Votes(
+        q_idx=np.array([0, 0, 1, 2, 3]), db_xy=np.zeros((5, 2)), photos=np.array([0, 1, 1, 1, 2]), counts=np.array([1, 3, 1])
+    )
     assert v.residual_counts(host=0).tolist() == [0, 2, 1]  # keypoint 0 voted for the host: its vote for 1 goes
     assert v.residual_counts(host=1).tolist() == [0, 0, 1]
 
