@@ -17,7 +17,7 @@ import numpy as np
 from .postings import Segment
 from .vocabulary import NORM_LOW, NORM_STEP, Vocabulary, as_float
 
-SPARSE_KTH = 0.17  # median 5th-neighbour squared distance of query keypoints in the standard database (RESULTS)
+SPARSE_KTH = 0.3  # median exact 5th-neighbour squared distance of a query keypoint in a 4-photo index (RESULTS)
 PROBES = 3  # visual words each query descriptor looks in (bench/RESULTS.md "Local features that scale")
 
 
@@ -61,6 +61,18 @@ class LocalIndex:
         self.segments = segments  # segment id -> mapped file
         self.photo_of_id = photo_of_id  # [max photo id + 1] photo number, -1: no such photo
         self.segment_of = segment_of  # [P] the segment holding each photo's features (0: none)
+        # per segment: the photo number of each of its photos, -1 where the photo's features now live elsewhere
+        self._numbers = {seg_id: self._photo_numbers(seg_id, seg) for seg_id, seg in segments.items()}
+
+    def _photo_numbers(self, seg_id: int, seg: Segment) -> np.ndarray:
+        ids = seg.photos
+        known = ids < len(self.photo_of_id)
+        photo = np.full(len(ids), -1, np.int64)
+        photo[known] = self.photo_of_id[ids[known]]
+        live = photo >= 0
+        live[live] = self.segment_of[photo[live]] == seg_id
+        photo[~live] = -1
+        return photo
 
     @property
     def count(self) -> int:
@@ -80,17 +92,16 @@ class LocalIndex:
             pair, entry = seg.ranges(words.reshape(-1))
             if len(entry) == 0:
                 continue
-            image = seg.images(entry)
-            photo = np.where(image < len(self.photo_of_id), self.photo_of_id[np.minimum(image, len(self.photo_of_id) - 1)], -1)
+            photo = self._numbers[seg_id][np.asarray(seg.local[entry], np.int64)]
             live = photo >= 0
-            live[live] = self.segment_of[photo[live]] == seg_id
-            pair, entry, photo = pair[live], entry[live], photo[live]
+            if not live.all():
+                pair, entry, photo = pair[live], entry[live], photo[live]
             q = pair // probes
-            codes = np.asarray(seg.code[entry])
+            codes = np.ascontiguousarray(np.asarray(seg.code[entry]).T)  # [M, E]: one contiguous row per sub-space
             dist = pair_terms[pair] + (NORM_LOW + NORM_STEP * np.asarray(seg.norm[entry], np.float32))
-            base = q * (m * 256)
+            base = (q * (m * 256)).astype(np.int32 if len(flat) < 2**31 else np.int64)
             for j in range(m):
-                dist += flat[base + (j * 256 + codes[:, j].astype(np.int64))]
+                dist += flat[(base + j * 256) + codes[j]]
             xy = np.asarray(seg.geometry[entry]["xy"], np.float64)
             parts.append((q, photo, np.maximum(dist, 0.0).astype(np.float32), xy))
         if not parts:
@@ -106,19 +117,20 @@ def _kth_smallest(q: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.ndarray
 
     When its lists hold fewer than k entries (a small index), its k-th neighbour lies
     outside them: no nearer than the largest found, nor than SPARSE_KTH, the k-th
-    distance a query keypoint typically has in a populated index. Without that floor
+    distance a query keypoint typically has in a small index. Without that floor
     a keypoint with one entry in its lists could never pass the ratio test against itself.
     """
     out = np.full(n, np.inf, np.float32)
     if len(q) == 0:
         return out
-    order = np.argsort(q * 8.0 + np.minimum(dist, 7.0))  # by query, then distance (RootSIFT distances < 4)
+    counts = np.bincount(q, minlength=n)
+    order = np.argsort(q.astype(np.int16 if n < 2**15 else np.int64), kind="stable")  # radix sort for int16
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
     qs = q[order]
-    starts = np.searchsorted(qs, np.arange(n))
-    ends = np.searchsorted(qs, np.arange(n), side="right")
-    has = ends > starts
-    pick = np.minimum(starts + k - 1, ends - 1)
-    out[has] = dist[order[pick[has]]]
-    few = has & (ends - starts < k)
-    out[few] = np.maximum(out[few], SPARSE_KTH)
+    table = np.full((n, max(int(counts.max()), k)), np.inf, np.float32)  # each query's distances, padded
+    table[qs, np.arange(len(q)) - starts[qs]] = dist[order]
+    kth = np.partition(table, k - 1, axis=1)[:, k - 1]
+    has, few = counts > 0, (counts > 0) & (counts < k)
+    out[has & ~few] = kth[has & ~few]
+    out[few] = np.maximum(table[few].max(1, where=np.isfinite(table[few]), initial=0.0), SPARSE_KTH)
     return out

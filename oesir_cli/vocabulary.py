@@ -15,6 +15,7 @@ benchmark database (`oesir weights vocabulary`) and ships in the weights folder.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +86,31 @@ class Vocabulary:
             return np.zeros((0, probes), np.int64)
         cells = _smallest(_distances(x, self.coarse), coarse_probes)  # [N, a]
         n_fine = self.fine.shape[1]
-        norms = (self.fine * self.fine).sum(-1)  # [C, F]
-        d = np.empty((len(x), coarse_probes * n_fine), np.float32)  # |x|^2 left out: ranks alike per row
-        for i in range(coarse_probes):
-            cols = slice(i * n_fine, (i + 1) * n_fine)
-            for c in np.unique(cells[:, i]):
-                rows = np.flatnonzero(cells[:, i] == c)
-                d[rows, cols] = norms[c] - 2.0 * (x[rows] @ self.fine[c].T)
+        d = np.concatenate([self._fine_distances(x, cells[:, i]) for i in range(coarse_probes)], axis=1)
         best = _smallest(d, probes)
         return cells[np.arange(len(x))[:, None], best // n_fine] * n_fine + best % n_fine
+
+    def _fine_distances(self, x: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """[N, F] squared distances (less |x|^2, which ranks alike per row) of each row to the fine centroids of
+        its `cell`: rows grouped by cell, padded, and all cells in one batched matrix product."""
+        n_cells = len(self.coarse)
+        order = np.argsort(cell, kind="stable")
+        c = cell[order]
+        counts = np.bincount(c, minlength=n_cells)
+        pos = np.arange(len(x)) - (np.cumsum(counts) - counts)[c]
+        used = np.flatnonzero(counts)
+        slot = np.full(n_cells, -1)
+        slot[used] = np.arange(len(used))
+        padded = np.zeros((len(used), int(counts.max()), x.shape[1]), np.float32)
+        padded[slot[c], pos] = x[order]
+        d = self._fine_norms[used][:, None, :] - 2.0 * (padded @ self.fine[used].transpose(0, 2, 1))
+        out = np.empty((len(x), self.fine.shape[1]), np.float32)
+        out[order] = d[slot[c], pos]
+        return out
+
+    @cached_property
+    def _fine_norms(self) -> np.ndarray:
+        return (self.fine * self.fine).sum(-1)
 
     def encode(self, x: np.ndarray, words: np.ndarray) -> np.ndarray:
         """[N, M] uint8 PQ codes of the residuals of float rows `x` to their `words`' centroids."""
@@ -130,11 +147,18 @@ class Vocabulary:
         """
         x = np.asarray(x, np.float32)
         pair = (x * x).sum(1)[:, None] - 2.0 * np.einsum("nd,npd->np", x, self.centroids[words])
+        m, k, _ = self.pq.shape
+        return pair, (x @ self._table_matrix).reshape(len(x), m, k)
+
+    @cached_property
+    def _table_matrix(self) -> np.ndarray:
+        """[128, M x 256] block-diagonal: -2 x the PQ centroids of each sub-space, so that all of a row's tables
+        are one matrix product (one BLAS call instead of M thin ones)."""
         m, k, sub = self.pq.shape
-        tables = np.empty((len(x), m, k), np.float32)
+        out = np.zeros((m * sub, m * k), np.float32)
         for j in range(m):
-            tables[:, j] = -2.0 * (x[:, j * sub : (j + 1) * sub] @ self.pq[j].T)
-        return pair, tables
+            out[j * sub : (j + 1) * sub, j * k : (j + 1) * k] = -2.0 * self.pq[j].T
+        return out
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

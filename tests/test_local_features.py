@@ -128,6 +128,21 @@ def test_matches_take_the_photo_nearest_entry_by_a_ratio_test():
     assert found.ratio_votes(0.7).tolist() == [0, 2, 3, 4]  # under 0.7 x k-th: 0.35 for query 0, 0.7 for query 1
 
 
+def test_kth_smallest_per_query_with_the_floor_for_sparse_lists():
+    from oesir_cli.local_index import SPARSE_KTH, _kth_smallest
+
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 40, 2000)
+    q[q == 7] = 8  # query 7 finds nothing
+    q[np.flatnonzero(q == 9)[2:]] = 10  # query 9 finds two entries
+    dist = rng.random(2000).astype(np.float32)
+    got = _kth_smallest(q, dist, 40, 5)
+    for i in range(40):
+        d = np.sort(dist[q == i])
+        want = np.inf if len(d) == 0 else d[4] if len(d) >= 5 else max(d[-1], SPARSE_KTH)
+        assert got[i] == np.float32(want), i
+
+
 def _store_with_photos(directory: Path, photos: list[np.ndarray]) -> tuple[Store, list[int]]:
     store = Store(directory, create=True)
     with store.transaction() as db:
