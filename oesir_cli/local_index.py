@@ -18,6 +18,8 @@ from .postings import Segment
 from .vocabulary import NORM_LOW, NORM_STEP, Vocabulary, as_float
 
 SPARSE_KTH = 0.3  # median exact 5th-neighbour squared distance of a query keypoint in a 4-photo index (RESULTS)
+MIN_SCANNED = 128  # a small index: each query keypoint probes enough words to meet about this many entries ...
+MAX_PROBES = 16  # ... up to this many words
 PROBES = 3  # visual words each query descriptor looks in (bench/RESULTS.md "Local features that scale")
 
 
@@ -79,10 +81,19 @@ class LocalIndex:
         """Stored keypoints (live or not) in all segments."""
         return sum(s.count for s in self.segments.values())
 
+    def probes_for(self, probes: int) -> int:
+        """`probes`, or more in a small index: with few entries per list, a keypoint's true neighbour is often
+        in a list next to its own, and finding it there is cheap (MIN_SCANNED entries on average, at most
+        MAX_PROBES words)."""
+        per_word = self.count / max(1, self.vocabulary.words) if self.vocabulary is not None else 0.0
+        wanted = int(np.ceil(MIN_SCANNED / per_word)) if per_word > 0 else probes
+        return int(min(max(probes, wanted), MAX_PROBES))
+
     def probe(self, descriptors: np.ndarray, k: int, probes: int = PROBES) -> Neighbours:
         """Every live entry in the `probes` nearest lists of each query descriptor (uint8 RootSIFT [Q, 128])."""
         x = as_float(descriptors)
         n = len(x)
+        probes = self.probes_for(probes)
         words = self.vocabulary.nearest_words(x, probes)  # [Q, probes]
         pair_terms, tables = self.vocabulary.query_terms(x, words)
         pair_terms, flat = pair_terms.reshape(-1), tables.reshape(-1)

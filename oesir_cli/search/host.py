@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..alignment import RATIO, Explained, explained_by
+from ..alignment import RATIO, Explained, explained_by, ratio_matches
 from ..imageio import ImageError, load_rgb
-from ..keypoints import LocalFeatures, spread
+from ..keypoints import STORED_KEYPOINTS, LocalFeatures, extract, spread
 from .evidence import IndexedPhotos, Votes
 from .params import RankingParams
 
@@ -65,24 +65,33 @@ def explain(
     """How much of the query `photo` explains once aligned, and what it does not.
 
     The query's keypoints (of the orientation that voted more for this photo)
-    are matched against the photo's stored ones found in the lists they probed,
-    by the ratio test within the photo: far more matches than survive the
-    global k-NN for a plain host such as sea or sky. The stored photo gives the
-    pixels; if it cannot be read, the spread of the matches stands in for the
-    share explained.
+    are matched directly against the photo's own keypoints by the ratio test:
+    far more matches than survive the global k-NN for a plain host such as sea
+    or sky. The stored photo gives the pixels and, extracted again exactly as
+    it was indexed (SIFT is deterministic), its full keypoints: the index keeps
+    only compact codes. If it cannot be read, the query's matches in the lists
+    its keypoints probed stand in, and their spread for the share explained.
     """
     h, w = rgb.shape[:2]
     flip = int(len(votes) > 1 and votes[1].counts[photo] > votes[0].counts[photo])
     f = features[flip]
-    q_idx, src = votes[flip].neighbours.matches(photo, RATIO)
+    try:
+        original = load_rgb(photos.catalogue.paths[photo])
+    except ImageError:
+        original = None
+    if original is not None:
+        stored = extract(original, STORED_KEYPOINTS)
+        pairs = ratio_matches(f.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
+        src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
+        q_idx = pairs[:, 0]
+    else:
+        q_idx, src = votes[flip].neighbours.matches(photo, RATIO)
     dst = f.keypoints[q_idx, :2].astype(np.float64)
     if flip:
         dst[:, 0] = w - dst[:, 0]
     if len(src) < MIN_HOST_MATCHES:
         return Explained.nothing()
-    try:
-        original = load_rgb(photos.catalogue.paths[photo])
-    except ImageError:
+    if original is None:
         return Explained(spread(dst, w, h), None, spread(dst, w, h))
     return explained_by(rgb, original, src, dst)
 

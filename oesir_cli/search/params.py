@@ -51,7 +51,8 @@ class RankingParams:
     extra_region_min_share: float = 0.01
     """... each after the largest covering at least this share of the query."""
     region_clear_votes: int = 8
-    """The region's mirror image is searched unless a photo other than the host gets this many votes from it as is."""
+    """The region's mirror image is searched unless a photo other than the host gets this many votes from it as is
+    that agree on one similarity transform (`region.clear_donor`)."""
 
     # -- fusion of donor evidence (RESULTS "The region stage": RRF and the vote gate) --
     rrf_k: float = 10.0

@@ -16,7 +16,7 @@ import numpy as np
 from ..engine import REGION_MARGIN, Engine, crop_region
 from ..keypoints import LocalFeatures, extract, mirrored
 from ..pixels import clean_mask
-from .evidence import IndexedPhotos, Votes
+from .evidence import IndexedPhotos, Votes, consistent_votes
 from .params import RankingParams
 
 MIN_REGION_SIDE = 8  # pixels: a resized region is never smaller than this
@@ -131,6 +131,20 @@ def region_keypoints(
     return extract(crop, params.region_keypoints, where), crop.shape[1]
 
 
+CLEAR_DONOR_CANDIDATES = 3  # vote leaders (other than the host) whose votes are fitted by `clear_donor`
+
+
+def clear_donor(photos: IndexedPhotos, view: LocalFeatures, votes: Votes, host: int, params: RankingParams) -> bool:
+    """Whether a photo other than the host gets `region_clear_votes` votes from the region that agree on one
+    similarity transform. Chance votes (a symmetric texture, many stored photos) are not that consistent."""
+    counts = votes.counts.copy()
+    counts[host] = 0
+    for p in np.argsort(-counts, kind="stable")[:CLEAR_DONOR_CANDIDATES]:
+        if counts[p] >= params.region_clear_votes and consistent_votes(photos, view, votes, int(p)) >= params.region_clear_votes:
+            return True
+    return False
+
+
 def region_evidence(
     photos: IndexedPhotos,
     engine: Engine,
@@ -144,8 +158,8 @@ def region_evidence(
     """Eq. 7 distances of the region's embeddings (as is, mirrored) and its own keypoints' votes.
 
     The region's mirror image votes unless a photo other than the host gets
-    `region_clear_votes` votes from the region as it is (a mirrored paste finds
-    nothing so, or only a few chance votes). Keypoints are taken on `pool`'s
+    `region_clear_votes` consistent votes from the region as it is (a mirrored
+    paste finds nothing so, or only chance votes that agree on no transform). Keypoints are taken on `pool`'s
     thread while the network runs.
     """
     box = blob_box(blob)
@@ -159,6 +173,9 @@ def region_evidence(
         for votes in photos.votes([view], params):
             counts = np.maximum(counts, votes.counts)
             views.append((view, votes))
-        if np.delete(counts, host).max(initial=0) >= params.region_clear_votes:
-            break
+            if clear_donor(photos, view, votes, host, params):
+                break
+        else:
+            continue
+        break
     return Region(box, objects.distance, objects.db_row, counts.astype(np.float64), tuple(views))
