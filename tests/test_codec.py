@@ -91,7 +91,7 @@ def test_student_index_with_pq_codes(photo_dir, tmp_path):
 
 def test_transcode_in_place_equals_fresh_index(photo_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    api.index([photo_dir], index_dir=a, local_features=False)
+    api.index([photo_dir], index_dir=a, local_features=False, codec="float32")
     before = api.info(a)["bytes_on_disk"]
     api.index([photo_dir], index_dir=a, codec="pq")  # float32 -> pq, no photo re-read
     api.index([photo_dir], index_dir=b, codec="pq", local_features=False)
@@ -147,3 +147,11 @@ def test_large_index_path_matches_exhaustive(codec, photo_dir, tmp_path, monkeyp
     monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 200_000)
     api.open_searcher(idx)  # back below the threshold: the structure is not needed and is removed
     assert not (idx / name).exists()
+
+
+def test_a_new_index_stores_float16_by_default(photo_dir, tmp_path):
+    """float16 halves the bytes of float32 and ranks alike (bench/RESULTS.md, codecs): the default since format 3."""
+    from oesir_cli.codec import DEFAULT_CODEC
+
+    api.index([photo_dir], index_dir=tmp_path / "idx", local_features=False)
+    assert DEFAULT_CODEC == "float16" and api.info(tmp_path / "idx")["codec"] == "float16"
