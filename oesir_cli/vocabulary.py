@@ -73,7 +73,8 @@ class Vocabulary:
             raise CodecError(f"cannot read the vocabulary {path}: {exc}") from None
 
     def save(self, path: Path) -> None:
-        np.savez(path, coarse=self.coarse, fine=self.fine, pq=self.pq)
+        """Centroids as float16 (RootSIFT values lie in 0..1; half the bytes, the same words), the PQ codebook as float32."""
+        np.savez(path, coarse=self.coarse.astype(np.float16), fine=self.fine.astype(np.float16), pq=self.pq)
 
     def nearest_words(self, x: np.ndarray, probes: int = 1, coarse_probes: int = COARSE_PROBES) -> np.ndarray:
         """[N, probes] the nearest words of float rows `x`, nearest first, looked for in their
