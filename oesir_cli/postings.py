@@ -192,8 +192,8 @@ class Segment:
                 else np.dtype(s["dtype"])
             )
             shape = tuple(s["shape"])
-            arrays[name] = (
-                np.memmap(self.path, dtype=dtype, mode="r", offset=s["offset"], shape=shape)
+            arrays[name] = (  # a plain ndarray view of the map: indexing a np.memmap costs more per call
+                np.asarray(np.memmap(self.path, dtype=dtype, mode="r", offset=s["offset"], shape=shape))
                 if np.prod(shape)
                 else np.zeros(shape, dtype)
             )

@@ -8,6 +8,7 @@ it explains (`alignment.Explained.host_score`). `choose_host` is the pure rule.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from .evidence import IndexedPhotos, Votes
 from .params import RankingParams
 
 MIN_HOST_MATCHES = 4  # fewer ratio-test matches with a candidate: it explains nothing
+OWN_KEYPOINTS_BELOW = 0.5  # no candidate explains this share by its matches in the probed lists: match their own keypoints
+_ALIGN = ThreadPoolExecutor(max_workers=2)  # candidates aligned two at a time (SIFT and OpenCV release the GIL)
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,25 @@ def choose_host(candidates: HostCandidates, host_score: Mapping[int, float], cou
 
 
 def explain(
-    photos: IndexedPhotos, rgb: np.ndarray, photo: int, features: tuple[LocalFeatures, ...], votes: tuple[Votes, ...]
+    photos: IndexedPhotos,
+    rgb: np.ndarray,
+    photo: int,
+    features: tuple[LocalFeatures, ...],
+    votes: tuple[Votes, ...],
+    own_keypoints: bool = False,
 ) -> Explained:
     """How much of the query `photo` explains once aligned, and what it does not.
 
     The query's keypoints (of the orientation that voted more for this photo)
     are matched directly against the photo's own keypoints by the ratio test:
     far more matches than survive the global k-NN for a plain host such as sea
-    or sky. The stored photo gives the pixels and, extracted again exactly as
-    it was indexed (SIFT is deterministic), its full keypoints: the index keeps
-    only compact codes. If it cannot be read, the query's matches in the lists
-    its keypoints probed stand in, and their spread for the share explained.
+    or sky. The query's keypoints are matched against the photo's entries in the
+    lists they probed, or, with `own_keypoints`, against the photo's full
+    keypoints, extracted again from its file exactly as it was indexed (SIFT is
+    deterministic; the index keeps only compact codes): many more for a plain
+    photo whose keypoints fall in crowded lists. The stored photo gives the
+    pixels; if it cannot be read, the spread of the matches stands in for the
+    share explained.
     """
     h, w = rgb.shape[:2]
     flip = int(len(votes) > 1 and votes[1].counts[photo] > votes[0].counts[photo])
@@ -79,13 +90,12 @@ def explain(
         original = load_rgb(photos.catalogue.paths[photo])
     except ImageError:
         original = None
-    if original is not None:
+    q_idx, src = votes[flip].neighbours.matches(photo, RATIO)
+    if original is not None and own_keypoints:
         stored = extract(original, STORED_KEYPOINTS)
         pairs = ratio_matches(f.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
         src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
         q_idx = pairs[:, 0]
-    else:
-        q_idx, src = votes[flip].neighbours.matches(photo, RATIO)
     dst = f.keypoints[q_idx, :2].astype(np.float64)
     if flip:
         dst[:, 0] = w - dst[:, 0]
@@ -105,9 +115,15 @@ def pick_host(
     votes: tuple[Votes, ...],
     params: RankingParams,
 ) -> tuple[int, Explained]:
-    """The host of the query and what it explains (candidates aligned one by one, then `choose_host`)."""
+    """The host of the query and what it explains (candidates aligned one by one, then `choose_host`).
+
+    Candidates are aligned by their matches in the lists the query's keypoints probed; when none explains
+    OWN_KEYPOINTS_BELOW of the query (a plain host: few of its keypoints survive the lists' ratio test),
+    all are aligned again on their own keypoints."""
     candidates = host_candidates(counts, whole_distance, params)
     pool = candidates.all or [int(np.argmax(counts))]
     evidence = {p: explain(photos, rgb, p, features, votes) for p in pool}
+    if max(e.host_score for e in evidence.values()) < OWN_KEYPOINTS_BELOW:  # no clear host from the lists: match harder
+        evidence = dict(zip(pool, _ALIGN.map(lambda p: explain(photos, rgb, p, features, votes, own_keypoints=True), pool)))
     host = choose_host(candidates, {p: e.host_score for p, e in evidence.items()}, counts, params)
     return host, evidence[host]
