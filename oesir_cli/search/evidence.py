@@ -174,3 +174,21 @@ def consistent_votes(
     dst = features.keypoints[votes.q_idx[pick], :2].astype(np.float64)
     _, inliers = fit_similarity(src, dst, SEARCH_FIT)
     return int(inliers.sum())
+
+
+LEADERS_FITTED = 3  # vote leaders whose votes `has_consistent_leader` fits
+
+
+def has_consistent_leader(
+    photos: IndexedPhotos, features: LocalFeatures, votes: Votes, need: int, exclude: int | None = None
+) -> bool:
+    """Whether one of the vote leaders (other than `exclude`) has at least `need` votes that agree on one
+    similarity transform. Chance votes (symmetric textures, a small index whose lists hold few keypoints) can
+    be many, but they agree on no transform."""
+    counts = votes.counts.copy()
+    if exclude is not None:
+        counts[exclude] = 0
+    for p in np.argsort(-counts, kind="stable")[:LEADERS_FITTED]:
+        if counts[p] >= need and consistent_votes(photos, features, votes, int(p)) >= need:
+            return True
+    return False

@@ -23,7 +23,8 @@ class RankingParams:
     vote_ratio: float = 0.7
     """A neighbour votes if its squared distance < this x the k-th neighbour's (a ratio test)."""
     mirror_fallback_votes: int = 20
-    """The whole query's mirror image votes only if no photo gets this many votes as is (RESULTS "The region stage")."""
+    """The whole query's mirror image votes only if no photo gets this many votes as is that agree on one similarity
+    transform (RESULTS "The region stage"; `evidence.has_consistent_leader`)."""
 
     # -- host choice (RESULTS "The region stage", frame host rule; "Region keypoints, a host fallback") --
     host_candidates_votes: int = 3
@@ -52,7 +53,7 @@ class RankingParams:
     """... each after the largest covering at least this share of the query."""
     region_clear_votes: int = 8
     """The region's mirror image is searched unless a photo other than the host gets this many votes from it as is
-    that agree on one similarity transform (`region.clear_donor`)."""
+    that agree on one similarity transform (`evidence.has_consistent_leader`)."""
 
     # -- fusion of donor evidence (RESULTS "The region stage": RRF and the vote gate) --
     rrf_k: float = 10.0

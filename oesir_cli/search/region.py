@@ -16,7 +16,7 @@ import numpy as np
 from ..engine import REGION_MARGIN, Engine, crop_region
 from ..keypoints import LocalFeatures, extract, mirrored
 from ..pixels import clean_mask
-from .evidence import IndexedPhotos, Votes, consistent_votes
+from .evidence import IndexedPhotos, Votes, has_consistent_leader
 from .params import RankingParams
 
 MIN_REGION_SIDE = 8  # pixels: a resized region is never smaller than this
@@ -131,20 +131,6 @@ def region_keypoints(
     return extract(crop, params.region_keypoints, where), crop.shape[1]
 
 
-CLEAR_DONOR_CANDIDATES = 3  # vote leaders (other than the host) whose votes are fitted by `clear_donor`
-
-
-def clear_donor(photos: IndexedPhotos, view: LocalFeatures, votes: Votes, host: int, params: RankingParams) -> bool:
-    """Whether a photo other than the host gets `region_clear_votes` votes from the region that agree on one
-    similarity transform. Chance votes (a symmetric texture, many stored photos) are not that consistent."""
-    counts = votes.counts.copy()
-    counts[host] = 0
-    for p in np.argsort(-counts, kind="stable")[:CLEAR_DONOR_CANDIDATES]:
-        if counts[p] >= params.region_clear_votes and consistent_votes(photos, view, votes, int(p)) >= params.region_clear_votes:
-            return True
-    return False
-
-
 def region_evidence(
     photos: IndexedPhotos,
     engine: Engine,
@@ -173,7 +159,7 @@ def region_evidence(
         for votes in photos.votes([view], params):
             counts = np.maximum(counts, votes.counts)
             views.append((view, votes))
-            if clear_donor(photos, view, votes, host, params):
+            if has_consistent_leader(photos, view, votes, params.region_clear_votes, exclude=host):
                 break
         else:
             continue

@@ -3,8 +3,8 @@
 Stages, in order (each in its own module):
 
 1. evidence (`evidence.py`): the query's objects and their Eq. 7 distances to
-   every photo; its RootSIFT keypoints' votes (mirror image too when nothing
-   gets `mirror_fallback_votes` as is);
+   every photo; its RootSIFT keypoints' votes (mirror image too when no photo
+   gets `mirror_fallback_votes` consistent votes as is);
 2. host (`host.py`): the photo that explains most of the query once aligned;
 3. region (`region.py`): the largest part of the query the host does not
    explain, searched on its own;
@@ -23,7 +23,7 @@ from ..engine import Engine
 from ..graphs import open_graphs_for_reading
 from ..keypoints import extract, mirrored
 from ..store import Catalogue, Store
-from .evidence import IndexedPhotos, QueryEvidence, consistent_votes
+from .evidence import IndexedPhotos, QueryEvidence, consistent_votes, has_consistent_leader
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
@@ -118,7 +118,8 @@ class Searcher:
             return QueryEvidence(boxes, emb, objects, (), ())
         feats = [pending.result()]
         votes = self.photos.votes(feats, self.params)
-        if not votes or votes[0].counts.max() < self.params.mirror_fallback_votes:  # no host as is: the mirror image too
+        if not votes or not has_consistent_leader(self.photos, feats[0], votes[0], self.params.mirror_fallback_votes):
+            # no photo matches the query as it is: its mirror image too
             feats.append(mirrored(feats[0], rgb.shape[1]))
             votes = self.photos.votes(feats, self.params)
         return QueryEvidence(boxes, emb, objects, tuple(feats), tuple(votes))
