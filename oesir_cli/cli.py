@@ -473,15 +473,16 @@ def _human_size(n: int) -> str:
 def check(
     index_dir: IndexOpt = None,
     repair: Annotated[
-        bool, typer.Option("--repair", help="Drop photos whose stored data is damaged; rebuild the derived graphs.")
+        bool, typer.Option("--repair", help="Drop damaged photos and local-feature segments; rebuild the derived graphs.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Verify the index: database integrity, each photo's checksum, the graphs' checksums.
+    """Verify the index: database integrity, each photo's checksum, each local-feature segment's sha256, the graphs'.
 
     Exit 0 when the index is intact (or was repaired), 1 when something is
-    still damaged; the last line says which command recovers. A derived graph
-    that is missing or out of date (say after Ctrl-C during `oesir index`) is a
+    still damaged; the last line says which command recovers. A damaged or
+    missing segment damages every photo whose local features it holds. A
+    derived object graph (large indexes) that is missing or out of date is a
     note, not damage: the next search or index rebuilds it.
     """
     directory = index_dir or default_index_dir()
@@ -495,6 +496,8 @@ def check(
         out.print(f"index: {report.index}\nphotos: {report.photos}\ndatabase: {report.database}", highlight=False)
         for name, status in report.graphs.items():
             out.print(f"{name}: {status}", highlight=False)
+        for file, why in report.damaged_segments:
+            out.print(f"damaged segment: {file}: {why}", highlight=False)
         for note in report.notes:
             out.print(f"note: {note}", highlight=False)
         for path, why in report.damaged_photos:

@@ -17,11 +17,6 @@ import numpy as np
 from .postings import Segment
 from .vocabulary import NORM_LOW, NORM_STEP, Vocabulary, as_float
 
-# The mean squared error of a coded descriptor (word + PQ residual) on the training photos' descriptors: an
-# asymmetric distance overestimates the true one by about this much, which would tighten the ratio test
-# on near matches more than on far ones. Subtracted from every distance (measured on 15,006 descriptors of
-# every 25th training photo: mean 0.0308, 10-90% 0.021-0.042).
-CODING_ERROR = 0.031
 SPARSE_KTH = 0.3  # median exact 5th-neighbour squared distance of a query keypoint in a 4-photo index (RESULTS)
 MIN_SCANNED = 128  # a small index: each query keypoint probes enough words to meet about this many entries ...
 MAX_PROBES = 16  # ... up to this many words
@@ -119,7 +114,7 @@ class LocalIndex:
             for j in range(m):
                 dist += flat[(base + j * 256) + codes[j]]
             xy = np.asarray(seg.geometry[entry]["xy"], np.float64)
-            parts.append((q, photo, np.maximum(dist - CODING_ERROR, 0.0).astype(np.float32), xy))
+            parts.append((q, photo, np.maximum(dist, 0.0).astype(np.float32), xy))
         if not parts:
             return Neighbours(
                 np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), np.full(n, np.inf)
