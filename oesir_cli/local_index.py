@@ -20,12 +20,17 @@ from .vocabulary import NORM_LOW, NORM_STEP, Vocabulary, as_float
 SPARSE_KTH = 0.3  # median exact 5th-neighbour squared distance of a query keypoint in a 4-photo index (RESULTS)
 MIN_SCANNED = 128  # a small index: each query keypoint probes enough words to meet about this many entries ...
 MAX_PROBES = 16  # ... up to this many words
+QUERY_BLOCK = 128  # query keypoints scanned at a time (the scan's memory grows with the collection)
+# Entries kept for the host stage's per-photo ratio test: those within this many times their query
+# keypoint's k-th distance (the votes need only those under it). The rest of what a block scanned is freed.
+KEEP_BEYOND_KTH = 3.0
 PROBES = 3  # visual words each query descriptor looks in (bench/RESULTS.md "Local features that scale")
 
 
 @dataclass(frozen=True)
 class Neighbours:
-    """Every live stored keypoint in the lists a query's keypoints probed, flat and unsorted."""
+    """The live stored keypoints a query's keypoints met in the lists they probed, up to KEEP_BEYOND_KTH
+    times their k-th distance, flat and unsorted."""
 
     q: np.ndarray  # [E] query keypoint
     photo: np.ndarray  # [E] photo number
@@ -96,9 +101,30 @@ class LocalIndex:
         probes = self.probes_for(probes)
         words = self.vocabulary.nearest_words(x, probes)  # [Q, probes]
         pair_terms, tables = self.vocabulary.query_terms(x, words)
+        kth = np.full(n, np.inf, np.float32)
+        kept = []
+        for lo in range(0, n, QUERY_BLOCK):  # a block of query keypoints at a time: memory stays bounded
+            hi = min(n, lo + QUERY_BLOCK)
+            hits = self._scan(words[lo:hi], pair_terms[lo:hi], tables[lo:hi])
+            if not hits:
+                continue
+            q = np.concatenate([h[1] for h in hits])
+            kth[lo:hi] = _kth_smallest(q, np.concatenate([h[3] for h in hits]), hi - lo, k)
+            for seg, q, photo, dist, entry in hits:
+                keep = dist <= KEEP_BEYOND_KTH * kth[lo:hi][q]
+                xy = np.asarray(seg.geometry[entry[keep]]["xy"], np.float64)
+                kept.append((q[keep] + lo, photo[keep], dist[keep], xy))
+        if not kept:
+            return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), kth)
+        q, photo, dist, xy = (np.concatenate(p) for p in zip(*kept))
+        return Neighbours(q, photo, dist, xy, kth)
+
+    def _scan(self, words: np.ndarray, pair_terms: np.ndarray, tables: np.ndarray) -> list[tuple]:
+        """Every live entry in the lists `words` [B, probes] name, scored: (segment, query in the block, photo,
+        distance, entry) per segment."""
+        probes, m = words.shape[1], self.vocabulary.code_size
         pair_terms, flat = pair_terms.reshape(-1), tables.reshape(-1)
-        m = self.vocabulary.code_size
-        parts = []
+        hits = []
         for seg_id, seg in self.segments.items():
             pair, entry = seg.ranges(words.reshape(-1))
             if len(entry) == 0:
@@ -113,14 +139,8 @@ class LocalIndex:
             base = (q * (m * 256)).astype(np.int32 if len(flat) < 2**31 else np.int64)
             for j in range(m):
                 dist += flat[(base + j * 256) + codes[j]]
-            xy = np.asarray(seg.geometry[entry]["xy"], np.float64)
-            parts.append((q, photo, np.maximum(dist, 0.0).astype(np.float32), xy))
-        if not parts:
-            return Neighbours(
-                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), np.full(n, np.inf)
-            )
-        q, photo, dist, xy = (np.concatenate(p) for p in zip(*parts))
-        return Neighbours(q, photo, dist, xy, _kth_smallest(q, dist, n, k))
+            hits.append((seg, q, photo, np.maximum(dist, 0.0).astype(np.float32), entry))
+        return hits
 
 
 def _kth_smallest(q: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.ndarray:
