@@ -185,13 +185,16 @@ from oesir_cli import api
 idx, out = sys.argv[1], sys.argv[2]
 queries = [l.rstrip("\n") for l in sys.stdin if l.strip()]
 t0 = time.perf_counter(); s = api.open_searcher(idx); opened = time.perf_counter() - t0
-times = []
+def status(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) * 1024
+times, first = [], None
 with open(out, "w") as fh:
     for q in queries:
         t = time.perf_counter(); r = api.search_file(s, q, top=100); times.append(time.perf_counter() - t)
         fh.write(json.dumps(r.as_dict()) + "\n")
-rss = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
-print(json.dumps({"open_s": opened, "times": times, "peak_rss": rss}))
+        first = first or status("VmHWM")
+print(json.dumps({"open_s": opened, "times": times, "peak_rss": status("VmHWM"), "peak_rss_first_query": first,
+                  "rss_anon": status("RssAnon"), "rss_file": status("RssFile")}))
 """
 
 
@@ -270,12 +273,15 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| photos | bytes/photo | index s/photo (100 real added) | open s | p50 s/query | p90 | peak RSS MB | "
+    print("| photos | bytes/photo | index s/photo (100 real added) | open s | p50 s/query | p90 | peak RSS MB "
+          "(first query / all) | RSS anon / file MB at the end | "
           + " | ".join(f"{s} host@1 / donor@10" for s in SETS) + " |")  # fmt: skip
-    print("| --- " * (7 + len(SETS)) + "|")
+    print("| --- " * (8 + len(SETS)) + "|")
     for r in rows:
         cells = [f"{r['photos']:,}", f"{r['bytes_per_photo']:,.0f}", f"{r.get('index_s_per_photo', float('nan')):.3f}",
-                 f"{r['open_s']:.1f}", f"{r['p50']:.2f}", f"{r['p90']:.2f}", f"{r['peak_rss'] / 1e6:.0f}"]  # fmt: skip
+                 f"{r['open_s']:.1f}", f"{r['p50']:.2f}", f"{r['p90']:.2f}",
+                 f"{r['peak_rss_first_query'] / 1e6:.0f} / {r['peak_rss'] / 1e6:.0f}",
+                 f"{r['rss_anon'] / 1e6:.0f} / {r['rss_file'] / 1e6:.0f}"]  # fmt: skip
         cells += [f"{r[s]['host@1']:.0f} / {r[s]['donor@10']:.0f}" for s in SETS]
         print("| " + " | ".join(cells) + " |")
 
