@@ -144,17 +144,22 @@ def train_codebook(
     rng = np.random.default_rng(seed)
     out = np.empty((m, k, x.shape[1] // m), np.float32)
     for j, sub in enumerate(_split(x, m)):
-        cent = sub[rng.choice(len(sub), k, replace=False)].copy()
-        for _ in range(iterations):
-            assign = squared_l2(sub, cent).argmin(1)
-            counts = np.bincount(assign, minlength=k)
-            sums = np.zeros_like(cent)
-            np.add.at(sums, assign, sub)
-            empty = counts == 0
-            cent[~empty] = sums[~empty] / counts[~empty, None]
-            cent[empty] = sub[rng.choice(len(sub), int(empty.sum()), replace=False)]
-        out[j] = cent
+        out[j] = kmeans(sub, k, iterations, rng)
     return out
+
+
+def kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """Lloyd's k-means on the rows of `x`, seeded from the data, empty clusters re-seeded: centroids [k, d]."""
+    cent = x[rng.choice(len(x), k, replace=False)].copy()
+    for _ in range(iterations):
+        assign = squared_l2(x, cent).argmin(1)
+        counts = np.bincount(assign, minlength=k)
+        sums = np.zeros_like(cent)
+        np.add.at(sums, assign, x)
+        empty = counts == 0
+        cent[~empty] = sums[~empty] / counts[~empty, None]
+        cent[empty] = x[rng.choice(len(x), int(empty.sum()), replace=False)]
+    return cent
 
 
 def save_codebook(path: Path, centroids: np.ndarray) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .codec import CodecError, train_codebook
+from .codec import CodecError, kmeans, squared_l2, train_codebook
 from .keypoints import DESCRIPTOR_BYTES
 
 COARSE = 128  # first-level centroids
@@ -85,7 +85,7 @@ class Vocabulary:
         x = np.ascontiguousarray(x, np.float32)
         if len(x) == 0:
             return np.zeros((0, probes), np.int64)
-        cells = _smallest(_distances(x, self.coarse), coarse_probes)  # [N, a]
+        cells = _smallest(squared_l2(x, self.coarse), coarse_probes)  # [N, a]
         n_fine = self.fine.shape[1]
         d = np.concatenate([self._fine_distances(x, cells[:, i]) for i in range(coarse_probes)], axis=1)
         best = _smallest(d, probes)
@@ -119,7 +119,7 @@ class Vocabulary:
         m, k, sub = self.pq.shape
         codes = np.empty((len(r), m), np.uint8)
         for j in range(m):
-            codes[:, j] = _distances(r[:, j * sub : (j + 1) * sub], self.pq[j]).argmin(1)
+            codes[:, j] = squared_l2(r[:, j * sub : (j + 1) * sub], self.pq[j]).argmin(1)
         return codes
 
     def decode(self, words: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -162,12 +162,6 @@ class Vocabulary:
         return out
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)] squared L2, clipped at 0."""
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return np.maximum(d, 0.0, out=d)
-
-
 def _smallest(d: np.ndarray, n: int) -> np.ndarray:
     """[rows, n] column indices of each row's n smallest values, smallest first (n small: repeated argmin)."""
     d = d.copy()
@@ -179,20 +173,6 @@ def _smallest(d: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    """Lloyd's k-means, seeded from the data, empty clusters re-seeded: centroids [k, d]."""
-    cent = x[rng.choice(len(x), k, replace=False)].copy()
-    for _ in range(iterations):
-        assign = _distances(x, cent).argmin(1)
-        counts = np.bincount(assign, minlength=k)
-        sums = np.zeros_like(cent)
-        np.add.at(sums, assign, x)
-        empty = counts == 0
-        cent[~empty] = sums[~empty] / counts[~empty, None]
-        cent[empty] = x[rng.choice(len(x), int(empty.sum()), replace=False)]
-    return cent
-
-
 def train_vocabulary(
     descriptors: np.ndarray, coarse: int = COARSE, fine: int = FINE, m: int = PQ_SUBSPACES, seed: int = 0
 ) -> Vocabulary:
@@ -201,15 +181,15 @@ def train_vocabulary(
     if len(x) < coarse * fine:
         raise CodecError(f"need at least {coarse * fine} training descriptors, got {len(x)}")
     rng = np.random.default_rng(seed)
-    top = _kmeans(x[rng.choice(len(x), min(len(x), 200_000), replace=False)], coarse, 20, rng)
-    cell = np.concatenate([_distances(c, top).argmin(1) for c in np.array_split(x, max(1, len(x) // 50_000))])
+    top = kmeans(x[rng.choice(len(x), min(len(x), 200_000), replace=False)], coarse, 20, rng)
+    cell = np.concatenate([squared_l2(c, top).argmin(1) for c in np.array_split(x, max(1, len(x) // 50_000))])
     fines = np.empty((coarse, fine, x.shape[1]), np.float32)
     for c in range(coarse):
         members = x[cell == c]
         if len(members) < fine:  # a thin cell: pad with the nearest other descriptors
-            near = np.argsort(_distances(top[c : c + 1], x[rng.choice(len(x), 20 * fine, replace=False)])[0])
+            near = np.argsort(squared_l2(top[c : c + 1], x[rng.choice(len(x), 20 * fine, replace=False)])[0])
             members = np.concatenate([members, x[near[: fine - len(members)]]])
-        fines[c] = _kmeans(members, fine, 15, rng)
+        fines[c] = kmeans(members, fine, 15, rng)
     partial = Vocabulary(top, fines, np.zeros((m, PQ_CENTROIDS, x.shape[1] // m), np.float32))
     sample = x[rng.choice(len(x), min(len(x), 200_000), replace=False)]
     words = partial.nearest_words(sample)[:, 0]
