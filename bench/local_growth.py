@@ -207,9 +207,8 @@ def search_sets(idx: Path, data: Path, per_set: int, work: Path, tag: str) -> di
                           capture_output=True, text=True, check=True)  # fmt: skip
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
     times = np.array(stats["times"])
-    out.update(
-        open_s=stats["open_s"], p50=float(np.median(times)), p90=float(np.quantile(times, 0.9)), peak_rss=stats["peak_rss"]
-    )
+    out.update(open_s=stats["open_s"], p50=float(np.median(times)), p90=float(np.quantile(times, 0.9)))
+    out.update({k: stats[k] for k in ("peak_rss", "peak_rss_first_query", "rss_anon", "rss_file")})
     lines = res.read_text().splitlines()
     at = 0
     for s in SETS:
