@@ -69,13 +69,6 @@ class Entries:
     def __len__(self) -> int:
         return len(self.image)
 
-    @staticmethod
-    def concat(parts: list[Entries]) -> Entries:
-        return Entries(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("image", "word", "code", "norm", "geometry")))
-
-    def subset(self, keep: np.ndarray) -> Entries:
-        return Entries(self.image[keep], self.word[keep], self.code[keep], self.norm[keep], self.geometry[keep])
-
 
 def _sections(n: int, photos: int, words: int, code_size: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     """Name -> (dtype, shape) of each section of a segment of `n` entries of `photos` photos, in file order."""
@@ -217,11 +210,7 @@ class Segment:
         return pair, entry
 
     def all_entries(self) -> Entries:
-        """Every entry (for merging), in list order."""
+        """Every entry, in list order (for `Store.local_content`)."""
         word = np.repeat(np.arange(self.words), np.diff(self.offsets))
         image = self.photos[np.asarray(self.local, np.int64)] if self.count else np.zeros(0, np.int64)
         return Entries(image, word, np.asarray(self.code), np.asarray(self.norm), np.asarray(self.geometry))
-
-    def images(self, entry: np.ndarray) -> np.ndarray:
-        """[E] photo ids of some entries."""
-        return self.photos[np.asarray(self.local[entry], np.int64)]

@@ -106,7 +106,7 @@ def test_segment_round_trip_and_list_ranges(tmp_path):
     key = lambda x: np.lexsort((x.geometry["xy"][:, 0], x.code[:, 0], x.image, x.word))  # noqa: E731
     for f in ("image", "word", "code", "norm", "geometry"):
         assert np.array_equal(getattr(back, f)[key(back)], getattr(e, f)[key(e)])
-    assert np.array_equal(seg.images(np.arange(n)), back.image) and seg.local.dtype == np.uint16
+    assert np.array_equal(seg.photos[seg.local.astype(np.int64)], back.image) and seg.local.dtype == np.uint16
     (tmp_path / "bad.ivf").write_bytes(b"not a segment")
     with pytest.raises(ValueError):
         Segment(tmp_path / "bad.ivf")
