@@ -45,6 +45,7 @@ from .store import is_disk_full as store_is_disk_full
 
 if TYPE_CHECKING:  # localize is imported when first used: it pulls in the teacher
     from .localize import LocalizeResult
+    from .report import ReportSummary
 
 
 _ENGINES: dict[EngineConfig, Engine] = {}
@@ -352,6 +353,7 @@ class AutoPlan:
     verdict: Verdict | None
     originals: list[AutoOriginal]  # the host first, then every donor, in ranking order
     skipped: list[tuple[Path, str]]  # ranked photos not localized, and why
+    result: SearchResult | None = None  # the search the plan was made from
 
 
 def plan_auto(result: SearchResult) -> AutoPlan:
@@ -371,7 +373,7 @@ def plan_auto(result: SearchResult) -> AutoPlan:
             originals.append(AutoOriginal(Relation.DONOR, Path(m.image), f"donor{donors}"))
         else:
             skipped.append((Path(m.image), "a candidate only: no keypoint or region evidence names it host or donor"))
-    return AutoPlan(result.verdict, originals, skipped)
+    return AutoPlan(result.verdict, originals, skipped, result)
 
 
 @dataclass(frozen=True)
@@ -423,6 +425,29 @@ def localize_auto(
             yield AutoLocalization(o.role, o.original, result, None, o.label)
 
     return plan, run()
+
+
+def report(
+    suspects: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    index_dir: str | os.PathLike | None = None,
+    pdf: bool = False,
+    top: int = 10,
+    threshold: float | None = None,
+    command: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ReportSummary:
+    """Write the case file for `suspects` to the folder `out` (`oesir report`; see `oesir_cli.report.write_report`).
+
+    Each suspect is searched and localized against its host and donors exactly
+    as `localize_auto` does; the report adds pictures, file facts and a
+    reproducibility block, and with `pdf` prints each page with headless Chromium.
+    """
+    from .report import write_report
+
+    return write_report(
+        suspects, out, index_dir=index_dir, pdf=pdf, top=top, threshold=threshold, command=command, progress=progress
+    )
 
 
 @dataclass(frozen=True)

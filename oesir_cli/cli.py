@@ -50,6 +50,7 @@ app = typer.Typer(
         "oesir index ./photos",
         "oesir search suspect.jpg",
         "oesir localize suspect.jpg --auto --overlay overlay.png",
+        "oesir report suspect.jpg --out case-file --pdf",
         "oesir check",
     ),
     no_args_is_help=True,
@@ -433,6 +434,72 @@ def _show_localized(
         highlight=False,
     )
     return 0, int(not result.verified)
+
+
+@app.command(
+    epilog=_examples(
+        "oesir report suspect.jpg --out case-file",
+        "oesir report suspects/ --index case.oesir --out case-file --pdf",
+        "oesir report suspect.jpg --out case-file --json | jq .page",
+    )
+)
+def report(
+    suspects: Annotated[
+        list[str], typer.Argument(help="Suspect photos or folders (every photo under it, sorted); `-` reads paths from stdin.")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the report: new, empty, or an earlier report (replaced whole).")
+    ],
+    index_dir: IndexOpt = None,
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also print each page to PDF with headless Chromium.")] = False,
+    top: Annotated[int, typer.Option("--top", "-n", help="How many ranked photos each page lists.")] = 10,
+    threshold: Annotated[float, typer.Option(help="Score (0..1) above which a pixel is manipulated.")] = 0.5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per suspect per line.")] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
+) -> None:
+    """Write the case file an examiner hands on: OUT/index.html and one page per suspect.
+
+    Each page shows the verdict, the suspect with the change outlined, every
+    source with its role (the host's change mask, each donor's pasted region
+    outlined in the suspect and in the donor), a provenance diagram, the
+    evidence in plain sentences, the suspect's hash, size and EXIF, and a
+    reproducibility block (versions, model hashes, index, command, UTC time).
+    OUT/SHA256SUMS lists the hash of every file written. The report is built
+    beside OUT and moved into place when complete.
+    """
+    from .report import PdfError, ReportError
+
+    suspects = _read_paths(suspects, null)
+    if not suspects:
+        raise _fail("no suspect photo given", EXIT_USAGE)
+    if top < 1:
+        raise _fail(f"--top must be at least 1 (got {top})", EXIT_USAGE)
+    if not 0.0 < threshold < 1.0:
+        raise _fail("--threshold must be between 0 and 1", EXIT_USAGE)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("report", total=None, rate="")
+
+            def progress(i: int, n: int, path: str) -> None:
+                bar.update(task, completed=i, total=n, rate=escape(os.path.basename(path)))
+
+            summary = api.report(suspects, out_dir, index_dir, pdf=pdf, top=top, threshold=threshold, progress=progress)
+    except (ReportError, PdfError) as exc:
+        raise _fail(str(exc)) from None
+    except (StoreError, WeightsError, OSError, sqlite3.Error) as exc:
+        raise _fail(_index_error(exc)) from None
+    for path, why in summary.skipped:
+        err.print(f"[yellow]oesir: skipped[/yellow] {escape(path)}: {escape(why)}", highlight=False, markup=True)
+    for entry in summary.suspects:
+        if entry.error:
+            why = f"{escape(entry.suspect)}: {escape(entry.error)}"
+            err.print(f"[yellow]oesir: not examined[/yellow] {why} (its page says so)", highlight=False)
+        if as_json:
+            print(json.dumps(entry.as_dict()), flush=True)
+    if not as_json:
+        print(summary.index_page)
+    if summary.failed:
+        raise typer.Exit(EXIT_SKIPPED if summary.failed < len(summary.suspects) + len(summary.skipped) else EXIT_USAGE)
 
 
 @app.command(epilog=_examples("oesir info", "oesir info --index case.oesir --json | jq .bytes_per_photo"))

@@ -25,6 +25,17 @@ def mirror_x(width: int) -> np.ndarray:
     return np.array([[-1, 0, width - 1], [0, 1, 0], [0, 0, 1]], np.float64)
 
 
+def rescaled(h: np.ndarray, src_scale: tuple[float, float], dst_scale: tuple[float, float]) -> np.ndarray:
+    """`h` (src -> dst) for the same two images resized by `src_scale` and `dst_scale` ((sx, sy) each).
+
+    The homography between resized views is S_dst @ h @ S_src^-1; alignment runs
+    on reduced views, while a reader applies the transform to the photos themselves.
+    """
+    s_dst = np.diag([dst_scale[0], dst_scale[1], 1.0])
+    s_src_inv = np.diag([1.0 / src_scale[0], 1.0 / src_scale[1], 1.0])
+    return s_dst @ np.asarray(h, np.float64) @ s_src_inv
+
+
 def transform_points(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Apply a 3x3 homography to [N, 2] points."""
     p = np.c_[pts, np.ones(len(pts))] @ h.T

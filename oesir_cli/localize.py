@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from .alignment import LOCALIZE_FIT, fit_homography, fit_similarity, is_host_relation, ratio_matches
 from .choices import Relation, parse
 from .errors import OesirError
-from .geometry import box_similarity, footprint, is_plausible, mirror_x
+from .geometry import box_similarity, footprint, is_plausible, mirror_x, rescaled
 from .keypoints import LocalFeatures, extract
 from .pixels import clean_mask, colour_difference, feature_difference, shrink_to_side
 from .teacher import Teacher
@@ -54,7 +54,10 @@ class AlignmentError(OesirError):
 
 @dataclass
 class Alignment:
-    """Homography mapping original pixels to query pixels, with its evidence."""
+    """Homography mapping original pixels to query pixels, with its evidence.
+
+    `localize` returns it in the pixel frames of the two arrays it was given.
+    """
 
     homography: np.ndarray
     inliers: int
@@ -208,6 +211,8 @@ def localize(
     # the surest core of it; below, also the raw evidence that the clean-up dropped.
     heat = 0.5 * np.clip(heat, 0.0, 0.998) + 0.5 * (mask > 0)
     heat_u8 = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    # alignment ran on views reduced to WORK_SIDE; the caller reads the transform in its own arrays' pixels
+    al = replace(al, homography=rescaled(al.homography, (1 / so, 1 / so), (1 / sq, 1 / sq)), query_points=al.query_points / sq)
     return LocalizeResult(mask, heat_u8, al, rel, explained, changed, score)
 
 

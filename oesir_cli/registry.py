@@ -303,6 +303,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_VERIFIED: dict[Path, str] = {}  # every weights file this process checked and used, with its sha256
+
+
 def verified_file(file_name: str, directory: Path | None = None) -> tuple[Path, str]:
     """Path and sha256 of a weights file, after checking it is listed, present and unaltered."""
     directory = directory or weights_dir()
@@ -315,7 +318,17 @@ def verified_file(file_name: str, directory: Path | None = None) -> tuple[Path, 
     digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise WeightsError(f"weights file altered: {path} (sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...)")
+    _VERIFIED[path] = digest
     return path, digest
+
+
+def files_used() -> dict[Path, str]:
+    """The weights files this process has loaded so far, each with the sha256 it had when checked.
+
+    A report lists exactly these: the models that produced its results, not
+    every file the manifest happens to hold.
+    """
+    return dict(sorted(_VERIFIED.items()))
 
 
 def verified_path(name: str, directory: Path | None = None) -> Path:
