@@ -27,10 +27,12 @@ from .codec import CODECS, DEFAULT_CODEC, make_codec
 from .engine import Engine, EngineConfig
 from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
-from .indexer import IndexSummary, index_paths, walk
+from .indexer import Describer, IndexSummary, StoreWriter, index_paths, local_describer, walk
 from .learn import learn_codebook_file as learn_codebook_file  # the API of `oesir weights whiten/pq`
 from .learn import learn_vocabulary_file as learn_vocabulary_file  # `oesir weights vocabulary`
 from .learn import learn_whitening_file as learn_whitening_file
+from .location import IndexLocation
+from .location import parse_location as parse_location  # the CLI tells a folder from Milvus before its progress bar
 from .registry import (
     SINGLE_PASS_VARIANTS,
     STUDENT_SPECS,
@@ -96,8 +98,16 @@ def index(
     local_features: bool | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     on_error: Callable[[str, str], None] | None = None,
+    ray: str | None = None,
+    milvus_index: str | None = None,
 ) -> IndexSummary:
     """Create or update the index at `index_dir` with the photos under `paths`.
+
+    `index_dir` is a folder, `milvus-lite:FILE.db` or `milvus://HOST:PORT/NAME`
+    (location.py); `milvus_index` is the vector index type of a new Milvus
+    index (milvus_store.INDEX_TYPES). With `ray` ("local", "auto" or a cluster
+    address) photos are described by a pool of Ray actors (cluster.py); the
+    driver still writes every batch.
 
     `max_objects`, `model` ("teacher" or "student") and `local_features` set up a
     new index; an existing one keeps them (asking for others is an error).
@@ -108,6 +118,14 @@ def index(
     """
     _check_codec(codec)
     model = parse(ModelKind, model, "model").value if model is not None else None
+    where = parse_location(index_dir)
+    if where.is_milvus:
+        return _index_milvus(
+            where, paths, max_objects, keep_missing, rebuild, max_pixels, model, codec, local_features, progress, on_error,
+            ray, milvus_index,
+        )  # fmt: skip
+    if milvus_index is not None:
+        raise StoreError(f"--milvus-index applies to a Milvus index, not to the folder {where.text}")
     directory = index_location(index_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with writer_lock(directory):
@@ -117,17 +135,7 @@ def index(
         try:
             store.prepare_for_writing()
             have = store.meta("engine_config")
-            keypoints = EngineConfig.local_keypoints if local_features is not False else 0
-            config = (
-                EngineConfig(**json.loads(have))
-                if have
-                else EngineConfig(max_objects=max_objects, model=model or "teacher", local_keypoints=keypoints)
-            )
-            if model and config.model != model:
-                raise StoreError(f"index at {directory} uses the {config.model} model; use --rebuild to switch to {model}")
-            if local_features is not None and (config.local_keypoints > 0) != local_features:
-                has = "has" if config.local_keypoints else "has no"
-                raise StoreError(f"index at {directory} {has} local features; use --rebuild to change that")
+            config = _engine_config(have, str(directory), max_objects, model, local_features)
             eng = engine(config)
             store.check_model(eng.version, create=True)
             if have is None:
@@ -138,10 +146,86 @@ def index(
             elif codec and codec != store.codec().name:
                 _transcode(store, config, codec)
             return index_paths(
-                store, eng, paths, keep_missing=keep_missing, max_pixels=max_pixels, progress=progress, on_error=on_error
+                StoreWriter(store),
+                _describer(eng, max_pixels, ray),
+                paths,
+                keep_missing=keep_missing,
+                progress=progress,
+                on_error=on_error,
             )
         finally:
             store.close()
+
+
+def _engine_config(
+    have: str | None, where: str, max_objects: int, model: str | None, local_features: bool | None
+) -> EngineConfig:
+    """The engine configuration of an index: the one it has (`have`, JSON), else a new one; a conflicting request is
+    a StoreError."""
+    keypoints = EngineConfig.local_keypoints if local_features is not False else 0
+    config = (
+        EngineConfig(**json.loads(have))
+        if have
+        else EngineConfig(max_objects=max_objects, model=model or "teacher", local_keypoints=keypoints)
+    )
+    if model and config.model != model:
+        raise StoreError(f"index at {where} uses the {config.model} model; use --rebuild to switch to {model}")
+    if local_features is not None and (config.local_keypoints > 0) != local_features:
+        has = "has" if config.local_keypoints else "has no"
+        raise StoreError(f"index at {where} {has} local features; use --rebuild to change that")
+    return config
+
+
+def _describer(eng: Engine, max_pixels: int, ray: str | None) -> Describer:
+    """Describe photos in this process, or on a Ray cluster (imported only then)."""
+    if ray is None:
+        return local_describer(eng, max_pixels)
+    from .cluster import ray_describer
+
+    return ray_describer(eng.config, max_pixels, ray)
+
+
+def _index_milvus(
+    where: IndexLocation,
+    paths: Iterable[str | os.PathLike],
+    max_objects: int,
+    keep_missing: bool,
+    rebuild: bool,
+    max_pixels: int,
+    model: str | None,
+    codec: str | None,
+    local_features: bool | None,
+    progress: Callable[[int, int, str], None] | None,
+    on_error: Callable[[str, str], None] | None,
+    ray: str | None,
+    milvus_index: str | None,
+) -> IndexSummary:
+    """`index` into Milvus: the same stages, written through `MilvusStore` (one writer at a time)."""
+    from .milvus_store import DEFAULT_INDEX_TYPE, MilvusStore
+
+    if codec not in (None, "float32"):
+        raise StoreError(
+            f"{where.text}: Milvus stores float32 vectors; compress them on the server with --milvus-index IVF_SQ8 or IVF_PQ"
+        )
+    store = MilvusStore(where, create=True)
+    try:
+        if rebuild:
+            store.drop()
+        have = store.meta("engine_config")
+        config = _engine_config(have, where.text, max_objects, model, local_features)
+        eng = engine(config)
+        if have is None:
+            store.create(eng.embedding_dim, milvus_index or DEFAULT_INDEX_TYPE)
+            store.set_meta("embedding_dim", str(eng.embedding_dim))
+            store.set_meta("engine_config", json.dumps(config.as_dict()))
+        elif milvus_index is not None and milvus_index != store.meta("index_type"):
+            raise StoreError(f"index at {where.text} uses {store.meta('index_type')}; use --rebuild to change its index type")
+        store.check_model(eng.version, create=True)
+        return index_paths(
+            store, _describer(eng, max_pixels, ray), paths, keep_missing=keep_missing, progress=progress, on_error=on_error
+        )
+    finally:
+        store.close()
 
 
 def _check_codec(codec: str | None) -> None:
@@ -163,6 +247,8 @@ def transcode(index_dir: str | os.PathLike | None, codec: str) -> int:
     One transaction: a crash leaves the old codec. Returns the photos re-encoded.
     """
     _check_codec(codec)
+    if parse_location(index_dir).is_milvus:
+        raise StoreError(f"{index_dir}: a Milvus index stores float32 vectors; its server-side index type compresses them")
     directory = index_location(index_dir)
     with writer_lock(directory):
         store = Store(directory, locked=True)
@@ -207,6 +293,16 @@ def start_over(directory: Path, on_error: Callable[[str, str], None] | None = No
 
 def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
     """Open an existing index for searching (refuses one built by another model version)."""
+    where = parse_location(index_dir)
+    if where.is_milvus:
+        from .milvus_store import MilvusStore
+        from .search.milvus import MilvusPhotos
+
+        remote = MilvusStore(where)
+        have = remote.meta("engine_config")
+        eng = engine(EngineConfig(**json.loads(have)) if have else EngineConfig())
+        remote.check_model(eng.version, create=False)
+        return Searcher(remote, eng, photos=MilvusPhotos(remote))
     store = Store(index_location(index_dir))
     eng = engine(_config_of(store))
     store.check_model(eng.version, create=False)
@@ -232,7 +328,7 @@ def search_file(searcher: Searcher, query: str | os.PathLike, top: int = 10, mod
 
 def provenance(searcher: Searcher) -> dict:
     """What produced a result: oesir's version, the model version the index was built with, the index folder."""
-    return {"oesir_version": version(), "model_version": searcher.engine.version, "index": str(searcher.store.dir)}
+    return {"oesir_version": version(), "model_version": searcher.engine.version, "index": searcher.store.location}
 
 
 def query_photos(paths: Iterable[str | os.PathLike], errors: list[tuple[str, str]]) -> list[str]:
@@ -261,7 +357,11 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def info(index_dir: str | os.PathLike | None = None) -> dict:
     """Index statistics. Sizes are of every file in the index folder, measured after this
-    reader's connection is closed (so without the WAL file it would otherwise leave)."""
+    reader's connection is closed (so without the WAL file it would otherwise leave). A Milvus index reports
+    no sizes (the server holds them)."""
+    where = parse_location(index_dir)
+    if where.is_milvus:
+        return _milvus_info(where)
     directory = index_location(index_dir)
     store = Store(directory)
     try:
@@ -288,9 +388,57 @@ def info(index_dir: str | os.PathLike | None = None) -> dict:
     }
 
 
+def _milvus_info(where: IndexLocation) -> dict:
+    from .milvus_store import MilvusStore
+
+    store = MilvusStore(where)
+    try:
+        photos, objects = store.count()
+        config = store.meta("engine_config")
+        return {
+            "index": where.text,
+            "photos": photos,
+            "objects": objects,
+            "model_version": store.meta("model_version"),
+            "embedding_dim": store.embedding_dim(),
+            "codec": "float32",
+            "local_features": bool(config and json.loads(config).get("local_keypoints")),
+            "generation": store.generation,
+            "format": "milvus",
+            "index_type": store.meta("index_type"),
+        }
+    finally:
+        store.close()
+
+
 def check(index_dir: str | os.PathLike | None = None, repair: bool = False) -> CheckReport:
-    """Verify the index (see `oesir_cli.check`); with `repair`, drop damaged photos and rebuild the graphs."""
-    return check_index(index_location(index_dir), repair=repair)
+    """Verify the index (see `oesir_cli.check`); with `repair`, drop damaged photos and rebuild the graphs.
+
+    A Milvus index: photos with no object rows are damaged; rows of photos an
+    interrupted write left hidden, and rows no visible photo owns, are noted;
+    `repair` removes all of them (`oesir index` re-adds the photos)."""
+    where = parse_location(index_dir)
+    if not where.is_milvus:
+        return check_index(index_location(index_dir), repair=repair)
+    from .milvus_store import MilvusStore
+
+    store = MilvusStore(where)
+    try:
+        damaged, pending, orphans = store.inspect()
+        report = CheckReport(index=where.text, photos=store.count()[0])
+        report.damaged_photos = [(path, "no object rows (an interrupted write)") for _, path in damaged]
+        if pending:
+            report.leftovers.append(f"{len(pending)} photo(s) hidden by an interrupted write; the next `oesir index` redoes them")
+        if orphans:
+            report.leftovers.append(f"{orphans} row(s) owned by no visible photo (an interrupted write)")
+        if repair and (damaged or pending or orphans):
+            removed = store.repair([i for i, _ in damaged], pending)
+            report.repaired.append(f"removed {len(damaged) + len(pending)} photo(s) and {removed} stray row(s)")
+            report.damaged_photos = []
+            report.photos = store.count()[0]
+        return report
+    finally:
+        store.close()
 
 
 def localize_paths(

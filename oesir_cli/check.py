@@ -40,6 +40,7 @@ class CheckReport:
     damaged_segments: list[tuple[str, str]] = field(default_factory=list)  # (file, problem)
     graphs: dict[str, str] = field(default_factory=dict)
     repaired: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # not damage: what an interrupted write left behind
 
     @property
     def ok(self) -> bool:
@@ -59,7 +60,7 @@ class CheckReport:
             f"{name} {why[status]}; it is derived, and the next `oesir search` or `oesir index` rebuilds it"
             for name, status in self.graphs.items()
             if status in why
-        ]
+        ] + self.leftovers
 
     def as_dict(self) -> dict:
         return {

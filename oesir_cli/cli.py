@@ -27,7 +27,7 @@ from rich.text import Text
 from . import api
 from .choices import Mode, ModelKind, Relation, Role, Verdict
 from .engine import EngineConfig
-from .errors import DiskFullError, StoreError
+from .errors import DiskFullError, OesirError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
 from .localize import LocalizeResult
 from .registry import WeightsError
@@ -69,8 +69,13 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 IndexOpt = Annotated[
-    Path | None,
-    typer.Option("--index", "-i", help="Index folder (default: $OESIR_INDEX or ./.oesir).", show_default=False),
+    str | None,
+    typer.Option(
+        "--index",
+        "-i",
+        help="Index folder, milvus-lite:FILE.db or milvus://HOST:PORT/NAME (default: $OESIR_INDEX or ./.oesir).",
+        show_default=False,
+    ),
 ]
 
 
@@ -142,6 +147,8 @@ def _read_paths(paths: list[str], null: bool) -> list[str]:
         "find . -name '*.jpg' -print0 | oesir index - -0",
         "oesir index ./photos --codec pq --no-local   # compact",
         "oesir index ./photos --rebuild               # after a model change",
+        "oesir index ./photos --index milvus-lite:case.db --ray local",
+        "oesir index /shared/photos --index milvus://milvus.lan:19530/case42 --ray auto",
     )
 )
 def index(
@@ -179,17 +186,36 @@ def index(
             show_default=False,
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Describe photos on Ray: `local` starts a cluster on this machine for the run; `auto`, HOST:PORT or "
+            "ray://HOST:10001 joins one (needs oesir[cluster]; every node must see the photos at the same paths).",
+        ),
+    ] = None,
+    milvus_index: Annotated[
+        str | None,
+        typer.Option(
+            "--milvus-index",
+            help="Vector index of a new Milvus index: HNSW (default), FLAT, IVF_FLAT, IVF_SQ8, or IVF_PQ (servers only).",
+        ),
+    ] = None,
 ) -> None:
     """Index photos: detect objects, embed them, store them with local features.
 
     Incremental: unchanged files are skipped, changed ones re-embedded, vanished
-    ones dropped. Ctrl-C or a crash keeps every batch already committed.
+    ones dropped. Ctrl-C or a crash keeps every batch already committed. The
+    index is a folder (the default), or Milvus (--index milvus-lite:FILE.db or
+    milvus://HOST:PORT/NAME); with --ray the photos are described by a pool of
+    Ray actors and this process writes the index.
     """
     paths = _read_paths(paths, null)
     if not paths:
         raise _fail("no paths given", EXIT_USAGE)
     try:
-        api.index_location(index_dir)  # told before a progress bar starts
+        if not api.parse_location(index_dir).is_milvus:
+            api.index_location(index_dir)  # told before a progress bar starts
         with _progress() as bar:
             task = bar.add_task("indexing", total=None, rate="")
 
@@ -212,10 +238,12 @@ def index(
                 local_features=local,
                 progress=progress,
                 on_error=warn,
+                ray=ray,
+                milvus_index=milvus_index,
             )
     except KeyboardInterrupt:
         raise _fail("interrupted; every batch committed before the interrupt is kept", 130) from None
-    except (StoreError, WeightsError, OSError, sqlite3.Error) as exc:
+    except (StoreError, WeightsError, OSError, sqlite3.Error, OesirError) as exc:
         raise _fail(_index_error(exc)) from None
     if as_json:
         print(json.dumps(summary.as_dict()))
@@ -552,7 +580,7 @@ def check(
     derived object graph (large indexes) that is missing or out of date is a
     note, not damage: the next search or index rebuilds it.
     """
-    directory = index_dir or default_index_dir()
+    directory = index_dir or str(default_index_dir())
     try:
         report = api.check(directory, repair=repair)
     except (StoreError, OSError, sqlite3.Error) as exc:

@@ -3,9 +3,10 @@
 Re-running is incremental: a file whose size and mtime are unchanged is
 skipped; when they changed but the sha256 did not, only the record is
 refreshed; otherwise it is re-described. Files that disappeared are dropped
-unless `keep_missing`. Each batch is one SQLite transaction (its photos' local
-features one new segment file, listed in it), so an interrupted run keeps what
-it committed and the next run carries on from there.
+unless `keep_missing`. Each batch is committed whole (in the SQLite store one
+transaction, its photos' local features one new segment file listed in it; in
+Milvus, rows written before the photo rows that make them visible), so an
+interrupted run keeps what it committed and the next run carries on from there.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from .engine import Engine
 from .graphs import refresh_graphs
@@ -101,44 +103,146 @@ def _walk_dir(root: Path, seen: set[tuple[int, int]], errors: list[tuple[str, st
             errors.append((str(path), f"cannot access ({exc.strerror or exc})"))
 
 
-def index_paths(
-    store: Store,
-    engine: Engine,
-    paths: Iterable[str | os.PathLike],
-    keep_missing: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: Callable[[int, int, str], None] | None = None,
-    on_error: Callable[[str, str], None] | None = None,
-) -> IndexSummary:
-    """Bring the index up to date with the photos under `paths` (the caller holds the writer lock)."""
-    t0 = time.perf_counter()
-    summary = IndexSummary()
-    walk_errors: list[tuple[str, str]] = []
-    files = sorted({os.path.abspath(p) for p in walk(paths, walk_errors)})
-    for path, err in walk_errors:
-        summary.failed.append((path, err))
-        if on_error:
-            on_error(path, err)
-    known = store.images()
-    pending: list[tuple[ImageRecord, PhotoData | None]] = []
+class IndexWriter(Protocol):
+    """Where `index_paths` commits what it describes: the SQLite store (`StoreWriter`) or Milvus (`milvus_store`).
 
-    def flush() -> None:
-        if not pending:
-            return
-        with store.transaction(changes_vectors=any(data is not None for _, data in pending)) as db:
+    `commit` makes a batch visible all at once or not at all; `finish` runs
+    what follows the last batch (the SQLite store refreshes its object graph).
+    """
+
+    def images(self) -> dict[str, ImageRecord]: ...
+    def commit(self, batch: list[tuple[ImageRecord, PhotoData | None]]) -> None: ...
+    def delete(self, paths: list[str]) -> None: ...
+    def finish(self) -> None: ...
+    def count(self) -> tuple[int, int]: ...
+
+
+class StoreWriter:
+    """`IndexWriter` over the SQLite store: a batch is one transaction, its local features one new segment."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def images(self) -> dict[str, ImageRecord]:
+        return self.store.images()
+
+    def commit(self, batch: list[tuple[ImageRecord, PhotoData | None]]) -> None:
+        store = self.store
+        with store.transaction(changes_vectors=any(data is not None for _, data in batch)) as db:
             local = []
-            for rec, data in pending:
+            for rec, data in batch:
                 if data is None:  # same bytes, new mtime: refresh the record only
                     store.touch(db, rec)
                 else:
                     local.append((store.put(db, rec, data), data.keypoints, data.descriptors))
             store.add_local_features(db, local)  # the batch's keypoints: one new segment
-        pending.clear()
         store.merge_segments()
 
-    for i, path in enumerate(files):
+    def delete(self, paths: list[str]) -> None:
+        with self.store.transaction() as db:
+            self.store.delete(db, paths)
+        self.store.merge_segments()
+
+    def finish(self) -> None:
+        refresh_graphs(self.store)
+
+    def count(self) -> tuple[int, int]:
+        return self.store.count()
+
+
+@dataclass(frozen=True)
+class Described:
+    """One photo after extraction: its new record and what it stores, or why it could not be read."""
+
+    record: ImageRecord
+    data: PhotoData | None
+    error: str | None = None
+
+
+Describer = Callable[[list[ImageRecord]], Iterator[Described]]
+
+
+def local_describer(engine: Engine, max_pixels: int = DEFAULT_MAX_PIXELS) -> Describer:
+    """Describe photos one after the other in this process (the default; `cluster.ray_describer` spreads them)."""
+
+    def run(records: list[ImageRecord]) -> Iterator[Described]:
+        for rec in records:
+            yield describe_file(engine, rec, max_pixels)
+
+    return run
+
+
+def describe_file(engine: Engine, rec: ImageRecord, max_pixels: int) -> Described:
+    """Decode and describe the photo of `rec` (its width and height filled in); a bad file gives its error."""
+    try:
+        rgb = load_rgb(rec.path, max_pixels=max_pixels)
+    except ImageError as exc:
+        return Described(rec, None, str(exc).removeprefix(f"{rec.path}: "))
+    h, w = rgb.shape[:2]
+    return Described(replace(rec, width=w, height=h), engine.describe(rgb))
+
+
+def index_paths(
+    writer: IndexWriter,
+    describe: Describer,
+    paths: Iterable[str | os.PathLike],
+    keep_missing: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    on_error: Callable[[str, str], None] | None = None,
+) -> IndexSummary:
+    """Bring the index up to date with the photos under `paths` (the caller holds the writer lock).
+
+    Three stages: plan (stat and hash each file, against what is indexed),
+    describe (`describe`: here or on a cluster, in any order), commit (batches
+    of BATCH photos, each visible whole or not at all).
+    """
+    t0 = time.perf_counter()
+    summary = IndexSummary()
+    walk_errors: list[tuple[str, str]] = []
+    files = sorted({os.path.abspath(p) for p in walk(paths, walk_errors)})
+    for path, err in walk_errors:
+        _fail(summary, on_error, path, err)
+    known = writer.images()
+    touched, changed = _plan(files, known, summary, on_error)
+    for lo in range(0, len(touched), BATCH):
+        writer.commit([(rec, None) for rec in touched[lo : lo + BATCH]])
+    pending: list[tuple[ImageRecord, PhotoData | None]] = []
+    for i, done in enumerate(describe(changed)):
         if progress:
-            progress(i, len(files), path)
+            progress(i, len(changed), done.record.path)
+        if done.data is None:
+            _fail(summary, on_error, done.record.path, done.error or "cannot describe")
+            continue
+        if done.record.path in known:
+            summary.updated += 1
+        else:
+            summary.added += 1
+        pending.append((done.record, done.data))
+        if len(pending) >= BATCH:
+            writer.commit(pending)
+            pending = []
+    if pending:
+        writer.commit(pending)
+    if progress:
+        progress(len(changed), len(changed), "")
+    if not keep_missing:
+        present = set(files)
+        gone = [p for p in known if p not in present and not os.path.exists(p)]
+        if gone:
+            writer.delete(gone)
+            summary.removed = len(gone)
+    writer.finish()
+    summary.photos, summary.objects = writer.count()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _plan(
+    files: list[str], known: dict[str, ImageRecord], summary: IndexSummary, on_error: Callable[[str, str], None] | None
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(records to refresh only: same bytes, new size or mtime; records to describe: new or changed bytes)."""
+    touched, changed = [], []
+    for path in files:
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -154,38 +258,11 @@ def index_paths(
             _fail(summary, on_error, path, f"cannot read ({exc.strerror or exc})")
             continue
         if old and old.sha256 == digest:
-            pending.append((ImageRecord(old.id, path, digest, st.st_size, st.st_mtime_ns, old.width, old.height), None))
+            touched.append(ImageRecord(old.id, path, digest, st.st_size, st.st_mtime_ns, old.width, old.height))
             summary.unchanged += 1
         else:
-            try:
-                rgb = load_rgb(path, max_pixels=max_pixels)
-            except ImageError as exc:
-                _fail(summary, on_error, path, str(exc).removeprefix(f"{path}: "))
-                continue
-            data = engine.describe(rgb)
-            h, w = rgb.shape[:2]
-            pending.append((ImageRecord(0, path, digest, st.st_size, st.st_mtime_ns, w, h), data))
-            if old:
-                summary.updated += 1
-            else:
-                summary.added += 1
-        if len(pending) >= BATCH:
-            flush()
-    flush()
-    if progress:
-        progress(len(files), len(files), "")
-    if not keep_missing:
-        present = set(files)
-        gone = [p for p in known if p not in present and not os.path.exists(p)]
-        if gone:
-            with store.transaction() as db:
-                store.delete(db, gone)
-            summary.removed = len(gone)
-            store.merge_segments()
-    refresh_graphs(store)
-    summary.photos, summary.objects = store.count()
-    summary.seconds = time.perf_counter() - t0
-    return summary
+            changed.append(ImageRecord(0, path, digest, st.st_size, st.st_mtime_ns, 0, 0))
+    return touched, changed
 
 
 def _fail(summary: IndexSummary, on_error: Callable[[str, str], None] | None, path: str, err: str) -> None:

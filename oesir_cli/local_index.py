@@ -63,8 +63,17 @@ class Neighbours:
 class LocalIndex:
     """The live segments of an index, the vocabulary they were coded with, and which photo each entry is."""
 
-    def __init__(self, vocabulary: Vocabulary, segments: dict[int, Segment], photo_of_id: np.ndarray, segment_of: np.ndarray):
+    def __init__(
+        self,
+        vocabulary: Vocabulary,
+        segments: dict[int, Segment],
+        photo_of_id: np.ndarray,
+        segment_of: np.ndarray,
+        collection_count: int | None = None,
+    ):
         self.vocabulary = vocabulary
+        # entries in the whole collection, when the segments hold only a part of it (candidates fetched from Milvus)
+        self.collection_count = collection_count
         self.segments = segments  # segment id -> mapped file
         self.photo_of_id = photo_of_id  # [max photo id + 1] photo number, -1: no such photo
         self.segment_of = segment_of  # [P] the segment holding each photo's features (0: none)
@@ -90,7 +99,8 @@ class LocalIndex:
         """`probes`, or more in a small index: with few entries per list, a keypoint's true neighbour is often
         in a list next to its own, and finding it there is cheap (MIN_SCANNED entries on average, at most
         MAX_PROBES words)."""
-        per_word = self.count / max(1, self.vocabulary.words) if self.vocabulary is not None else 0.0
+        count = self.count if self.collection_count is None else self.collection_count
+        per_word = count / max(1, self.vocabulary.words) if self.vocabulary is not None else 0.0
         wanted = int(np.ceil(MIN_SCANNED / per_word)) if per_word > 0 else probes
         return int(min(max(probes, wanted), MAX_PROBES))
 

@@ -166,7 +166,20 @@ def merge_into(path: Path, sources: list[tuple[Segment, np.ndarray]]) -> int:
 
 
 class Segment:
-    """One segment file, memory-mapped read-only."""
+    """One segment file, memory-mapped read-only (or, `in_memory`, the same lists built from entries)."""
+
+    @classmethod
+    def in_memory(cls, entries: Entries, words: int) -> Segment:
+        """A segment of `entries` held in memory, never written: how search scores entries fetched from Milvus."""
+        seg = cls.__new__(cls)
+        order = np.argsort(entries.word, kind="stable")
+        photos, local = np.unique(entries.image, return_inverse=True)
+        seg.path, seg.words, seg.count = None, words, len(entries)
+        seg.offsets = np.r_[0, np.cumsum(np.bincount(entries.word, minlength=words)[:words])].astype(np.int64)
+        seg.photos = photos.astype(np.int64)
+        seg.local = local[order].astype(np.int64)
+        seg.code, seg.norm, seg.geometry = entries.code[order], entries.norm[order], entries.geometry[order]
+        return seg
 
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -200,6 +200,11 @@ class Store:
             (self.dir / name).unlink(missing_ok=True)
 
     # -- meta -------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        """The index location as messages and provenance show it."""
+        return str(self.dir)
+
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default

@@ -16,7 +16,7 @@ from ..ann import Graph
 from ..ivf import IVFPQ
 from ..keypoints import LocalFeatures
 from ..local_index import LocalIndex, Neighbours
-from ..store import Catalogue
+from ..store import Catalogue, Store
 from .params import RankingParams
 
 MIN_OBJECT_CANDIDATES = 64  # an object graph proposes at least this many stored objects per query object ...
@@ -88,8 +88,9 @@ class QueryEvidence:
 class IndexedPhotos:
     """The open index as search reads it: the catalogue and its graphs, photos numbered 0..P-1."""
 
-    def __init__(self, catalogue: Catalogue, objects: Graph | IVFPQ | None, local: LocalIndex):
+    def __init__(self, catalogue: Catalogue, objects: Graph | IVFPQ | None, local: LocalIndex, store: Store):
         self.catalogue = catalogue
+        self.store = store
         self.objects = objects  # None: few enough objects to score every photo exactly
         self.local = local
         self.count = len(catalogue.paths)
@@ -132,6 +133,16 @@ class IndexedPhotos:
         q_of[owners[sel]] = best_q[sel]
         row_of[owners[sel]] = cand_rows[sel]
         return ObjectDistances(dist, q_of, row_of)
+
+    def object_box(self, row: int) -> np.ndarray:
+        """The box of stored object `row` (a row `object_distances` returned), photo pixels."""
+        return self.catalogue.object_boxes[row]
+
+    def sha256_of(self, photos: list[int]) -> dict[int, str]:
+        """Photo number -> the sha256 its file had when indexed."""
+        ids = [int(self.catalogue.image_ids[p]) for p in photos]
+        found = self.store.sha256_of(ids)
+        return {p: found[i] for p, i in zip(photos, ids) if i in found}
 
     def whole_image_distances(self, emb0: np.ndarray) -> np.ndarray:
         """[P] squared L2 between the query's whole-image embedding and every photo's (its object 0)."""

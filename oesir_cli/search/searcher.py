@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from ..engine import Engine
 from ..graphs import open_graphs_for_reading
 from ..keypoints import extract, mirrored
 from ..store import Catalogue, Store
+
+if TYPE_CHECKING:
+    from ..milvus_store import MilvusStore
 from .evidence import IndexedPhotos, QueryEvidence, consistent_votes, has_consistent_leader
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .host import pick_host
@@ -95,13 +99,22 @@ class Fused:
 class Searcher:
     """An open index plus the engine; search one query photo at a time."""
 
-    def __init__(self, store: Store, engine: Engine, params: RankingParams = DEFAULT_PARAMS):
+    def __init__(
+        self,
+        store: Store | MilvusStore,
+        engine: Engine,
+        params: RankingParams = DEFAULT_PARAMS,
+        photos: IndexedPhotos | None = None,
+    ):
         self.store = store
         self.engine = engine
         self.params = params
-        catalogue = store.load_all()
-        objects = open_graphs_for_reading(store, catalogue)
-        self.photos = IndexedPhotos(catalogue, objects, store.local_index(catalogue))
+        if photos is None:  # the embedded index; `api.open_searcher` passes Milvus's own
+            assert isinstance(store, Store)
+            catalogue = store.load_all()
+            objects = open_graphs_for_reading(store, catalogue)
+            photos = IndexedPhotos(catalogue, objects, store.local_index(catalogue), store)
+        self.photos = photos
 
     @property
     def catalogue(self) -> Catalogue:
@@ -208,21 +221,21 @@ class Searcher:
         roles: list[Role] | None = None,
     ) -> list[Match]:
         """The first `top` photos of the ranking, each with its closest object pair (the region's when closer)."""
-        objects, catalogue = ev.objects, self.photos.catalogue
+        objects, photos = ev.objects, self.photos
         order = ranking.order[:top]
-        digests = self.store.sha256_of([int(catalogue.image_ids[p]) for p in order])
+        digests = photos.sha256_of([int(p) for p in order])
         out = []
         for i, p in enumerate(order):
             d, q_box = objects.distance[p], ev.boxes[objects.query_object[p]]
-            db_box = catalogue.object_boxes[objects.db_row[p]] if np.isfinite(d) else np.zeros(4)
+            db_box = np.asarray(photos.object_box(int(objects.db_row[p]))) if np.isfinite(d) else np.zeros(4)
             if region is not None and region.distance[p] < d:
                 q_box = region.box if region.box_of is None else region.box_of[p]
-                d, db_box = region.distance[p], catalogue.object_boxes[region.row_of[p]]
+                d, db_box = region.distance[p], np.asarray(photos.object_box(int(region.row_of[p])))
             if not np.isfinite(d):
                 q_box = np.zeros(4)
             out.append(
                 Match(
-                    catalogue.paths[p],
+                    photos.catalogue.paths[p],
                     float(ranking.score[p]),
                     float(d),
                     int(counts[p]),
@@ -230,7 +243,7 @@ class Searcher:
                     db_box.tolist(),
                     roles[i] if roles else Role.CANDIDATE,
                     _evidence(p, fused) if fused else {},
-                    digests.get(int(catalogue.image_ids[p])),
+                    digests.get(int(p)),
                 )
             )
         return out

@@ -1,0 +1,502 @@
+"""The index in Milvus: the same photos, objects and local features as the embedded store, in four collections.
+
+One client code for Milvus Lite (`milvus-lite:FILE.db`, embedded, what tests use)
+and a Milvus server or cluster (`milvus://HOST:PORT/NAME`). Collections, all
+named NAME_<what>:
+
+* `photos`: one row per photo: path, sha256, size, mtime, pixel size, keypoint
+  count, `status`, and its whole-image embedding (the vector Milvus requires;
+  it is what host search compares). A photo is visible only once its row has
+  status VISIBLE, written after all its other rows: a crash in between leaves
+  rows no visible photo owns, which the next write of that photo deletes
+  first, and `oesir check --repair` removes.
+* `objects`: one row per object (the whole image first): photo id, object
+  number, box, embedding. Eq. 7 is a grouped search: each query object's
+  nearest object per photo (`group_by_field="photo"`), the minimum taken here.
+* `local`: a photo's RootSIFT keypoints in the compact form of the embedded
+  index (visual word, 16-byte PQ residual code, norm, 6-byte geometry: 25 bytes
+  each), base64 in a VARCHAR, with a sparse bag-of-words vector over the visual
+  words. A query's probed words find candidate photos by a sparse search; their
+  entries are scored exactly as the embedded index scores its lists
+  (`local_index.LocalIndex` over them).
+* `meta`: key/value settings (engine configuration, model version); its
+  2-dimensional vector is unused (Milvus requires one per collection).
+
+Photo ids are the first 63 bits of sha256(path): a re-run writes a photo under
+the same id, so nothing is ever indexed twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+from .location import IndexLocation
+from .postings import GEOMETRY, Entries, pack_geometry
+from .registry import WeightsError, verified_file
+from .store import ImageRecord, PhotoData
+from .vocabulary import VOCABULARY_FILE, Vocabulary, as_float
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's info lines (fork handlers) are not the user's business
+PENDING, VISIBLE = 0, 1
+MAX_PATH = 4096
+MAX_TEXT = 65535  # Milvus's VARCHAR limit
+ENTRIES_PER_ROW = 1800  # 25-byte entries, base64 (4/3): 60,000 characters, under MAX_TEXT
+PATH_QUERY_BATCH = 256  # ids per `in [...]` filter
+PAGE = 4096  # rows per query_iterator page
+MAX_TOPK = 16384  # Milvus's largest limit per search
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ")  # IVF_PQ: servers only (Milvus Lite lacks it)
+DEFAULT_INDEX_TYPE = "HNSW"
+ENTRY_CACHE_PHOTOS = 4096  # decoded local entries kept per process (a query and its region probe the same photos)
+
+
+def photo_id(path: str) -> int:
+    """A photo's id: the first 63 bits of sha256(path) (collisions are detected when writing)."""
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8], "big") >> 1
+
+
+def entry_dtype(code_size: int) -> np.dtype:
+    return np.dtype([("word", "<u2"), ("code", "u1", (code_size,)), ("norm", "u1"), ("geometry", GEOMETRY)])
+
+
+@dataclass(frozen=True)
+class PhotoRows:
+    """The visible photos, sorted by id: what search numbers 0..P-1."""
+
+    ids: np.ndarray  # [P] int64
+    paths: list[str]
+    sha256: list[str]
+    keypoints: np.ndarray  # [P] stored local entries per photo
+
+
+@dataclass(frozen=True)
+class ObjectHit:
+    query: int  # the query object
+    photo: int  # photo id
+    row: int  # the object's row id
+    distance: float  # squared L2
+    box: tuple[float, float, float, float]
+
+
+def _client(location: IndexLocation):  # noqa: ANN202 - pymilvus is optional
+    try:
+        from pymilvus import MilvusClient
+
+        logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its warnings (client-side timestamps) are not the user's
+    except ImportError:
+        raise StoreError(f"{location.text}: the Milvus back end needs `pip install 'oesir[cluster]'`") from None
+    try:
+        return _Guarded(MilvusClient(uri=location.uri, token=os.environ.get("OESIR_MILVUS_TOKEN", "")), location.text)
+    except Exception as exc:  # pymilvus raises its own exception types for an unreachable server
+        raise StoreError(f"cannot reach Milvus at {location.text}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Guarded:
+    """The Milvus client, its errors turned into one-line StoreErrors naming the index."""
+
+    def __init__(self, client: Any, where: str):
+        self._client, self._where = client, where
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except StoreError:
+                raise
+            except Exception as exc:  # MilvusException, grpc errors: the server's message, one line
+                raise StoreError(f"Milvus at {self._where}: {name} failed: {_first_line(exc)}") from None
+
+        return call
+
+
+class MilvusStore:
+    """An oesir index in Milvus. Readers and one writer at a time (the writer is the `oesir index` driver)."""
+
+    def __init__(self, location: IndexLocation, create: bool = False):
+        self.location = location.text
+        self.name = location.name
+        self.client = _client(location)
+        self._vocabulary: Vocabulary | None = None
+        self._entries: OrderedDict[int, np.ndarray] = OrderedDict()
+        if not self.client.has_collection(self._c("meta")):
+            if not create:
+                raise StoreError(f"no index at {location.text} (run `oesir index PATH --index {location.text}` first)")
+        else:
+            for what in ("meta", "photos", "objects", "local"):  # a new client finds collections released
+                self.client.load_collection(self._c(what))
+
+    def _c(self, what: str) -> str:
+        return f"{self.name}_{what}"
+
+    # settings -----------------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.client.has_collection(self._c("meta"))
+
+    def create(self, dim: int, index_type: str = DEFAULT_INDEX_TYPE) -> None:
+        """Create the four collections (nothing if they exist): embeddings of `dim`, vector index `index_type`."""
+        from pymilvus import DataType
+
+        if index_type not in INDEX_TYPES:
+            raise StoreError(f"unknown Milvus index type {index_type!r}; one of {', '.join(INDEX_TYPES)}")
+        c = self.client
+        v = text = DataType.VARCHAR
+        specs = {
+            "meta": [
+                ("key", v, {"max_length": 256, "is_primary": True}),
+                ("value", text, {"max_length": MAX_TEXT}),
+                ("unused", DataType.FLOAT_VECTOR, {"dim": 2}),
+            ],
+            "photos": [
+                ("id", DataType.INT64, {"is_primary": True}),
+                ("path", v, {"max_length": MAX_PATH}),
+                ("sha256", v, {"max_length": 64}),
+                ("size", DataType.INT64, {}),
+                ("mtime_ns", DataType.INT64, {}),
+                ("width", DataType.INT32, {}),
+                ("height", DataType.INT32, {}),
+                ("keypoints", DataType.INT32, {}),
+                ("status", DataType.INT8, {}),
+                ("whole", DataType.FLOAT_VECTOR, {"dim": dim}),
+            ],
+            "objects": [
+                ("id", DataType.INT64, {"is_primary": True, "auto_id": True}),
+                ("photo", DataType.INT64, {}),
+                ("object", DataType.INT32, {}),
+                *[(name, DataType.FLOAT, {}) for name in ("x1", "y1", "x2", "y2")],
+                ("embedding", DataType.FLOAT_VECTOR, {"dim": dim}),
+            ],
+            "local": [
+                ("id", DataType.INT64, {"is_primary": True, "auto_id": True}),
+                ("photo", DataType.INT64, {}),
+                ("part", DataType.INT32, {}),
+                ("entries", text, {"max_length": MAX_TEXT}),
+                ("words", DataType.SPARSE_FLOAT_VECTOR, {}),
+            ],
+        }
+        vectors = {"meta": ("unused", "FLAT", "L2"), "photos": ("whole", index_type, "L2"),
+                   "objects": ("embedding", index_type, "L2"), "local": ("words", "SPARSE_INVERTED_INDEX", "IP")}  # fmt: skip
+        for what in ("local", "objects", "photos", "meta"):  # meta last: its existence says the rest exists
+            if c.has_collection(self._c(what)):
+                continue
+            schema = c.create_schema(auto_id=what in ("objects", "local"), enable_dynamic_field=False)
+            for name, dtype, kw in specs[what]:
+                schema.add_field(name, dtype, **kw)
+            params = c.prepare_index_params()
+            field, kind, metric = vectors[what]
+            params.add_index(field, index_type=kind, metric_type=metric, params=_build_params(kind))
+            c.create_collection(self._c(what), schema=schema, index_params=params, consistency_level="Strong")
+        if self.meta("index_type") is None:
+            self.set_meta("index_type", index_type)
+
+    def drop(self) -> None:
+        """Remove every collection of this index (`--rebuild`)."""
+        for what in ("meta", "photos", "objects", "local"):
+            if self.client.has_collection(self._c(what)):
+                self.client.drop_collection(self._c(what))
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        if not self.client.has_collection(self._c("meta")):
+            return default
+        rows = self.client.query(self._c("meta"), filter=f"key == {json.dumps(key)}", output_fields=["value"])
+        return rows[0]["value"] if rows else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.client.upsert(self._c("meta"), [{"key": key, "value": value, "unused": [0.0, 0.0]}])
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta("generation", "0") or 0)
+
+    def check_model(self, model_version: str, create: bool) -> None:
+        have = self.meta("model_version")
+        if have is None and create:
+            self.set_meta("model_version", model_version)
+        elif have is not None and have != model_version:
+            raise StoreError(
+                f"index at {self.location} was built with model {have}, not {model_version}; re-index with `--rebuild`"
+            )
+
+    def embedding_dim(self) -> int:
+        return int(self.meta("embedding_dim", "0") or 0)
+
+    def vocabulary(self) -> Vocabulary:
+        if self._vocabulary is None:
+            try:
+                path, _ = verified_file(VOCABULARY_FILE)
+            except WeightsError as exc:
+                raise StoreError(f"index at {self.location} needs the local-feature vocabulary: {exc}") from None
+            self._vocabulary = Vocabulary.load(path)
+        return self._vocabulary
+
+    # writing (indexer.IndexWriter) -------------------------------------------------------------------------------
+    def images(self) -> dict[str, ImageRecord]:
+        """Visible photos by path."""
+        out = {}
+        for r in self._scan("photos", f"status == {VISIBLE}", ["id", "path", "sha256", "size", "mtime_ns", "width", "height"]):
+            out[r["path"]] = ImageRecord(r["id"], r["path"], r["sha256"], r["size"], r["mtime_ns"], r["width"], r["height"])
+        return out
+
+    def commit(self, batch: list[tuple[ImageRecord, PhotoData | None]]) -> None:
+        """Write a batch: records only for `None` data; else hide the photo, replace its rows, show it again."""
+        touched = [rec for rec, data in batch if data is None]
+        described = [(rec, data) for rec, data in batch if data is not None]
+        if touched:
+            rows = self._get_photos([photo_id(r.path) for r in touched], full=True)
+            by_id = {r["id"]: r for r in rows}
+            ids = [photo_id(r.path) for r in touched]
+            rows = [{**by_id[i], "size": r.size, "mtime_ns": r.mtime_ns} for r, i in zip(touched, ids) if i in by_id]
+            self.client.upsert(self._c("photos"), rows)
+        if not described:
+            return
+        ids = [photo_id(rec.path) for rec, _ in described]
+        self._refuse_collisions(described, ids)
+        photos = [self._photo_row(rec, data, pid, PENDING) for (rec, data), pid in zip(described, ids)]
+        self.client.upsert(self._c("photos"), photos)  # hidden while its rows change
+        self._delete_rows(ids)
+        objects, local = [], []
+        for (_, data), pid in zip(described, ids):
+            for j, (box, emb) in enumerate(zip(np.asarray(data.boxes, np.float32), np.asarray(data.embeddings, np.float32))):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                objects.append({"photo": pid, "object": j, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "embedding": emb.tolist()})
+            local += self._local_rows(pid, data)
+        if objects:
+            self.client.insert(self._c("objects"), objects)
+        if local:
+            self.client.insert(self._c("local"), local)
+        for row in photos:
+            row["status"] = VISIBLE
+        self.client.upsert(self._c("photos"), photos)  # the batch becomes visible
+        self.set_meta("generation", str(self.generation + 1))
+
+    def _refuse_collisions(self, described: list[tuple[ImageRecord, PhotoData]], ids: list[int]) -> None:
+        have = {r["id"]: r["path"] for r in self._get_photos(ids)}
+        for (rec, _), pid in zip(described, ids):
+            if pid in have and have[pid] != rec.path:
+                raise StoreError(f"photo id collision between {rec.path} and {have[pid]}; report this to oesir's maintainers")
+
+    def _photo_row(self, rec: ImageRecord, data: PhotoData, pid: int, status: int) -> dict:
+        whole = np.asarray(data.embeddings[0], np.float32)
+        return {
+            "id": pid, "path": rec.path, "sha256": rec.sha256, "size": rec.size, "mtime_ns": rec.mtime_ns,
+            "width": rec.width, "height": rec.height, "keypoints": int(len(data.descriptors)), "status": status,
+            "whole": whole.tolist(),
+        }  # fmt: skip
+
+    def _local_rows(self, pid: int, data: PhotoData) -> list[dict]:
+        if len(data.descriptors) == 0:
+            return []
+        vocabulary = self.vocabulary()
+        x = as_float(data.descriptors)
+        words = vocabulary.nearest_words(x)[:, 0]
+        codes = vocabulary.encode(x, words)
+        packed = np.zeros(len(x), entry_dtype(vocabulary.code_size))
+        packed["word"], packed["code"], packed["norm"] = words, codes, vocabulary.norms(words, codes)
+        packed["geometry"] = pack_geometry(data.keypoints)
+        rows = []
+        for part, lo in enumerate(range(0, len(packed), ENTRIES_PER_ROW)):
+            chunk = packed[lo : lo + ENTRIES_PER_ROW]
+            w, n = np.unique(chunk["word"], return_counts=True)
+            tf = n / np.sqrt((n.astype(np.float64) ** 2).sum())
+            rows.append(
+                {
+                    "photo": pid,
+                    "part": part,
+                    "entries": base64.b64encode(chunk.tobytes()).decode("ascii"),
+                    "words": {int(k): float(v) for k, v in zip(w, tf)},
+                }
+            )
+        return rows
+
+    def _delete_rows(self, ids: list[int]) -> None:
+        for lo in range(0, len(ids), PATH_QUERY_BATCH):
+            part = ids[lo : lo + PATH_QUERY_BATCH]
+            self.client.delete(self._c("objects"), filter=f"photo in {part}")
+            self.client.delete(self._c("local"), filter=f"photo in {part}")
+            for pid in part:
+                self._entries.pop(pid, None)
+
+    def delete(self, paths: list[str]) -> None:
+        """Hide, then remove, the photos at `paths`."""
+        ids = [photo_id(p) for p in paths]
+        for lo in range(0, len(ids), PATH_QUERY_BATCH):
+            self.client.delete(self._c("photos"), filter=f"id in {ids[lo : lo + PATH_QUERY_BATCH]}")
+        self._delete_rows(ids)
+        self.set_meta("generation", str(self.generation + 1))
+
+    def finish(self) -> None:
+        for what in ("photos", "objects", "local", "meta"):
+            self.client.flush(self._c(what))
+
+    def count(self) -> tuple[int, int]:
+        """(visible photos, object rows)."""
+        photos = self._count("photos", f"status == {VISIBLE}")
+        return photos, self._count("objects", "")
+
+    # reading (search) ------------------------------------------------------------------------------------------------
+    def photo_rows(self) -> PhotoRows:
+        rows = sorted(self._scan("photos", f"status == {VISIBLE}", ["id", "path", "sha256", "keypoints"]), key=lambda r: r["id"])
+        return PhotoRows(
+            np.array([r["id"] for r in rows], np.int64),
+            [r["path"] for r in rows],
+            [r["sha256"] for r in rows],
+            np.array([r["keypoints"] for r in rows], np.int64),
+        )
+
+    def sha256_of(self, image_ids: list[int]) -> dict[int, str]:
+        return {r["id"]: r["sha256"] for r in self._get_photos(image_ids)}
+
+    def search_objects(self, embeddings: np.ndarray, limit: int) -> list[ObjectHit]:
+        """Each query object's nearest object in each of its `limit` nearest photos."""
+        res = self.client.search(
+            self._c("objects"),
+            data=np.asarray(embeddings, np.float32).tolist(),
+            anns_field="embedding",
+            limit=min(limit, MAX_TOPK),
+            group_by_field="photo",
+            group_size=1,
+            output_fields=["photo", "x1", "y1", "x2", "y2"],
+            search_params={"metric_type": "L2", "params": {"ef": max(2 * limit, 64), "nprobe": 64}},
+        )
+        hits = []
+        for q, found in enumerate(res):
+            for h in found:
+                e = h["entity"]
+                box = (e["x1"], e["y1"], e["x2"], e["y2"])
+                hits.append(ObjectHit(q, int(e["photo"]), int(h["id"]), float(h["distance"]), box))
+        return hits
+
+    def search_whole(self, embedding: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """(photo id, squared L2) of the `limit` visible photos whose whole image is nearest."""
+        res = self.client.search(
+            self._c("photos"),
+            data=[np.asarray(embedding, np.float32).tolist()],
+            anns_field="whole",
+            limit=min(limit, MAX_TOPK),
+            filter=f"status == {VISIBLE}",
+            output_fields=["id"],
+            search_params={"metric_type": "L2", "params": {"ef": max(2 * limit, 64), "nprobe": 64}},
+        )
+        return [(int(h["id"]), float(h["distance"])) for h in res[0]]
+
+    def local_candidates(self, words: dict[int, float], limit: int) -> list[int]:
+        """Photo ids of the `limit` photos whose keypoints share most of the query's probed `words` (sparse IP)."""
+        if not words:
+            return []
+        res = self.client.search(
+            self._c("local"),
+            data=[words],
+            anns_field="words",
+            limit=min(limit, MAX_TOPK),
+            output_fields=["photo"],
+            search_params={"metric_type": "IP"},
+        )
+        seen: dict[int, None] = {}
+        for h in res[0]:
+            seen.setdefault(int(h["entity"]["photo"]), None)
+        return list(seen)
+
+    def local_entries(self, ids: list[int]) -> Entries:
+        """The stored local entries of the photos `ids` (decoded; cached)."""
+        want = [i for i in ids if i not in self._entries]
+        for lo in range(0, len(want), PATH_QUERY_BATCH):
+            part = want[lo : lo + PATH_QUERY_BATCH]
+            found: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in part}
+            dtype = entry_dtype(self.vocabulary().code_size)
+            for r in self.client.query(self._c("local"), filter=f"photo in {part}", output_fields=["photo", "part", "entries"]):
+                found[int(r["photo"])].append((int(r["part"]), np.frombuffer(base64.b64decode(r["entries"]), dtype)))
+            for pid, parts in found.items():
+                ordered = [a for _, a in sorted(parts, key=lambda t: t[0])]
+                self._entries[pid] = np.concatenate(ordered) if ordered else np.zeros(0, dtype)
+        while len(self._entries) > max(ENTRY_CACHE_PHOTOS, len(ids)):
+            self._entries.popitem(last=False)
+        arrays = [self._entries[i] for i in ids]
+        counts = [len(a) for a in arrays]
+        packed = np.concatenate(arrays) if arrays else np.zeros(0, entry_dtype(self.vocabulary().code_size))
+        return Entries(
+            np.repeat(np.asarray(ids, np.int64), counts),
+            packed["word"].astype(np.int64),
+            np.ascontiguousarray(packed["code"]),
+            np.ascontiguousarray(packed["norm"]),
+            np.ascontiguousarray(packed["geometry"]),
+        )
+
+    # checking ------------------------------------------------------------------------------------------------------
+    def inspect(self) -> tuple[list[tuple[int, str]], list[int], int]:
+        """(visible photos with no object rows: (id, path); photos left hidden by an interrupted write; object and
+        local rows no visible photo owns)."""
+        visible = {r["id"]: r["path"] for r in self._scan("photos", f"status == {VISIBLE}", ["id", "path"])}
+        pending = [r["id"] for r in self._scan("photos", f"status == {PENDING}", ["id"])]
+        owners: dict[int, int] = {}
+        orphans = 0
+        for what in ("objects", "local"):
+            for r in self._scan(what, "", ["photo"]):
+                pid = int(r["photo"])
+                if pid in visible:
+                    if what == "objects":
+                        owners[pid] = owners.get(pid, 0) + 1
+                else:
+                    orphans += 1
+        damaged = [(pid, path) for pid, path in visible.items() if owners.get(pid, 0) == 0]
+        return damaged, pending, orphans
+
+    def repair(self, damaged: list[int], pending: list[int]) -> int:
+        """Remove damaged and half-written photos and every row no visible photo owns; returns rows removed."""
+        ids = list(damaged) + list(pending)
+        for lo in range(0, len(ids), PATH_QUERY_BATCH):
+            self.client.delete(self._c("photos"), filter=f"id in {ids[lo : lo + PATH_QUERY_BATCH]}")
+        visible = {r["id"] for r in self._scan("photos", f"status == {VISIBLE}", ["id"])}
+        removed = 0
+        for what in ("objects", "local"):
+            stray = sorted({int(r["photo"]) for r in self._scan(what, "", ["photo"])} - visible)
+            for lo in range(0, len(stray), PATH_QUERY_BATCH):
+                done = self.client.delete(self._c(what), filter=f"photo in {stray[lo : lo + PATH_QUERY_BATCH]}")
+                removed += int(done.get("delete_count", 0) or 0)
+        self.finish()
+        return removed
+
+    # helpers ---------------------------------------------------------------------------------------------------------
+    def _get_photos(self, ids: list[int], full: bool = False) -> list[dict]:
+        fields = ["*"] if full else ["id", "path", "sha256"]
+        out = []
+        for lo in range(0, len(ids), PATH_QUERY_BATCH):
+            out += self.client.query(self._c("photos"), filter=f"id in {ids[lo : lo + PATH_QUERY_BATCH]}", output_fields=fields)
+        return out
+
+    def _scan(self, what: str, filter: str, fields: list[str]) -> Iterator[dict]:
+        it = self.client.query_iterator(self._c(what), batch_size=PAGE, filter=filter, output_fields=fields)
+        try:
+            while page := it.next():
+                yield from page
+        finally:
+            it.close()
+
+    def _count(self, what: str, filter: str) -> int:
+        rows = self.client.query(self._c(what), filter=filter, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _build_params(kind: str) -> dict:
+    return {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}, "IVF_SQ8": {"nlist": 1024},
+            "IVF_PQ": {"nlist": 1024, "m": 32, "nbits": 8}}.get(kind, {})  # fmt: skip
