@@ -299,10 +299,14 @@ def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
         from .search.milvus import MilvusPhotos
 
         remote = MilvusStore(where)
-        have = remote.meta("engine_config")
-        eng = engine(EngineConfig(**json.loads(have)) if have else EngineConfig())
-        remote.check_model(eng.version, create=False)
-        return Searcher(remote, eng, photos=MilvusPhotos(remote))
+        try:
+            have = remote.meta("engine_config")
+            eng = engine(EngineConfig(**json.loads(have)) if have else EngineConfig())
+            remote.check_model(eng.version, create=False)
+            return Searcher(remote, eng, photos=MilvusPhotos(remote))
+        except BaseException:
+            remote.close()
+            raise
     store = Store(index_location(index_dir))
     eng = engine(_config_of(store))
     store.check_model(eng.version, create=False)

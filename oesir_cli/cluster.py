@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
+import socket
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +29,8 @@ from .store import ImageRecord
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's info lines (fork handlers) are not the user's business
 ACTOR_BATCH = 4  # photos per actor call: small, so results stream back to the driver as they are made
 CPUS_PER_ACTOR = 1  # each actor's onnxruntime runs this many threads (SIFT overlaps on one more)
-LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2  # `--ray local`: descriptions are small, photos are read by the actors
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+CONNECT_TIMEOUT_S = 5.0  # `--ray local`: descriptions are small, photos are read by the actors
 
 
 class ClusterError(OesirError):
@@ -96,11 +99,23 @@ def _import_ray():  # noqa: ANN202 - ray is optional
     return ray
 
 
+def _reachable(address: str) -> None:
+    """Refuse at once an address nothing listens on (Ray itself retries for minutes)."""
+    m = re.match(r"^(?:ray://)?\[?(?P<host>[^\]/]+?)\]?:(?P<port>\d+)/?$", address)
+    if m is None:  # "local", "auto": Ray finds out quickly by itself
+        return
+    try:
+        socket.create_connection((m.group("host"), int(m.group("port"))), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def _connect(ray: Any, address: str) -> bool:
     """Join `address` (or start a local cluster for "local"); True when this call started the connection."""
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "include_dashboard": False, "logging_level": "ERROR"}
+    _reachable(address)
     try:
         if address == "local":
             ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)

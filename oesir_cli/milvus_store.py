@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError
-from .location import IndexLocation
+from .location import LITE_PREFIX, IndexLocation
 from .postings import GEOMETRY, Entries, pack_geometry
 from .registry import WeightsError, verified_file
 from .store import ImageRecord, PhotoData
@@ -58,6 +58,9 @@ MAX_TOPK = 16384  # Milvus's largest limit per search
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ")  # IVF_PQ: servers only (Milvus Lite lacks it)
 DEFAULT_INDEX_TYPE = "HNSW"
 ENTRY_CACHE_PHOTOS = 4096  # decoded local entries kept per process (a query and its region probe the same photos)
+
+
+_LITE_OPEN: Counter[str] = Counter()  # open stores per Milvus Lite file in this process
 
 
 def photo_id(path: str) -> int:
@@ -98,6 +101,11 @@ def _client(location: IndexLocation):  # noqa: ANN202 - pymilvus is optional
     try:
         return _Guarded(MilvusClient(uri=location.uri, token=os.environ.get("OESIR_MILVUS_TOKEN", "")), location.text)
     except Exception as exc:  # pymilvus raises its own exception types for an unreachable server
+        if location.text.startswith(LITE_PREFIX) and os.path.exists(location.uri or ""):
+            raise StoreError(
+                f"cannot open {location.text}: a Milvus Lite file is open to one process at a time (is another oesir "
+                "using it?); to share it, serve it with `milvus-lite server` and use milvus://HOST:PORT/NAME"
+            ) from None
         raise StoreError(f"cannot reach Milvus at {location.text}: {_first_line(exc)}") from None
 
 
@@ -135,10 +143,15 @@ class MilvusStore:
         self.location = location.text
         self.name = location.name
         self.client = _client(location)
+        self._closed = False
+        self._lite = location.uri if location.text.startswith(LITE_PREFIX) else None
+        if self._lite is not None:
+            _LITE_OPEN[self._lite] += 1
         self._vocabulary: Vocabulary | None = None
         self._entries: OrderedDict[int, np.ndarray] = OrderedDict()
         if not self.client.has_collection(self._c("meta")):
             if not create:
+                self.close()
                 raise StoreError(f"no index at {location.text} (run `oesir index PATH --index {location.text}` first)")
         else:
             for what in ("meta", "photos", "objects", "local"):  # a new client finds collections released
@@ -439,6 +452,26 @@ class MilvusStore:
             np.ascontiguousarray(packed["geometry"]),
         )
 
+    def content(self) -> list[tuple]:
+        """Everything stored per visible photo, by path, ids and row order left out: equal content, equal index
+        (and a duplicated row shows as a difference)."""
+        objects: dict[int, list[tuple]] = {}
+        fields = ["photo", "object", "x1", "y1", "x2", "y2", "embedding"]
+        for r in self._scan("objects", "", fields):
+            emb = np.asarray(r["embedding"], np.float32).tobytes()
+            objects.setdefault(int(r["photo"]), []).append((r["object"], r["x1"], r["y1"], r["x2"], r["y2"], emb))
+        local: dict[int, list[tuple]] = {}
+        for r in self._scan("local", "", ["photo", "part", "entries"]):
+            local.setdefault(int(r["photo"]), []).append((r["part"], r["entries"]))
+        fields = ["id", "path", "sha256", "size", "mtime_ns", "width", "height", "keypoints", "whole"]
+        rows = []
+        for r in self._scan("photos", f"status == {VISIBLE}", fields):
+            whole = np.asarray(r["whole"], np.float32).tobytes()
+            pid = r["id"]
+            rows.append((r["path"], r["sha256"], r["size"], r["mtime_ns"], r["width"], r["height"], r["keypoints"], whole,
+                         sorted(objects.get(pid, [])), sorted(local.get(pid, []))))  # fmt: skip
+        return sorted(rows)
+
     # checking ------------------------------------------------------------------------------------------------------
     def inspect(self) -> tuple[list[tuple[int, str]], list[int], int]:
         """(visible photos with no object rows: (id, path); photos left hidden by an interrupted write; object and
@@ -494,7 +527,18 @@ class MilvusStore:
         return int(rows[0]["count(*)"]) if rows else 0
 
     def close(self) -> None:
+        """Close the client; a Milvus Lite file's in-process server stops when its last store closes, so another
+        process can open the file."""
+        if self._closed:
+            return
+        self._closed = True
         self.client.close()
+        if self._lite is not None:
+            _LITE_OPEN[self._lite] -= 1
+            if _LITE_OPEN[self._lite] <= 0:
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self._lite)
 
 
 def _build_params(kind: str) -> dict:

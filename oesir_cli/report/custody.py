@@ -8,10 +8,11 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from .. import api
+from ..location import parse_location
 from ..registry import files_used
+from ..search import Searcher
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Reproducibility:
     index: str  # absolute location
     photos: int
     generation: int
-    index_format: int
+    index_format: str
     codec: str
     command: str
     working_folder: str
@@ -46,18 +47,19 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def reproducibility(index_dir: str | os.PathLike | None, model_version: str, command: str | None) -> Reproducibility:
+def reproducibility(searcher: Searcher, command: str | None) -> Reproducibility:
     """The block for a report written now; call it after the last search so every model loaded is listed."""
-    stats = api.info(index_dir)
+    store = searcher.store
+    where = parse_location(store.location)
     return Reproducibility(
         oesir_version=api.version(),
-        model_version=model_version,
+        model_version=searcher.engine.version,
         models=tuple((p.name, d) for p, d in files_used().items()),
-        index=str(Path(stats["index"]).resolve()),
-        photos=int(stats["photos"]),
-        generation=int(stats["generation"]),
-        index_format=int(stats["format"]),
-        codec=str(stats["codec"]),
+        index=str(where.folder.resolve()) if where.folder is not None else where.text,
+        photos=searcher.photos.count,
+        generation=store.generation,
+        index_format=str(store.meta("format", "milvus" if where.is_milvus else "?")),
+        codec=str(store.meta("codec", "float32")),
         command=command if command is not None else command_line(),
         working_folder=os.getcwd(),
         utc_time=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),

@@ -21,6 +21,7 @@ from .. import api
 from ..errors import OesirError
 from ..registry import sha256_file
 from ..render import write_png
+from ..search import Searcher
 from .case import examine
 from .custody import reproducibility
 from .page import index_page, sheet_count, suspect_page
@@ -105,8 +106,24 @@ def write_report(
             "or set OESIR_CHROMIUM to a Chromium or Chrome binary); nothing written"
         )
     searcher = api.open_searcher(index_dir)
+    try:
+        return _write(searcher, suspects, out, browser, top, threshold, command, progress)
+    finally:
+        searcher.close()
+
+
+def _write(
+    searcher: Searcher,
+    suspects: Iterable[str | os.PathLike],
+    out: Path,
+    browser: str | None,
+    top: int,
+    threshold: float | None,
+    command: str | None,
+    progress: Callable[[int, int, str], None] | None,
+) -> ReportSummary:
     if searcher.photos.count == 0:
-        raise ReportError(f"the index at {searcher.store.dir} holds no photos; run `oesir index` first; nothing written")
+        raise ReportError(f"the index at {searcher.store.location} holds no photos; run `oesir index` first; nothing written")
     skipped: list[tuple[str, str]] = []
     paths = api.query_photos(suspects, skipped)
     if not paths:
@@ -125,7 +142,7 @@ def write_report(
             names.append(name)
         if progress:
             progress(len(paths), len(paths), "")
-        repro = reproducibility(searcher.store.dir, searcher.engine.version, command)
+        repro = reproducibility(searcher, command)
         reported = []
         for case, name in zip(cases, names):
             page = partial / f"{name}.html"

@@ -116,6 +116,10 @@ class Searcher:
             photos = IndexedPhotos(catalogue, objects, store.local_index(catalogue), store)
         self.photos = photos
 
+    def close(self) -> None:
+        """Release the index (a Milvus Lite file is open to one process at a time)."""
+        self.store.close()
+
     @property
     def catalogue(self) -> Catalogue:
         return self.photos.catalogue
