@@ -443,7 +443,8 @@ class MilvusStore:
             self._entries.popitem(last=False)
         arrays = [self._entries[i] for i in ids]
         counts = [len(a) for a in arrays]
-        packed = np.concatenate(arrays) if arrays else np.zeros(0, entry_dtype(self.vocabulary().code_size))
+        # joined as bytes: np.concatenate of structured arrays promotes their fields one array at a time (slow)
+        packed = np.frombuffer(b"".join(a.tobytes() for a in arrays), entry_dtype(self.vocabulary().code_size))
         return Entries(
             np.repeat(np.asarray(ids, np.int64), counts),
             packed["word"].astype(np.int64),

@@ -215,9 +215,9 @@ def summary_sheet(case: SuspectCase) -> str:
         f'<span class="swatch" style="background:{hex_colour(s.colour)}"></span>'
         + esc("changed against the host" if s.role is Role.HOST else f"pasted from {s.name}")
         for s in case.shown
-        if s.colour is not None and s.localized is not None
+        if s.colour is not None and s.localized is not None and s.localized.changed_share > 0
     )
-    caption = f"The suspect, outlined: {legend}." if legend else "The suspect (no region localized)."
+    caption = f"The suspect, outlined: {legend}." if legend else "The suspect (no changed region found)."
     return (
         head
         + '<div class="row">'

@@ -108,7 +108,11 @@ class MilvusPhotos(IndexedPhotos):
         numbers = self._numbers(np.array(candidates, np.int64))
         ids = [c for c, p in zip(candidates, numbers) if p >= 0]
         found = self.store.local_entries(ids)
-        entries = Entries(self._numbers(found.image), found.word, found.code, found.norm, found.geometry)
+        wanted = np.zeros(vocabulary.words, bool)
+        wanted[words] = True
+        keep = np.flatnonzero(wanted[found.word])  # only the lists the query probes (the same words `probe` picks)
+        image, word = found.image[keep], found.word[keep]
+        entries = Entries(self._numbers(image), word, found.code[keep], found.norm[keep], found.geometry[keep])
         segment = Segment.in_memory(entries, vocabulary.words)
         index = LocalIndex(vocabulary, {1: segment}, np.arange(self.count), np.ones(self.count, np.int64), self._entries_total)
         return index.probe(descriptors, k, probes)
