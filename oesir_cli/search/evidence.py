@@ -151,6 +151,10 @@ class IndexedPhotos:
         d[self.catalogue.object_image[rows]] = self.catalogue.codec.distances(emb0, self.catalogue.codes[rows])[0]
         return d
 
+    def probe(self, descriptors: np.ndarray, k: int, probes: int) -> Neighbours:
+        """The stored keypoints the query's descriptors meet in the lists they probe (`LocalIndex.probe`)."""
+        return self.local.probe(descriptors, k, probes)
+
     def votes(self, feats: list[LocalFeatures] | tuple[LocalFeatures, ...], params: RankingParams) -> list[Votes]:
         """Votes of each orientation's keypoints (orientations without keypoints give none)."""
         out: list[Votes] = []
@@ -159,7 +163,7 @@ class IndexedPhotos:
         for f in feats:
             if len(f) == 0:
                 continue
-            found = self.local.probe(f.descriptors, params.vote_k, params.vote_probes)
+            found = self.probe(f.descriptors, params.vote_k, params.vote_probes)
             out.append(Votes.from_neighbours(found, self.count, params.vote_ratio))
         return out
 

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..keypoints import LocalFeatures
 from ..local_index import PROBES, LocalIndex, Neighbours
 from ..milvus_store import MAX_TOPK, MilvusStore
 from ..postings import Entries, Segment
 from ..vocabulary import as_float
-from .evidence import CANDIDATES_PER_RESULT, MIN_OBJECT_CANDIDATES, IndexedPhotos, ObjectDistances, Votes
-from .params import RankingParams
+from .evidence import CANDIDATES_PER_RESULT, MIN_OBJECT_CANDIDATES, IndexedPhotos, ObjectDistances
 
 LOCAL_CANDIDATES = 512  # photos whose entries a query's keypoints are scored against (the sparse search's top)
 
@@ -86,17 +84,6 @@ class MilvusPhotos(IndexedPhotos):
             if p >= 0:
                 d[p] = dist
         return d
-
-    def votes(self, feats: list[LocalFeatures] | tuple[LocalFeatures, ...], params: RankingParams) -> list[Votes]:
-        out: list[Votes] = []
-        if not self.has_local_features:
-            return out
-        for f in feats:
-            if len(f) == 0:
-                continue
-            found = self.probe(f.descriptors, params.vote_k, params.vote_probes)
-            out.append(Votes.from_neighbours(found, self.count, params.vote_ratio))
-        return out
 
     def probe(self, descriptors: np.ndarray, k: int, probes: int = PROBES) -> Neighbours:
         """`LocalIndex.probe` over the stored entries of the photos whose words the query's probed words hit most."""
