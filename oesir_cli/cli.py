@@ -148,7 +148,7 @@ def _read_paths(paths: list[str], null: bool) -> list[str]:
         "oesir index ./photos --codec pq --no-local   # compact",
         "oesir index ./photos --rebuild               # after a model change",
         "oesir index ./photos --index milvus-lite:case.db --ray local",
-        "oesir index /shared/photos --index milvus://milvus.lan:19530/case42 --ray auto",
+        "oesir index ./photos --index milvus://HOST:19530/case --ray auto",
     )
 )
 def index(
