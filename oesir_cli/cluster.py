@@ -118,7 +118,8 @@ def _connect(ray: Any, address: str) -> bool:
     _reachable(address)
     try:
         if address == "local":
-            ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+            # address="local": a new instance even when `ray start` left a cluster running (ray.init() would join it)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
         else:
             ray.init(address=address, **quiet)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError for an unreachable cluster
