@@ -29,8 +29,9 @@ from .store import ImageRecord
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's info lines (fork handlers) are not the user's business
 ACTOR_BATCH = 4  # photos per actor call: small, so results stream back to the driver as they are made
 CPUS_PER_ACTOR = 1  # each actor's onnxruntime runs this many threads (SIFT overlaps on one more)
-LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
-CONNECT_TIMEOUT_S = 5.0  # `--ray local`: descriptions are small, photos are read by the actors
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2  # `--ray local`: descriptions are small, photos are read by the actors
+LOCAL_START_ATTEMPTS = 2
+CONNECT_TIMEOUT_S = 5.0  # an address nothing listens on is refused after this long
 
 
 class ClusterError(OesirError):
@@ -116,14 +117,21 @@ def _connect(ray: Any, address: str) -> bool:
         return False
     quiet = {"log_to_driver": False, "include_dashboard": False, "logging_level": "ERROR"}
     _reachable(address)
-    try:
-        if address == "local":
-            # address="local": a new instance even when `ray start` left a cluster running (ray.init() would join it)
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError for an unreachable cluster
-        raise ClusterError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    # A local start can miss Ray's fixed 30 s wait for its raylet on a loaded machine; one more try is cheap.
+    attempts = LOCAL_START_ATTEMPTS if address == "local" else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            if address == "local":
+                # address="local": a new instance even when `ray start` left a cluster running (ray.init() would join it)
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+            else:
+                ray.init(address=address, **quiet)
+            break
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError for an unreachable cluster
+            ray.shutdown()  # whatever this try started, so the next one (or the user's re-run) begins clean
+            if attempt == attempts:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ClusterError(f"cannot join the Ray cluster at {address}: {first}") from None
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\..*")
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
