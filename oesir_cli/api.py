@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -201,31 +202,34 @@ def _index_milvus(
     milvus_index: str | None,
 ) -> IndexSummary:
     """`index` into Milvus: the same stages, written through `MilvusStore` (one writer at a time)."""
-    from .milvus_store import DEFAULT_INDEX_TYPE, MilvusStore
-
     if codec not in (None, "float32"):
         raise StoreError(
             f"{where.text}: Milvus stores float32 vectors; compress them on the server with --milvus-index IVF_SQ8 or IVF_PQ"
         )
-    store = MilvusStore(where, create=True)
-    try:
-        if rebuild:
-            store.drop()
-        have = store.meta("engine_config")
-        config = _engine_config(have, where.text, max_objects, model, local_features)
-        eng = engine(config)
-        if have is None:
-            store.create(eng.embedding_dim, milvus_index or DEFAULT_INDEX_TYPE)
-            store.set_meta("embedding_dim", str(eng.embedding_dim))
-            store.set_meta("engine_config", json.dumps(config.as_dict()))
-        elif milvus_index is not None and milvus_index != store.meta("index_type"):
-            raise StoreError(f"index at {where.text} uses {store.meta('index_type')}; use --rebuild to change its index type")
-        store.check_model(eng.version, create=True)
-        return index_paths(
-            store, _describer(eng, max_pixels, ray), paths, keep_missing=keep_missing, progress=progress, on_error=on_error
-        )
-    finally:
-        store.close()
+    from .milvus_store import DEFAULT_INDEX_TYPE, MilvusStore
+
+    with ExitStack() as stack:
+        if ray is not None:
+            from .cluster import ray_session
+
+            stack.enter_context(ray_session(ray))  # Ray before Milvus opens connections: see `ray_session`
+        store = MilvusStore(where, create=True)
+        stack.callback(store.close)
+        with store.writing():
+            if rebuild:
+                store.drop()
+            have = store.meta("engine_config")
+            config = _engine_config(have, where.text, max_objects, model, local_features)
+            eng = engine(config)
+            if have is None:
+                store.create(eng.embedding_dim, milvus_index or DEFAULT_INDEX_TYPE)
+                store.set_meta("embedding_dim", str(eng.embedding_dim))
+                store.set_meta("engine_config", json.dumps(config.as_dict()))
+            elif milvus_index is not None and milvus_index != store.meta("index_type"):
+                raise StoreError(f"index at {where.text} uses {store.meta('index_type')}; use --rebuild to change its index type")
+            store.check_model(eng.version, create=True)
+            describe = _describer(eng, max_pixels, ray)
+            return index_paths(store, describe, paths, keep_missing=keep_missing, progress=progress, on_error=on_error)
 
 
 def _check_codec(codec: str | None) -> None:
@@ -424,19 +428,26 @@ def check(index_dir: str | os.PathLike | None = None, repair: bool = False) -> C
     where = parse_location(index_dir)
     if not where.is_milvus:
         return check_index(index_location(index_dir), repair=repair)
-    from .milvus_store import MilvusStore
+    from .milvus_store import MilvusStore, busy_message
 
     store = MilvusStore(where)
     try:
+        busy = store.writer()
+        if busy is not None and repair:
+            raise StoreError(busy_message(where.text, busy))
         damaged, pending, orphans = store.inspect()
         report = CheckReport(index=where.text, photos=store.count()[0])
         report.damaged_photos = [(path, "no object rows (an interrupted write)") for _, path in damaged]
+        if busy is not None:
+            who = f"pid {busy.get('pid')} on {busy.get('host')}"
+            report.leftovers.append(f"being written now ({who}): hidden photos and stray rows may be its batch in progress")
         if pending:
             report.leftovers.append(f"{len(pending)} photo(s) hidden by an interrupted write; the next `oesir index` redoes them")
         if orphans:
             report.leftovers.append(f"{orphans} row(s) owned by no visible photo (an interrupted write)")
         if repair and (damaged or pending or orphans):
-            removed = store.repair([i for i, _ in damaged], pending)
+            with store.writing():
+                removed = store.repair([i for i, _ in damaged], pending)
             report.repaired.append(f"removed {len(damaged) + len(pending)} photo(s) and {removed} stray row(s)")
             report.damaged_photos = []
             report.photos = store.count()[0]

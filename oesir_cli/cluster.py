@@ -19,6 +19,7 @@ import re
 import socket
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .engine import EngineConfig
@@ -26,7 +27,7 @@ from .errors import OesirError
 from .indexer import Described, Describer, describe_file
 from .store import ImageRecord
 
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's info lines (fork handlers) are not the user's business
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own log lines are not the user's business; errors raise
 ACTOR_BATCH = 4  # photos per actor call: small, so results stream back to the driver as they are made
 CPUS_PER_ACTOR = 1  # each actor's onnxruntime runs this many threads (SIFT overlaps on one more)
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2  # `--ray local`: descriptions are small, photos are read by the actors
@@ -85,6 +86,24 @@ def ray_describer(config: EngineConfig, max_pixels: int, address: str) -> Descri
                 ray.shutdown()
 
     return run
+
+
+@contextmanager
+def ray_session(address: str) -> Iterator[None]:
+    """Be connected to Ray (`address` as for `ray_describer`) for the block; a cluster started here stops at its end.
+
+    `oesir index --ray` into Milvus enters this before it opens the index: Ray
+    picks free ports and its raylet binds them a moment later, and a Milvus
+    client opening connections in between can take one (the raylet then dies
+    without a word and Ray waits 30 s for it). Started first, Ray has its ports.
+    """
+    ray = _import_ray()
+    started = _connect(ray, address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _fields(rec: ImageRecord) -> tuple:

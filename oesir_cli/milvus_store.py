@@ -33,8 +33,12 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +51,7 @@ from .registry import WeightsError, verified_file
 from .store import ImageRecord, PhotoData
 from .vocabulary import VOCABULARY_FILE, Vocabulary, as_float
 
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's info lines (fork handlers) are not the user's business
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own lines (keepalive GOAWAYs) are not the user's business
 PENDING, VISIBLE = 0, 1
 MAX_PATH = 4096
 MAX_TEXT = 65535  # Milvus's VARCHAR limit
@@ -55,9 +59,12 @@ ENTRIES_PER_ROW = 1800  # 25-byte entries, base64 (4/3): 60,000 characters, unde
 PATH_QUERY_BATCH = 256  # ids per `in [...]` filter
 PAGE = 4096  # rows per query_iterator page
 MAX_TOPK = 16384  # Milvus's largest limit per search
+CANDIDATE_SHARE_OVERFETCH = 2  # `local_candidates`: rows asked of each bag, in shares of the candidates wanted
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ")  # IVF_PQ: servers only (Milvus Lite lacks it)
 DEFAULT_INDEX_TYPE = "HNSW"
 ENTRY_CACHE_PHOTOS = 4096  # decoded local entries kept per process (a query and its region probe the same photos)
+WRITER_LEASE_S = 600  # a writer renews its lease at every batch; one silent this long is taken for dead
+WRITER_KEY = "writer"  # the meta row holding the lease
 
 
 _LITE_OPEN: Counter[str] = Counter()  # open stores per Milvus Lite file in this process
@@ -149,6 +156,7 @@ class MilvusStore:
             _LITE_OPEN[self._lite] += 1
         self._vocabulary: Vocabulary | None = None
         self._entries: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._owner: str | None = None  # this process's writer lease, inside `writing`
         if not self.client.has_collection(self._c("meta")):
             if not create:
                 self.close()
@@ -159,6 +167,62 @@ class MilvusStore:
 
     def _c(self, what: str) -> str:
         return f"{self.name}_{what}"
+
+    # the one writer -------------------------------------------------------------------------------------------------
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the index's writer lease for the block: a second `oesir index` or `check --repair` is refused.
+
+        Milvus has no lock and no compare-and-swap, so the lease is a meta row
+        (owner, host, pid, last renewal) read back after it is written; a
+        writer renews it at every batch. A lease whose process is gone (same
+        host) or that has not been renewed for WRITER_LEASE_S is taken over.
+        """
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def writer(self) -> dict | None:
+        """The live lease of another process writing this index, or None."""
+        held = self._lease()
+        if held is None or held.get("owner") == self._owner or _lease_dead(held):
+            return None
+        return held
+
+    def _lease(self) -> dict | None:
+        raw = self.meta(WRITER_KEY)
+        return json.loads(raw) if raw else None
+
+    def _acquire(self) -> None:
+        if not self.exists():  # nothing written yet: `create` comes first and calls this again
+            return
+        held = self.writer()
+        if held is not None:
+            raise StoreError(busy_message(self.location, held))
+        self.renew_lease(since=time.time())
+        if (self._lease() or {}).get("owner") != self._owner:  # another writer's lease landed in between
+            raise StoreError(busy_message(self.location, self._lease() or {}))
+
+    def renew_lease(self, since: float | None = None) -> None:
+        """Write (or refresh) this process's lease; a no-op outside `writing`."""
+        owner = self._owner
+        if owner is None or not self.exists():
+            return
+        held = self._lease() or {}
+        now = time.time()
+        start = since if since is not None else held.get("since", now)
+        lease = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "since": start, "renewed": now}
+        self.set_meta(WRITER_KEY, json.dumps(lease))
+
+    def _release(self) -> None:
+        if self._closed or not self.exists():
+            return
+        if (self._lease() or {}).get("owner") == self._owner:
+            self.client.delete(self._c("meta"), filter=f"key == {json.dumps(WRITER_KEY)}")
+        self._owner = None
 
     # settings -----------------------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -219,6 +283,8 @@ class MilvusStore:
             c.create_collection(self._c(what), schema=schema, index_params=params, consistency_level="Strong")
         if self.meta("index_type") is None:
             self.set_meta("index_type", index_type)
+        if self._owner is not None and self._lease() is None:
+            self._acquire()
 
     def drop(self) -> None:
         """Remove every collection of this index (`--rebuild`)."""
@@ -299,6 +365,7 @@ class MilvusStore:
             row["status"] = VISIBLE
         self.client.upsert(self._c("photos"), photos)  # the batch becomes visible
         self.set_meta("generation", str(self.generation + 1))
+        self.renew_lease()
 
     def _refuse_collisions(self, described: list[tuple[ImageRecord, PhotoData]], ids: list[int]) -> None:
         have = {r["id"]: r["path"] for r in self._get_photos(ids)}
@@ -410,21 +477,34 @@ class MilvusStore:
         )
         return [(int(h["id"]), float(h["distance"])) for h in res[0]]
 
-    def local_candidates(self, words: dict[int, float], limit: int) -> list[int]:
-        """Photo ids of the `limit` photos whose keypoints share most of the query's probed `words` (sparse IP)."""
-        if not words:
+    def local_candidates(self, queries: list[dict[int, float]], limit: int) -> list[int]:
+        """Photo ids of `limit` photos whose keypoints share most of the probed words of any of `queries`.
+
+        One sparse inner-product search per query (a bag of words each); their
+        rankings are merged turn by turn, so each query brings its best photos.
+        Each search asks for twice its share of `limit` (shares overlap), as
+        the search's cost grows with the rows it returns.
+        """
+        queries = [q for q in queries if q]
+        if not queries:
             return []
+        share = -(-limit // len(queries)) * CANDIDATE_SHARE_OVERFETCH
         res = self.client.search(
             self._c("local"),
-            data=[words],
+            data=queries,
             anns_field="words",
-            limit=min(limit, MAX_TOPK),
+            limit=min(limit, share, MAX_TOPK),
             output_fields=["photo"],
             search_params={"metric_type": "IP"},
         )
+        rankings = [list(dict.fromkeys(int(h["entity"]["photo"]) for h in hits)) for hits in res]
         seen: dict[int, None] = {}
-        for h in res[0]:
-            seen.setdefault(int(h["entity"]["photo"]), None)
+        for turn in range(max(len(r) for r in rankings)):
+            for ranking in rankings:
+                if turn < len(ranking):
+                    seen.setdefault(ranking[turn], None)
+                if len(seen) >= limit:
+                    return list(seen)
         return list(seen)
 
     def local_entries(self, ids: list[int]) -> Entries:
@@ -540,6 +620,31 @@ class MilvusStore:
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(self._lite)
+
+
+def busy_message(location: str, lease: dict) -> str:
+    """One line: who holds the writer lease of the index at `location`, and what the user can do."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease.get("since", 0)))
+    quiet = max(0, int(time.time() - lease.get("renewed", 0)))
+    return (
+        f"{location} is being written by another oesir (pid {lease.get('pid', '?')} on {lease.get('host', '?')}, "
+        f"since {since}, last batch {quiet} s ago); wait for it to finish (a writer silent for "
+        f"{WRITER_LEASE_S // 60} minutes is taken for dead)"
+    )
+
+
+def _lease_dead(lease: dict) -> bool:
+    """Whether a writer lease no longer protects anything: its process is gone (this host) or it went silent."""
+    if time.time() - float(lease.get("renewed", 0)) > WRITER_LEASE_S:
+        return True
+    if lease.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lease.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+    return False
 
 
 def _build_params(kind: str) -> dict:

@@ -9,6 +9,7 @@ run (`--ray local`) and as two nodes started with `ray start`. Needs the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -120,6 +122,41 @@ def test_ray_into_milvus_lite_ranks_as_the_local_index(collection):
     assert roles["astronaut.jpg"] == "host" and roles["coffee.jpg"] == "donor"
 
 
+def test_region_bags_give_a_small_paste_a_bag_of_its_own():
+    from oesir_cli.search.milvus import region_bags
+
+    rng = np.random.default_rng(0)
+    xy = np.concatenate([rng.uniform(0, 300, (90, 2)), rng.uniform(250, 299, (10, 2))])  # 10 keypoints in a corner
+    keypoints = np.concatenate([xy, np.ones((100, 2))], axis=1)
+    words = np.concatenate([rng.integers(1, 6, (90, 2)), np.full((10, 2), 7)])  # two probed words each; the paste's: 7
+    bags = region_bags(keypoints, words, grids=(1, 3))
+    whole, cells = bags[0], bags[1:]
+    assert whole[7] == 20 and sum(whole.values()) == 200, "the whole query's bag counts every probed word"
+    assert sum(sum(b.values()) for b in cells) == 200, "each grid's cells share out every keypoint"
+    corner = max(cells, key=lambda b: b.get(7, 0) / sum(b.values()))
+    assert corner[7] == 20 and corner[7] / sum(corner.values()) > 0.5, "in its cell the paste is most of the words"
+
+
+def test_milvus_candidates_take_each_bags_best_photos_in_turn(collection):
+    from oesir_cli.milvus_store import MilvusStore
+
+    store = MilvusStore(parse_location(collection["milvus"]))
+    try:
+        rows = store.photo_rows()
+        by_name = {Path(p).name: int(i) for i, p in zip(rows.ids, rows.paths)}
+        a, b = by_name["coffee.jpg"], by_name["rocket.jpg"]
+        bag = {}
+        for pid, weight in ((a, 100.0), (b, 1.0)):  # a's words outweigh b's a hundredfold
+            w, n = np.unique(store.local_entries([pid]).word, return_counts=True)
+            bag[pid] = {int(k): weight * float(v) for k, v in zip(w, n)}
+        merged = {k: bag[a].get(k, 0.0) + bag[b].get(k, 0.0) for k in {*bag[a], *bag[b]}}
+        assert store.local_candidates([bag[a], bag[b]], 2) == [a, b], "each bag brings its best photo"
+        assert store.local_candidates([merged], 1) == [a]
+        assert len(store.local_candidates([bag[a], bag[b]], 5)) == 5 and store.local_candidates([{}], 5) == []
+    finally:
+        store.close()
+
+
 def test_milvus_index_reports_and_checks_like_the_local_one(collection):
     local, milvus = api.info(collection["local"]), api.info(collection["milvus"])
     assert (milvus["photos"], milvus["objects"]) == (local["photos"], local["objects"])
@@ -205,6 +242,51 @@ def test_interrupted_milvus_write_is_seen_by_check_and_finished_by_a_rerun(tmp_p
     reference = f"milvus-lite:{tmp_path / 'ref.db'}"
     api.index([photos], index_dir=reference)
     assert _content(where) == _content(reference)
+
+
+def test_one_writer_at_a_time_on_a_milvus_index(tmp_path):
+    from oesir_cli.errors import StoreError
+    from oesir_cli.milvus_store import WRITER_KEY, WRITER_LEASE_S, MilvusStore
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("coffee.jpg", "rocket.jpg"):
+        shutil.copy(EXAMPLES / name, photos / name)
+    where = f"milvus-lite:{tmp_path / 'm.db'}"
+    api.index([photos], index_dir=where)
+
+    def hold(pid: int, renewed: float) -> None:
+        store = MilvusStore(parse_location(where))
+        try:
+            lease = {"owner": "elsewhere", "host": socket.gethostname(), "pid": pid, "since": renewed, "renewed": renewed}
+            store.set_meta(WRITER_KEY, json.dumps(lease))
+        finally:
+            store.close()
+
+    other = subprocess.Popen(["sleep", "120"])  # stands for a live `oesir index` of this index
+    try:
+        shutil.copy(EXAMPLES / "chelsea.jpg", photos / "chelsea.jpg")
+        hold(other.pid, time.time())
+        with pytest.raises(StoreError, match=rf"being written by another oesir \(pid {other.pid} on "):
+            api.index([photos], index_dir=where)
+        with pytest.raises(StoreError, match="being written by another oesir"):
+            api.check(where, repair=True)
+        assert any("being written now" in n for n in api.check(where).notes)
+        assert api.info(where)["photos"] == 2, "the refused writer wrote nothing"
+        hold(other.pid, time.time() - WRITER_LEASE_S - 1)  # silent for longer than the lease: taken for dead
+        assert api.index([photos], index_dir=where).added == 1
+        os.remove(photos / "chelsea.jpg")
+        hold(other.pid, time.time())
+    finally:
+        other.kill()
+        other.wait()
+    summary = api.index([photos], index_dir=where)  # its process is gone: the lease is taken over at once
+    assert summary.removed == 1 and api.check(where).notes == [], "the lease is released when the writer ends"
+    store = MilvusStore(parse_location(where))
+    try:
+        assert store.meta(WRITER_KEY) is None
+    finally:
+        store.close()
 
 
 def _content(where: str) -> list:

@@ -151,9 +151,9 @@ class IndexedPhotos:
         d[self.catalogue.object_image[rows]] = self.catalogue.codec.distances(emb0, self.catalogue.codes[rows])[0]
         return d
 
-    def probe(self, descriptors: np.ndarray, k: int, probes: int) -> Neighbours:
+    def probe(self, features: LocalFeatures, k: int, probes: int) -> Neighbours:
         """The stored keypoints the query's descriptors meet in the lists they probe (`LocalIndex.probe`)."""
-        return self.local.probe(descriptors, k, probes)
+        return self.local.probe(features.descriptors, k, probes)
 
     def votes(self, feats: list[LocalFeatures] | tuple[LocalFeatures, ...], params: RankingParams) -> list[Votes]:
         """Votes of each orientation's keypoints (orientations without keypoints give none)."""
@@ -163,7 +163,7 @@ class IndexedPhotos:
         for f in feats:
             if len(f) == 0:
                 continue
-            found = self.probe(f.descriptors, params.vote_k, params.vote_probes)
+            found = self.probe(f, params.vote_k, params.vote_probes)
             out.append(Votes.from_neighbours(found, self.count, params.vote_ratio))
         return out
 

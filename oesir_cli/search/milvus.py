@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..local_index import PROBES, LocalIndex, Neighbours
+from ..keypoints import LocalFeatures
+from ..local_index import LocalIndex, Neighbours
 from ..milvus_store import MAX_TOPK, MilvusStore
 from ..postings import Entries, Segment
 from ..vocabulary import as_float
 from .evidence import CANDIDATES_PER_RESULT, MIN_OBJECT_CANDIDATES, IndexedPhotos, ObjectDistances
 
-LOCAL_CANDIDATES = 512  # photos whose entries a query's keypoints are scored against (the sparse search's top)
+LOCAL_CANDIDATES = 512  # photos whose entries a query's keypoints are scored against (the sparse searches' top)
+QUERY_GRIDS = (1, 2, 3)  # the query's bags of words: whole, 2 x 2 cells, 3 x 3 cells (`region_bags`)
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,12 @@ class MilvusPhotos(IndexedPhotos):
                 d[p] = dist
         return d
 
-    def probe(self, descriptors: np.ndarray, k: int, probes: int = PROBES) -> Neighbours:
-        """`LocalIndex.probe` over the stored entries of the photos whose words the query's probed words hit most."""
+    def probe(self, features: LocalFeatures, k: int, probes: int) -> Neighbours:
+        """`LocalIndex.probe` over the stored entries of the candidate photos (`region_bags`' sparse searches)."""
         vocabulary = self.store.vocabulary()
         empty = LocalIndex(vocabulary, {}, np.arange(self.count), np.ones(self.count, np.int64), self._entries_total)
-        words = vocabulary.nearest_words(as_float(descriptors), empty.probes_for(probes))
-        w, n = np.unique(words, return_counts=True)
-        candidates = self.store.local_candidates({int(a): float(b) for a, b in zip(w, n)}, LOCAL_CANDIDATES)
+        words = vocabulary.nearest_words(as_float(features.descriptors), empty.probes_for(probes))
+        candidates = self.store.local_candidates(region_bags(features.keypoints, words), LOCAL_CANDIDATES)
         numbers = self._numbers(np.array(candidates, np.int64))
         ids = [c for c, p in zip(candidates, numbers) if p >= 0]
         found = self.store.local_entries(ids)
@@ -102,4 +103,24 @@ class MilvusPhotos(IndexedPhotos):
         entries = Entries(self._numbers(image), word, found.code[keep], found.norm[keep], found.geometry[keep])
         segment = Segment.in_memory(entries, vocabulary.words)
         index = LocalIndex(vocabulary, {1: segment}, np.arange(self.count), np.ones(self.count, np.int64), self._entries_total)
-        return index.probe(descriptors, k, probes)
+        return index.probe(features.descriptors, k, probes)
+
+
+def region_bags(keypoints: np.ndarray, words: np.ndarray, grids: tuple[int, ...] = QUERY_GRIDS) -> list[dict[int, float]]:
+    """Bags of probed words (word -> count) of the whole query and of each cell of each `grids` x `grids` split.
+
+    A pasted object is a small share of the whole query's words, so its donor
+    ranks low against the whole bag; in the cell that holds the paste it is
+    most of the words.
+    """
+    xy = np.asarray(keypoints, np.float64)[:, :2]
+    span = np.maximum(xy.max(0) - xy.min(0), 1e-6) if len(xy) else np.ones(2)
+    rel = np.clip((xy - xy.min(0)) / span, 0.0, 1.0 - 1e-9) if len(xy) else xy
+    bags = []
+    for g in grids:
+        cell = (rel[:, 0] * g).astype(np.int64) * g + (rel[:, 1] * g).astype(np.int64)
+        for c in range(g * g):
+            w, n = np.unique(words[cell == c], return_counts=True)
+            if len(w):
+                bags.append({int(a): float(b) for a, b in zip(w, n)})
+    return bags
