@@ -135,6 +135,9 @@ def test_region_bags_give_a_small_paste_a_bag_of_its_own():
     assert sum(sum(b.values()) for b in cells) == 200, "each grid's cells share out every keypoint"
     corner = max(cells, key=lambda b: b.get(7, 0) / sum(b.values()))
     assert corner[7] == 20 and corner[7] / sum(corner.values()) > 0.5, "in its cell the paste is most of the words"
+    assert region_bags(np.zeros((0, 4)), np.zeros((0, 3), np.int64)) == []
+    with pytest.raises(ValueError, match="must be"):
+        region_bags(keypoints, words[:50])
 
 
 def test_milvus_candidates_take_each_bags_best_photos_in_turn(collection):

@@ -113,7 +113,10 @@ def region_bags(keypoints: np.ndarray, words: np.ndarray, grids: tuple[int, ...]
     ranks low against the whole bag; in the cell that holds the paste it is
     most of the words.
     """
-    xy = np.asarray(keypoints, np.float64)[:, :2]
+    keypoints, words = np.asarray(keypoints, np.float64), np.asarray(words)
+    if keypoints.ndim != 2 or keypoints.shape[1] < 2 or words.ndim != 2 or len(words) != len(keypoints):
+        raise ValueError(f"region_bags: keypoints {keypoints.shape} must be [N, >= 2] and words {words.shape} [N, probes]")
+    xy = keypoints[:, :2]
     span = np.maximum(xy.max(0) - xy.min(0), 1e-6) if len(xy) else np.ones(2)
     rel = np.clip((xy - xy.min(0)) / span, 0.0, 1.0 - 1e-9) if len(xy) else xy
     bags = []
