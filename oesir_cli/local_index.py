@@ -21,6 +21,10 @@ SPARSE_KTH = 0.3  # median exact 5th-neighbour squared distance of a query keypo
 MIN_SCANNED = 128  # a small index: each query keypoint probes enough words to meet about this many entries ...
 MAX_PROBES = 16  # ... up to this many words
 QUERY_BLOCK = 128  # query keypoints scanned at a time (the scan's memory grows with the collection)
+# Segments larger than this in all are released from memory after each block of a query's keypoints: one
+# query's probes meet most lists of a large index, so keeping what they mapped would make a search process's
+# resident memory grow with the collection. Below it they stay mapped (re-reading costs ~1 ms a block).
+RESIDENT_SEGMENT_BYTES = 256 * 2**20
 # Entries kept for the host stage's per-photo ratio test: those within this many times their query
 # keypoint's k-th distance (the votes need only those under it). The rest of what a block scanned is freed.
 KEEP_BEYOND_KTH = 3.0
@@ -79,6 +83,7 @@ class LocalIndex:
         self.segment_of = segment_of  # [P] the segment holding each photo's features (0: none)
         # per segment: the photo number of each of its photos, -1 where the photo's features now live elsewhere
         self._numbers = {seg_id: self._photo_numbers(seg_id, seg) for seg_id, seg in segments.items()}
+        self._release_blocks = sum(seg.nbytes for seg in segments.values()) > RESIDENT_SEGMENT_BYTES
 
     def _photo_numbers(self, seg_id: int, seg: Segment) -> np.ndarray:
         ids = seg.photos
@@ -124,6 +129,9 @@ class LocalIndex:
                 keep = dist <= KEEP_BEYOND_KTH * kth[lo:hi][q]
                 xy = np.asarray(seg.geometry[entry[keep]]["xy"], np.float64)
                 kept.append((q[keep] + lo, photo[keep], dist[keep], xy))
+            if self._release_blocks:  # the block's lists are read: resident memory stays bounded
+                for seg in self.segments.values():
+                    seg.release()
         if not kept:
             return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), kth)
         q, photo, dist, xy = (np.concatenate(p) for p in zip(*kept))

@@ -9,7 +9,8 @@ the keypoint's quantised geometry (6 bytes): 25 bytes per keypoint. Adding photo
 of one size class are merged into one of the next (`FANOUT` at a time, as an
 LSM tree), so an index of N photos has O(log N) segments and no structure is
 ever rebuilt whole. Search maps the files and reads only the lists a query
-probes: memory grows with what a query touches, not with the collection.
+probes; in a large index it hands those pages back after each block of query
+keypoints, so its resident memory does not grow with the collection.
 
 A segment file is immutable: a fixed-size JSON header naming its sections,
 then the sections (offsets per word, the segment's photo ids, then per entry
@@ -21,6 +22,7 @@ aligned. Which segments are live, their sizes and sha256 live in SQLite
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +176,7 @@ class Segment:
         seg = cls.__new__(cls)
         order = np.argsort(entries.word, kind="stable")
         photos, local = np.unique(entries.image, return_inverse=True)
-        seg.path, seg.words, seg.count = None, words, len(entries)
+        seg.path, seg._map, seg.words, seg.count = None, None, words, len(entries)
         seg.offsets = np.r_[0, np.cumsum(np.bincount(entries.word, minlength=words)[:words])].astype(np.int64)
         seg.photos = photos.astype(np.int64)
         seg.local = local[order].astype(np.int64)
@@ -190,6 +192,10 @@ class Segment:
         meta = json.loads(head[len(MAGIC) :].decode())
         self.words = int(meta["words"])
         self.count = int(meta["entries"])
+        # one read-only map of the whole file, sections as views of it: `release` can then hand the pages a
+        # query touched back to the page cache in one call
+        with open(self.path, "rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         arrays = {}
         for name, s in meta["sections"].items():
             dtype = (
@@ -198,11 +204,10 @@ class Segment:
                 else np.dtype(s["dtype"])
             )
             shape = tuple(s["shape"])
-            arrays[name] = (  # a plain ndarray view of the map: indexing a np.memmap costs more per call
-                np.asarray(np.memmap(self.path, dtype=dtype, mode="r", offset=s["offset"], shape=shape))
-                if np.prod(shape)
-                else np.zeros(shape, dtype)
-            )
+            count = int(np.prod(shape))
+            if s["offset"] + count * dtype.itemsize > len(self._map):
+                raise ValueError(f"{self.path}: truncated segment")
+            arrays[name] = np.frombuffer(self._map, dtype, count, s["offset"]).reshape(shape)
         self.offsets: np.ndarray = np.asarray(arrays["offsets"], np.int64)  # small: read into memory
         self.photos: np.ndarray = np.asarray(arrays["photos"], np.int64)  # the segment's photo ids (small)
         self.local: np.ndarray = arrays["local"]  # per entry: its photo's number in `photos`
@@ -211,6 +216,21 @@ class Segment:
         self.geometry: np.ndarray = arrays["geometry"]
         if len(self.offsets) != self.words + 1 or int(self.offsets[-1]) != self.count or len(self.local) != self.count:
             raise ValueError(f"{self.path}: inconsistent segment")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the mapped file (0 for a segment held in memory)."""
+        return 0 if self._map is None else len(self._map)
+
+    def release(self) -> None:
+        """Drop this process's mapping of the pages read so far; they stay in the page cache.
+
+        Search calls it after each block of query keypoints: without it every list a
+        process ever probed counts in its resident memory, which then grows with the
+        collection (a query's probes meet most lists of a large index).
+        """
+        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     def ranges(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each requested word, (pair index, entry index) of every entry in its list, flattened."""

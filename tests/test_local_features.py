@@ -112,6 +112,63 @@ def test_segment_round_trip_and_list_ranges(tmp_path):
         Segment(tmp_path / "bad.ivf")
 
 
+def _resident_kb(path: Path) -> int | None:
+    """Resident kB of this process's mappings of `path` (Linux /proc), None where it cannot be read."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    total, inside = 0, False
+    for line in lines:
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line: address range ... [path]
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+def test_a_released_segment_reads_the_same_and_holds_no_pages(tmp_path):
+    rng = np.random.default_rng(1)
+    n, words = 40_000, 16
+    e = Entries(
+        rng.integers(1, 900, n).astype(np.int64),
+        rng.integers(0, words, n).astype(np.int64),
+        rng.integers(0, 256, (n, 16)).astype(np.uint8),
+        rng.integers(0, 256, n).astype(np.uint8),
+        pack_geometry(rng.uniform(0, 300, (n, 4))),
+    )
+    path = tmp_path / "s.ivf"
+    write_segment(path, e, words)
+    seg = Segment(path)
+    first = np.asarray(seg.code).copy(), np.asarray(seg.geometry).copy()
+    resident = _resident_kb(path.resolve())
+    seg.release()
+    after = _resident_kb(path.resolve())
+    assert np.array_equal(np.asarray(seg.code), first[0]) and np.array_equal(np.asarray(seg.geometry), first[1])
+    if resident is not None:
+        assert resident >= n * 16 // 1024 and after == 0
+
+
+def test_a_search_that_releases_its_lists_finds_the_same_neighbours(tmp_path, monkeypatch):
+    import oesir_cli.local_index as local_index
+
+    photos = [_photo(40 + i) for i in range(3)]
+    store, _ = _store_with_photos(tmp_path / "idx", photos)
+    try:
+        catalogue = store.load_all()
+        query = extract(cv2.resize(photos[1], None, fx=0.8, fy=0.8), 300).descriptors
+        monkeypatch.setattr(local_index, "QUERY_BLOCK", 16)
+        kept = store.local_index(catalogue).probe(query, k=5)
+        monkeypatch.setattr(local_index, "RESIDENT_SEGMENT_BYTES", 0)
+        released = store.local_index(catalogue).probe(query, k=5)
+        assert len(query) > local_index.QUERY_BLOCK and len(kept.photo) > 0  # several blocks, a release after each
+        for field in ("q", "photo", "dist", "xy", "kth"):
+            assert np.array_equal(getattr(kept, field), getattr(released, field))
+    finally:
+        store.close()
+
+
 def test_matches_take_the_photo_nearest_entry_by_a_ratio_test():
     # query 0: photo 1 at 0.1 and 0.5 -> kept; photo 2 at 0.3 and 0.31 -> ambiguous, dropped
     # query 1: photo 1 once at 0.2, its k-th overall 1.0 -> kept
