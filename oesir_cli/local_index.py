@@ -21,10 +21,11 @@ SPARSE_KTH = 0.3  # median exact 5th-neighbour squared distance of a query keypo
 MIN_SCANNED = 128  # a small index: each query keypoint probes enough words to meet about this many entries ...
 MAX_PROBES = 16  # ... up to this many words
 QUERY_BLOCK = 128  # query keypoints scanned at a time (the scan's memory grows with the collection)
-# Segments larger than this in all are released from memory after each block of a query's keypoints: one
-# query's probes meet most lists of a large index, so keeping what they mapped would make a search process's
-# resident memory grow with the collection. Below it they stay mapped (re-reading costs ~1 ms a block).
-RESIDENT_SEGMENT_BYTES = 256 * 2**20
+# Segments larger than this in all (~5,000 photos) are released from memory after each block of a query's
+# keypoints: one query's probes meet most lists of a large index, so keeping what they mapped would make a
+# search process's resident memory grow with the collection. Below it they stay mapped: a bounded amount,
+# and re-reading pages the kernel still caches is not free.
+RESIDENT_SEGMENT_BYTES = 64 * 2**20
 # Entries kept for the host stage's per-photo ratio test: those within this many times their query
 # keypoint's k-th distance (the votes need only those under it). The rest of what a block scanned is freed.
 KEEP_BEYOND_KTH = 3.0
