@@ -20,7 +20,11 @@ from .vocabulary import NORM_LOW, NORM_STEP, Vocabulary, as_float
 SPARSE_KTH = 0.3  # median exact 5th-neighbour squared distance of a query keypoint in a 4-photo index (RESULTS)
 MIN_SCANNED = 128  # a small index: each query keypoint probes enough words to meet about this many entries ...
 MAX_PROBES = 16  # ... up to this many words
-QUERY_BLOCK = 128  # query keypoints scanned at a time (the scan's memory grows with the collection)
+QUERY_BLOCK = 128  # query keypoints scanned at a time, at most ...
+# ... and at most this many stored entries (a block is cut short where its keypoints' lists are long): the
+# scan's working arrays take ~100 bytes per entry, and in a large collection a few frequent visual words hold
+# long lists, so blocks of a fixed number of keypoints would make a search's memory grow with the collection.
+SCAN_ENTRIES = 1_000_000
 # Segments larger than this in all (~5,000 photos) are released from memory after each block of a query's
 # keypoints: one query's probes meet most lists of a large index, so keeping what they mapped would make a
 # search process's resident memory grow with the collection. Below it they stay mapped: a bounded amount,
@@ -29,6 +33,10 @@ RESIDENT_SEGMENT_BYTES = 64 * 2**20
 # Entries kept for the host stage's per-photo ratio test: those within this many times their query
 # keypoint's k-th distance (the votes need only those under it). The rest of what a block scanned is freed.
 KEEP_BEYOND_KTH = 3.0
+# ... and at most this many per query keypoint, its nearest: in a large collection most of a long list lies within
+# KEEP_BEYOND_KTH of the k-th distance, and keeping it all would make a search's memory grow with the collection.
+# (On the standard database no query keypoint of casia-sir's first queries keeps more than ~940.)
+KEEP_PER_KEYPOINT = 1024
 PROBES = 3  # visual words each query descriptor looks in (bench/RESULTS.md "Local features that scale")
 
 
@@ -85,6 +93,11 @@ class LocalIndex:
         # per segment: the photo number of each of its photos, -1 where the photo's features now live elsewhere
         self._numbers = {seg_id: self._photo_numbers(seg_id, seg) for seg_id, seg in segments.items()}
         self._release_blocks = sum(seg.nbytes for seg in segments.values()) > RESIDENT_SEGMENT_BYTES
+        words = vocabulary.words if vocabulary is not None else 0
+        self._list_lengths = np.zeros(words, np.int64)  # per word: entries in its lists over all segments
+        for seg in segments.values():
+            if seg.words == words:
+                self._list_lengths += np.diff(np.asarray(seg.offsets, np.int64))
 
     def _photo_numbers(self, seg_id: int, seg: Segment) -> np.ndarray:
         ids = seg.photos
@@ -119,28 +132,29 @@ class LocalIndex:
         pair_terms, tables = self.vocabulary.query_terms(x, words)
         kth = np.full(n, np.inf, np.float32)
         kept = []
-        for lo in range(0, n, QUERY_BLOCK):  # a block of query keypoints at a time: memory stays bounded
-            hi = min(n, lo + QUERY_BLOCK)
+        for lo, hi in scan_blocks(self._list_lengths[words].sum(1), QUERY_BLOCK, SCAN_ENTRIES):
             hits = self._scan(words[lo:hi], pair_terms[lo:hi], tables[lo:hi])
             if not hits:
                 continue
-            q = np.concatenate([h[1] for h in hits])
-            kth[lo:hi] = _kth_smallest(q, np.concatenate([h[3] for h in hits]), hi - lo, k)
-            for seg, q, photo, dist, entry in hits:
-                keep = dist <= KEEP_BEYOND_KTH * kth[lo:hi][q]
-                xy = np.asarray(seg.geometry[entry[keep]]["xy"], np.float64)
-                kept.append((q[keep] + lo, photo[keep], dist[keep], xy))
-            if self._release_blocks:  # the block's lists are read: resident memory stays bounded
-                for seg in self.segments.values():
-                    seg.release()
+            q, dist = np.concatenate([h[0] for h in hits]), np.concatenate([h[2] for h in hits])
+            kth[lo:hi] = _kth_smallest(q, dist, hi - lo, k)
+            limit = np.minimum(KEEP_BEYOND_KTH * kth[lo:hi], _cap_distance(q, dist, hi - lo, KEEP_PER_KEYPOINT))
+            for q, photo, dist, xy in hits:
+                keep = dist <= limit[q]
+                kept.append((q[keep] + lo, photo[keep], dist[keep], xy[keep].astype(np.float64)))
         if not kept:
             return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), kth)
         q, photo, dist, xy = (np.concatenate(p) for p in zip(*kept))
         return Neighbours(q, photo, dist, xy, kth)
 
     def _scan(self, words: np.ndarray, pair_terms: np.ndarray, tables: np.ndarray) -> list[tuple]:
-        """Every live entry in the lists `words` [B, probes] name, scored: (segment, query in the block, photo,
-        distance, entry) per segment."""
+        """Every live entry in the lists `words` [B, probes] name, scored: (query in the block, photo, distance,
+        stored position [E, 2]) per segment.
+
+        What an entry needs is copied out of the segment at once; in a large index the segment's pages are
+        then handed back (`Segment.release`): the kernel maps ~64 KB around each page a list is read from, so
+        keeping them would hold hundreds of MB per block of query keypoints.
+        """
         probes, m = words.shape[1], self.vocabulary.code_size
         pair_terms, flat = pair_terms.reshape(-1), tables.reshape(-1)
         hits = []
@@ -154,12 +168,46 @@ class LocalIndex:
                 pair, entry, photo = pair[live], entry[live], photo[live]
             q = pair // probes
             codes = np.ascontiguousarray(np.asarray(seg.code[entry]).T)  # [M, E]: one contiguous row per sub-space
-            dist = pair_terms[pair] + (NORM_LOW + NORM_STEP * np.asarray(seg.norm[entry], np.float32))
+            norm = np.asarray(seg.norm[entry], np.float32)
+            xy = np.asarray(seg.geometry[entry]["xy"])
+            if self._release_blocks:
+                seg.release()
+            dist = pair_terms[pair] + (NORM_LOW + NORM_STEP * norm)
             base = (q * (m * 256)).astype(np.int32 if len(flat) < 2**31 else np.int64)
             for j in range(m):
                 dist += flat[(base + j * 256) + codes[j]]
-            hits.append((seg, q, photo, np.maximum(dist, 0.0).astype(np.float32), entry))
+            hits.append((q, photo, np.maximum(dist, 0.0).astype(np.float32), xy))
         return hits
+
+
+def scan_blocks(entries: np.ndarray, rows: int, budget: int) -> list[tuple[int, int]]:
+    """Consecutive (lo, hi) blocks of query keypoints: at most `rows` keypoints and, unless one keypoint alone
+    exceeds it, at most `budget` entries (`entries[i]`: what keypoint i scans) per block."""
+    entries = np.asarray(entries, np.int64)
+    if rows < 1 or budget < 1 or entries.ndim != 1 or (entries < 0).any():
+        raise ValueError(f"scan_blocks: rows {rows} and budget {budget} must be >= 1, entries a 1-d count")
+    total = np.r_[0, np.cumsum(entries)]
+    blocks, lo, n = [], 0, len(entries)
+    while lo < n:
+        fits = int(np.searchsorted(total, total[lo] + budget, side="right")) - 1  # last hi within the budget
+        hi = min(max(fits, lo + 1), lo + rows, n)
+        blocks.append((lo, hi))
+        lo = hi
+    return blocks
+
+
+def _cap_distance(q: np.ndarray, dist: np.ndarray, n: int, cap: int) -> np.ndarray:
+    """[n] per query keypoint the `cap`-th smallest distance it found; inf where it found `cap` or fewer."""
+    out = np.full(n, np.inf, np.float32)
+    counts = np.bincount(q, minlength=n)
+    over = np.flatnonzero(counts > cap)
+    if len(over) == 0:
+        return out
+    order = np.argsort(q.astype(np.int16 if n < 2**15 else np.int64), kind="stable")
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    for i in over:  # few keypoints, and only in a large collection
+        out[i] = np.partition(dist[order[starts[i] : starts[i] + counts[i]]], cap - 1)[cap - 1]
+    return out
 
 
 def _kth_smallest(q: np.ndarray, dist: np.ndarray, n: int, k: int) -> np.ndarray:

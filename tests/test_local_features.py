@@ -169,6 +169,48 @@ def test_a_search_that_releases_its_lists_finds_the_same_neighbours(tmp_path, mo
         store.close()
 
 
+def test_scan_blocks_keep_each_block_within_its_budget():
+    from oesir_cli.local_index import scan_blocks
+
+    assert scan_blocks(np.array([5, 5, 20, 1, 1, 1]), rows=2, budget=10) == [(0, 2), (2, 3), (3, 5), (5, 6)]
+    assert scan_blocks(np.array([5, 5, 20, 1, 1, 1]), rows=8, budget=10) == [(0, 2), (2, 3), (3, 6)]
+    assert scan_blocks(np.zeros(0, np.int64), rows=4, budget=10) == []
+    with pytest.raises(ValueError):
+        scan_blocks(np.array([1, -1]), rows=4, budget=10)
+
+
+def _sorted(found: Neighbours) -> tuple[np.ndarray, ...]:
+    order = np.lexsort((found.xy[:, 1], found.xy[:, 0], found.dist, found.photo, found.q))
+    return found.q[order], found.photo[order], found.dist[order], found.xy[order]
+
+
+def test_short_scan_blocks_and_a_cap_per_keypoint_keep_the_votes(tmp_path, monkeypatch):
+    """Blocks cut by entries find exactly what fixed blocks find; keeping only each keypoint's k nearest
+    entries (the cap a large collection needs) leaves every vote as it was."""
+    import oesir_cli.local_index as local_index
+    from oesir_cli.search.evidence import Votes
+
+    photos = [_photo(50 + i) for i in range(4)]
+    store, _ = _store_with_photos(tmp_path / "idx", photos)
+    try:
+        catalogue = store.load_all()
+        query = extract(cv2.resize(photos[2], None, fx=0.85, fy=0.85), 300).descriptors
+        whole = store.local_index(catalogue).probe(query, k=5)
+        monkeypatch.setattr(local_index, "SCAN_ENTRIES", 50)
+        short = store.local_index(catalogue).probe(query, k=5)
+        for a, b in zip(_sorted(whole), _sorted(short)):
+            assert np.array_equal(a, b)
+        assert np.array_equal(whole.kth, short.kth)
+        monkeypatch.setattr(local_index, "KEEP_PER_KEYPOINT", 5)
+        capped = store.local_index(catalogue).probe(query, k=5)
+        assert len(capped.q) < len(whole.q) and np.bincount(capped.q).max() <= 5 + 2  # ties at the cap stay
+        a, b = Votes.from_neighbours(whole, len(photos), 0.7), Votes.from_neighbours(capped, len(photos), 0.7)
+        assert b.counts.sum() > 0 and np.array_equal(a.counts, b.counts)
+        assert np.array_equal(np.sort(a.q_idx), np.sort(b.q_idx))
+    finally:
+        store.close()
+
+
 def test_matches_take_the_photo_nearest_entry_by_a_ratio_test():
     # query 0: photo 1 at 0.1 and 0.5 -> kept; photo 2 at 0.3 and 0.31 -> ambiguous, dropped
     # query 1: photo 1 once at 0.2, its k-th overall 1.0 -> kept
