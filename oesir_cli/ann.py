@@ -15,7 +15,7 @@ import hnswlib
 import numpy as np
 
 from .errors import DiskFullError
-from .store import check_stamp, save_stamped
+from .store import check_stamp, grown_from, save_stamped
 
 
 class Graph:
@@ -32,6 +32,15 @@ class Graph:
         if len(data):
             index.add_items(np.ascontiguousarray(data, np.float32), np.arange(len(data)), num_threads=threads)
         return cls(index, len(data))
+
+    def add(self, rows: np.ndarray, threads: int = -1) -> None:
+        """Append rows; their labels continue the row numbers."""
+        if len(rows) == 0:
+            return
+        self.index.resize_index(self.count + len(rows))
+        labels = np.arange(self.count, self.count + len(rows))
+        self.index.add_items(np.ascontiguousarray(rows, np.float32), labels, num_threads=threads)
+        self.count += len(rows)
 
     def knn(self, queries: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Row numbers and squared L2 distances of the k nearest rows, [Q, k] each."""
@@ -65,26 +74,34 @@ class Graph:
 
 def cached_graph(
     path: Path,
-    data: np.ndarray | Callable[[], np.ndarray],
+    data: np.ndarray | Callable[..., np.ndarray],
     stamp: dict,
     writable: bool,
     shape: tuple[int, int] | None = None,
+    digest_of: Callable[[int], str] | None = None,
     **build_args,
 ) -> Graph:
-    """Load the graph at `path` if current, else build it (and save it when `writable`).
+    """Load the graph at `path` if current, else bring it up to date (and save it when `writable`).
 
-    `data` may be a function that makes the rows, with their `shape` given: it is then
-    only called when the graph has to be built, which keeps opening an index cheap.
-    Saving is best effort (a full disk included): the graph built is returned all the
-    same, and the next open builds it again.
+    `data` may be a function that makes the rows from a given row on (all of them
+    by default), with their `shape` given: it is then only called when rows must be
+    added, which keeps opening an index cheap. With `digest_of` (the digest of the
+    data's first n rows, saved in the stamp), a graph built before rows were only
+    appended gets the new rows added instead of being rebuilt (`store.grown_from`).
+    Saving is best effort (a full disk included): the graph is returned all the
+    same, and the next open brings it up to date again.
     """
     n, dim = shape if shape is not None else data.shape  # type: ignore[union-attr]
     graph = Graph.load(path, stamp, int(dim))
     if graph is not None and graph.count == n:
         return graph
-    rows = data() if callable(data) else data
-    graph = Graph.build(rows, **build_args)
+    grown = grown_from(path, stamp, digest_of) if digest_of is not None else None
+    graph = Graph.load(path, grown[1], int(dim)) if grown is not None else None
+    if graph is not None and graph.count == grown[0]:  # type: ignore[index]
+        graph.add(data(graph.count) if callable(data) else data[graph.count :])
+    else:
+        graph = Graph.build(data() if callable(data) else data, **build_args)
     if writable:
         with contextlib.suppress(OSError, DiskFullError):
-            graph.save(path, stamp)
+            graph.save(path, stamp if digest_of is None else {**stamp, "rows": digest_of(n)})
     return graph

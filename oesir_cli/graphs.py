@@ -10,14 +10,21 @@ that opening an index does not rebuild them:
 (Local features need no derived structure: their segments are searched as
 they are, see postings.py.)
 
-Each carries a stamp of the data it was built from (`graph_stamp`); one whose
-stamp differs from the wanted one is rebuilt, never trusted. A writer saves
-what it rebuilds; a reader saves only when no writer is at work.
+Each carries a stamp of the data it was built from (`graph_stamp`) and a digest
+of the rows it holds (`rows_digest`). When photos were only added since, the
+new rows are added to it (`store.grown_from`): adding photos never rebuilds
+it. Any other change (a photo removed or replaced, codes re-encoded) rebuilds
+it; a structure whose stamp does not match is never trusted. A writer saves
+what it brings up to date; a reader saves only when no writer is at work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
+
+import numpy as np
 
 from . import ivf
 from .ann import Graph, cached_graph
@@ -38,6 +45,22 @@ def graph_stamp(store: Store, catalogue: Catalogue, kind: str) -> dict:
     """
     stamp = {"generation": catalogue.generation, "model_version": store.meta("model_version"), "kind": kind}
     return {**stamp, "codec": catalogue.codec.name} if kind == "objects" else stamp
+
+
+def rows_digest(catalogue: Catalogue) -> Callable[[int], str]:
+    """sha256 of the first n object rows as a structure holds them (each row's photo id, object number
+    and stored code); n past the catalogue's rows is an IndexError."""
+
+    def digest(n: int) -> str:
+        if not 0 <= n <= len(catalogue.codes):
+            raise IndexError(f"{n} rows asked of {len(catalogue.codes)}")
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(catalogue.image_ids[catalogue.object_image[:n]], np.int64).tobytes())
+        h.update(np.ascontiguousarray(catalogue.object_index[:n], np.int64).tobytes())
+        h.update(np.ascontiguousarray(catalogue.codes[:n]))  # a view of the stored codes: hashed without a copy
+        return h.hexdigest()
+
+    return digest
 
 
 def object_structure(catalogue: Catalogue) -> str:
@@ -73,15 +96,21 @@ def load_graphs(store: Store, catalogue: Catalogue, writable: bool) -> ObjectStr
     objects: ObjectStructure | None = None
     if "objects.ivfpq" in stamps:
         objects = ivf.cached_ivfpq(
-            store.dir / "objects.ivfpq", stamps["objects.ivfpq"], catalogue.codec, catalogue.codes, writable
+            store.dir / "objects.ivfpq",
+            stamps["objects.ivfpq"],
+            catalogue.codec,
+            catalogue.codes,
+            writable,
+            digest_of=rows_digest(catalogue),
         )
     elif "objects.hnsw" in stamps:
         objects = cached_graph(
             store.dir / "objects.hnsw",
-            lambda: catalogue.embeddings,
+            lambda lo=0: catalogue.codec.decode(catalogue.codes[lo:]),
             stamps["objects.hnsw"],
             writable,
             shape=(len(catalogue.codes), catalogue.codec.dim),
+            digest_of=rows_digest(catalogue),
             **OBJECT_GRAPH,
         )
     if writable:

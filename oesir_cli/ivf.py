@@ -14,13 +14,14 @@ faiss is optional (`pip install 'oesir[scale]'`); nothing else needs it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .codec import Codec
 from .errors import DiskFullError
-from .store import atomic_write, check_stamp, save_stamped
+from .store import atomic_write, check_stamp, grown_from, save_stamped
 
 NPROBE = 64  # lists each query object looks in (bench/scale.py: recall vs latency)
 _ADD_CHUNK = 262_144
@@ -111,22 +112,35 @@ def nlist_for(n: int) -> int:
     return int(max(1, min(4096, 2 ** round(np.log2(4 * np.sqrt(max(n, 1)))), n // 8)))
 
 
-def cached_ivfpq(path: Path, stamp: dict, codec: Codec, codes: np.ndarray, writable: bool) -> IVFPQ:
-    """Load the IVF-PQ at `path` if its stamp matches, else build it over `codes` (ids = row numbers) and,
-    when `writable`, save it (best effort, as `ann.cached_graph`).
+def cached_ivfpq(
+    path: Path,
+    stamp: dict,
+    codec: Codec,
+    codes: np.ndarray,
+    writable: bool,
+    digest_of: Callable[[int], str] | None = None,
+) -> IVFPQ:
+    """Load the IVF-PQ at `path` if its stamp matches, else bring it up to date over `codes` (ids = row numbers)
+    and, when `writable`, save it (best effort, as `ann.cached_graph`).
 
-    Codes are decoded chunk by chunk, so building never holds the float vectors of the whole index.
+    With `digest_of` (the digest of the first n codes' rows, saved in the stamp), a structure
+    built before rows were only appended gets the new codes added to its lists: its coarse
+    centroids stay those it was trained with (`store.grown_from`). Otherwise it is built anew.
+    Codes are decoded chunk by chunk, so neither holds the float vectors of the whole index.
     """
     n = len(codes)
     ivf = IVFPQ.load(path, stamp)
     if ivf is not None and ivf.count == n:
         return ivf
-    nlist = nlist_for(n)
-    sample = codes[np.sort(np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False))]
-    ivf = IVFPQ.create(codec.centroids, codec.decode(sample), nlist)
-    for lo in range(0, n, _ADD_CHUNK):
+    grown = grown_from(path, stamp, digest_of) if digest_of is not None else None
+    ivf = IVFPQ.load(path, grown[1]) if grown is not None else None
+    if ivf is None or ivf.count != grown[0]:  # type: ignore[index]
+        nlist = nlist_for(n)
+        sample = codes[np.sort(np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False))]
+        ivf = IVFPQ.create(codec.centroids, codec.decode(sample), nlist)
+    for lo in range(ivf.count, n, _ADD_CHUNK):
         ivf.add(codec.decode(codes[lo : lo + _ADD_CHUNK]), np.arange(lo, min(n, lo + _ADD_CHUNK)))
     if writable:
         with contextlib.suppress(OSError, DiskFullError):
-            ivf.save(path, stamp)
+            ivf.save(path, stamp if digest_of is None else {**stamp, "rows": digest_of(n)})
     return ivf

@@ -759,6 +759,32 @@ def save_stamped(path: Path, write: Callable[[Path], None], stamp: dict, count: 
         write_stamp(stamp_path(path), full)
 
 
+def grown_from(path: Path, wanted: dict, digest_of: Callable[[int], str]) -> tuple[int, dict] | None:
+    """When the data only grew since the structure at `path` was built: (its row count, its stamp's keys of `wanted`).
+
+    That holds when every stamp key but the generation matches `wanted`, the file is
+    the size its stamp says, and the stamp's digest of its rows (`rows`) is the digest
+    of the data's first that many rows now: no row it holds was removed, moved or
+    changed, so adding the new rows brings it up to date without a rebuild. None otherwise.
+    """
+    saved = read_stamp(stamp_path(path))
+    if saved is None or not path.exists():
+        return None
+    count = saved.get("count")
+    if not isinstance(count, int) or count <= 0 or not isinstance(saved.get("rows"), str):
+        return None
+    if any(saved.get(k) != v for k, v in wanted.items() if k != "generation"):
+        return None
+    if path.stat().st_size != saved.get("bytes"):
+        return None
+    try:
+        if digest_of(count) != saved["rows"]:
+            return None
+    except IndexError:  # fewer rows now than it holds
+        return None
+    return count, {k: saved.get(k) for k in wanted}
+
+
 def check_stamp(path: Path, wanted: dict, hash_bytes: bool = False) -> tuple[str, dict | None]:
     """Whether the structure saved at `path` may be used for data that `wanted` describes.
 

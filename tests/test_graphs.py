@@ -97,8 +97,9 @@ def test_saved_stamp_keeps_its_format(store, monkeypatch):
     monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)
     graphs.load_graphs(store, catalogue, writable=True)
     saved = json.loads(stamp_path(store.dir / "objects.hnsw").read_text())
-    assert list(saved) == ["generation", "model_version", "kind", "codec", "count", "bytes", "sha256"]
+    assert list(saved) == ["generation", "model_version", "kind", "codec", "rows", "count", "bytes", "sha256"]
     assert {k: saved[k] for k in stamp} == stamp and saved["count"] == 6
+    assert saved["rows"] == graphs.rows_digest(catalogue)(6)
 
 
 def test_no_object_structure_up_to_exact_objects_max(store, monkeypatch):
@@ -141,7 +142,7 @@ def test_saved_graph_is_reused_and_a_new_generation_rebuilds(store, monkeypatch)
     assert builds == [] and objects.count == 6
     assert {p: p.stat().st_mtime_ns for p in files} == files
 
-    newer = _catalogue(generation=2)
+    newer = _catalogue(generation=2, seed=1)  # other rows: rebuilt, never extended
     assert graphs.graph_statuses(store, newer) == {"objects.hnsw": "stale"}
     with writer_lock(store.dir):  # a reader under a writer: rebuilt in memory only
         assert graphs.open_graphs_for_reading(store, newer).count == 6
@@ -154,6 +155,85 @@ def test_saved_graph_is_reused_and_a_new_generation_rebuilds(store, monkeypatch)
     assert json.loads(stamp_path(path).read_text())["generation"] == 2
     graphs.load_graphs(store, newer, writable=True)
     assert len(builds) == 3  # now current: reused
+
+
+def _grown(catalogue: Catalogue, extra: int, generation: int) -> Catalogue:
+    """`catalogue` with a third photo of `extra` new rows appended, as adding a photo leaves it."""
+    rng = np.random.default_rng(generation)
+    codec = catalogue.codec
+    new = codec.encode(rng.normal(size=(extra, codec.dim)).astype(np.float32)) if codec.name == "float32" else (
+        rng.integers(0, 256, (extra, codec.code_size)).astype(np.uint8))  # fmt: skip
+    return Catalogue(
+        image_ids=np.r_[catalogue.image_ids, catalogue.image_ids.max() + 1],
+        paths=[*catalogue.paths, "/c.jpg"],
+        sizes=np.r_[catalogue.sizes, [[64, 48]]].astype(np.int32),
+        object_image=np.r_[catalogue.object_image, np.full(extra, len(catalogue.paths))].astype(np.int32),
+        object_index=np.r_[catalogue.object_index, np.arange(extra)].astype(np.int32),
+        object_boxes=np.zeros((len(catalogue.codes) + extra, 4), np.float32),
+        codes=np.r_[catalogue.codes, new],
+        codec=codec,
+        segment_of=np.zeros(len(catalogue.paths) + 1, np.int64),
+        segments=[],
+        generation=generation,
+    )
+
+
+def _without_first_photo(catalogue: Catalogue, generation: int) -> Catalogue:
+    keep = catalogue.object_image != 0
+    return Catalogue(
+        image_ids=catalogue.image_ids[1:], paths=catalogue.paths[1:], sizes=catalogue.sizes[1:],
+        object_image=catalogue.object_image[keep] - 1, object_index=catalogue.object_index[keep],
+        object_boxes=catalogue.object_boxes[keep], codes=catalogue.codes[keep], codec=catalogue.codec,
+        segment_of=catalogue.segment_of[1:], segments=[], generation=generation,
+    )  # fmt: skip
+
+
+def _pq_catalogue() -> Catalogue:
+    from oesir_cli.codec import train_codebook
+
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(600, 16)).astype(np.float32)
+    codec = Codec("pq", 16, train_codebook(train, m=4, k=256, iterations=4))
+    base = _catalogue(n_objects=400)
+    return Catalogue(**{**base.__dict__, "codec": codec, "codes": codec.encode(train[:400])})
+
+
+@pytest.mark.parametrize("structure", ["objects.hnsw", "objects.ivfpq"])
+def test_added_photos_extend_the_object_structure_and_a_removal_rebuilds_it(structure, store, monkeypatch):
+    """Adding photos appends their rows to the saved structure: it is never rebuilt for them. Removing a photo
+    moves the rows after it: that rebuilds it (its row numbers would be wrong)."""
+    from oesir_cli import ivf
+
+    if structure == "objects.ivfpq" and not ivf.available():
+        pytest.skip("faiss not installed")
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)
+    catalogue = _catalogue(n_objects=6) if structure == "objects.hnsw" else _pq_catalogue()
+    assert graphs.object_structure(catalogue) == structure
+    graphs.load_graphs(store, catalogue, writable=True)
+    builds = []
+    real = {"graph": ann.Graph.build.__func__, "ivf": ivf.IVFPQ.create.__func__}
+    monkeypatch.setattr(ann.Graph, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real["graph"](cls, *a, **k)))
+    monkeypatch.setattr(ivf.IVFPQ, "create", classmethod(lambda cls, *a, **k: builds.append(1) or real["ivf"](cls, *a, **k)))
+
+    grown = _grown(catalogue, extra=5, generation=2)
+    assert graphs.graph_statuses(store, grown) == {structure: "stale"}
+    objects = graphs.load_graphs(store, grown, writable=True)
+    n = len(grown.codes)
+    assert builds == [] and objects.count == n and graphs.graph_statuses(store, grown) == {structure: "ok"}
+    saved = json.loads(stamp_path(store.dir / structure).read_text())
+    assert saved["generation"] == 2 and saved["count"] == n and saved["rows"] == graphs.rows_digest(grown)(n)
+    rows, _ = objects.knn(grown.codec.decode(grown.codes[-5:]), 1)
+    assert list(rows[:, 0]) == list(range(n - 5, n))  # each new row is found as itself
+
+    again = _grown(grown, extra=3, generation=3)  # a reader with no writer at work extends and saves it too
+    assert graphs.open_graphs_for_reading(store, again).count == n + 3 and builds == []
+    assert graphs.graph_statuses(store, again) == {structure: "ok"}
+
+    fewer = _without_first_photo(again, generation=4)
+    assert graphs.load_graphs(store, fewer, writable=True).count == len(fewer.codes) and builds == [1]
+    recoded = Catalogue(**{**fewer.__dict__, "codes": fewer.codes[::-1].copy(), "generation": 5})
+    graphs.load_graphs(store, recoded, writable=True)
+    assert builds == [1, 1]  # same photos, other codes: rebuilt
 
 
 def test_a_full_disk_while_saving_is_typed_and_leaves_the_old_files(tmp_path, monkeypatch):
