@@ -25,9 +25,9 @@ QUERY_BLOCK = 128  # query keypoints scanned at a time, at most ...
 # scan's working arrays take ~100 bytes per entry, and in a large collection a few frequent visual words hold
 # long lists, so blocks of a fixed number of keypoints would make a search's memory grow with the collection.
 SCAN_ENTRIES = 1_000_000
-# Segments larger than this in all (~5,000 photos) are released from memory after each block of a query's
-# keypoints: one query's probes meet most lists of a large index, so keeping what they mapped would make a
-# search process's resident memory grow with the collection. Below it they stay mapped: a bounded amount,
+# Segments larger than this in all (~5,000 photos) hand back the pages a block of query keypoints read from
+# them as soon as it is copied out: one query's probes meet most lists of a large index, so keeping what they
+# mapped would make a search process's resident memory grow with the collection. Below it they stay mapped: a bounded amount,
 # and re-reading pages the kernel still caches is not free.
 RESIDENT_SEGMENT_BYTES = 64 * 2**20
 # Entries kept for the host stage's per-photo ratio test: those within this many times their query
@@ -139,9 +139,9 @@ class LocalIndex:
             q, dist = np.concatenate([h[0] for h in hits]), np.concatenate([h[2] for h in hits])
             kth[lo:hi] = _kth_smallest(q, dist, hi - lo, k)
             limit = np.minimum(KEEP_BEYOND_KTH * kth[lo:hi], _cap_distance(q, dist, hi - lo, KEEP_PER_KEYPOINT))
-            for q, photo, dist, xy in hits:
-                keep = dist <= limit[q]
-                kept.append((q[keep] + lo, photo[keep], dist[keep], xy[keep].astype(np.float64)))
+            for seg_q, photo, seg_dist, xy in hits:
+                keep = seg_dist <= limit[seg_q]
+                kept.append((seg_q[keep] + lo, photo[keep], seg_dist[keep], xy[keep].astype(np.float64)))
         if not kept:
             return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2)), kth)
         q, photo, dist, xy = (np.concatenate(p) for p in zip(*kept))
