@@ -84,16 +84,20 @@ def test_geometry_keeps_position_to_a_pixel():
     assert np.allclose(back[:2, 2], kp[:2, 2], rtol=0.05) and np.allclose(back[:2, 3], kp[:2, 3] % 360, atol=1.5)
 
 
-def test_segment_round_trip_and_list_ranges(tmp_path):
-    rng = np.random.default_rng(0)
-    n, words = 500, 64
-    e = Entries(
-        rng.integers(1, 9, n).astype(np.int64),
+def _random_entries(seed: int, n: int, words: int, photos: int) -> Entries:
+    rng = np.random.default_rng(seed)
+    return Entries(
+        rng.integers(1, photos + 1, n).astype(np.int64),
         rng.integers(0, words, n).astype(np.int64),
         rng.integers(0, 256, (n, 16)).astype(np.uint8),
         rng.integers(0, 256, n).astype(np.uint8),
         pack_geometry(rng.uniform(0, 300, (n, 4))),
     )
+
+
+def test_segment_round_trip_and_list_ranges(tmp_path):
+    n, words = 500, 64
+    e = _random_entries(0, n, words, photos=8)
     write_segment(tmp_path / "s.ivf", e, words)
     seg = Segment(tmp_path / "s.ivf")
     assert seg.count == n and seg.words == words
@@ -129,15 +133,8 @@ def _resident_kb(path: Path) -> int | None:
 
 
 def test_a_released_segment_reads_the_same_and_holds_no_pages(tmp_path):
-    rng = np.random.default_rng(1)
     n, words = 40_000, 16
-    e = Entries(
-        rng.integers(1, 900, n).astype(np.int64),
-        rng.integers(0, words, n).astype(np.int64),
-        rng.integers(0, 256, (n, 16)).astype(np.uint8),
-        rng.integers(0, 256, n).astype(np.uint8),
-        pack_geometry(rng.uniform(0, 300, (n, 4))),
-    )
+    e = _random_entries(1, n, words, photos=899)
     path = tmp_path / "s.ivf"
     write_segment(path, e, words)
     seg = Segment(path)
