@@ -236,6 +236,28 @@ def test_added_photos_extend_the_object_structure_and_a_removal_rebuilds_it(stru
     assert builds == [1, 1]  # same photos, other codes: rebuilt
 
 
+def test_grown_from_refuses_what_it_cannot_vouch_for(store, monkeypatch):
+    """Only a structure whose rows are the data's first rows, at its stamped size, is extended."""
+    from oesir_cli.store import grown_from
+
+    monkeypatch.setattr(graphs, "EXACT_OBJECTS_MAX", 0)
+    catalogue = _catalogue(n_objects=6)
+    graphs.load_graphs(store, catalogue, writable=True)
+    path = store.dir / "objects.hnsw"
+    stamp = graphs.graph_stamp(store, catalogue, "objects")
+    grown = _grown(catalogue, extra=2, generation=2)
+    wanted = graphs.graph_stamp(store, grown, "objects")
+    assert grown_from(path, wanted, graphs.rows_digest(grown)) == (6, stamp)
+    assert grown_from(path, {**wanted, "model_version": "m@2"}, graphs.rows_digest(grown)) is None  # another model
+    fewer = _without_first_photo(catalogue, generation=3)
+    assert grown_from(path, wanted, graphs.rows_digest(fewer)) is None  # fewer rows than it holds
+    with open(path, "ab") as fh:  # not the size its stamp says: damaged, never extended
+        fh.write(b"x")
+    assert grown_from(path, wanted, graphs.rows_digest(grown)) is None
+    path.unlink()
+    assert grown_from(path, wanted, graphs.rows_digest(grown)) is None
+
+
 def test_a_full_disk_while_saving_is_typed_and_leaves_the_old_files(tmp_path, monkeypatch):
     path = tmp_path / "objects.hnsw"
     _saved_graph(path)
