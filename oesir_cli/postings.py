@@ -9,8 +9,9 @@ the keypoint's quantised geometry (6 bytes): 25 bytes per keypoint. Adding photo
 of one size class are merged into one of the next (`FANOUT` at a time, as an
 LSM tree), so an index of N photos has O(log N) segments and no structure is
 ever rebuilt whole. Search maps the files and reads only the lists a query
-probes; in a large index it hands those pages back after each block of query
-keypoints, so its resident memory does not grow with the collection.
+probes; in a large index it copies out what a block of query keypoints needs
+from each segment and hands those pages back at once, so its resident memory
+does not grow with the collection.
 
 A segment file is immutable: a fixed-size JSON header naming its sections,
 then the sections (offsets per word, the segment's photo ids, then per entry
