@@ -218,6 +218,8 @@ def _index_milvus(
         with store.writing():
             if rebuild:
                 store.drop()
+            elif store.outdated():
+                raise StoreError(store.outdated_message())
             have = store.meta("engine_config")
             config = _engine_config(have, where.text, max_objects, model, local_features)
             eng = engine(config)

@@ -13,17 +13,25 @@ named NAME_<what>:
 * `objects`: one row per object (the whole image first): photo id, object
   number, box, embedding. Eq. 7 is a grouped search: each query object's
   nearest object per photo (`group_by_field="photo"`), the minimum taken here.
-* `local`: a photo's RootSIFT keypoints in the compact form of the embedded
-  index (visual word, 16-byte PQ residual code, norm, 6-byte geometry: 25 bytes
-  each), base64 in a VARCHAR, with a sparse bag-of-words vector over the visual
-  words. A query's probed words find candidate photos by a sparse search; their
-  entries are scored exactly as the embedded index scores its lists
-  (`local_index.LocalIndex` over them).
+* `lists`: the inverted lists of the embedded index (local_index.py), in
+  Milvus: one row per visual word per segment, holding that word's entries
+  (the writing of the photo they belong to, 16-byte PQ residual code, norm,
+  6-byte geometry: 31 bytes each, base64 in a VARCHAR). A query's keypoints
+  read exactly the lists they probe, from every photo, and score them with the
+  embedded index's code, so both back ends find the same neighbours. Each
+  committed batch writes a new segment; `FANOUT` segments of one level are
+  merged into one of the next (up to MAX_MERGE_LEVEL), so a word has few rows.
+  Which segments are live is one meta row, changed in one write: rows of a
+  segment not (or no longer) live are never read.
 * `meta`: key/value settings (engine configuration, model version); its
   2-dimensional vector is unused (Milvus requires one per collection).
 
 Photo ids are the first 63 bits of sha256(path): a re-run writes a photo under
-the same id, so nothing is ever indexed twice.
+the same id, so nothing is ever indexed twice. Each writing of a photo has a
+new `serial` (its segment and place in the batch), stored with its photo row
+and with each of its keypoint entries: entries whose serial is not a visible
+photo's (the photo was rewritten, removed, or its write interrupted) are dead,
+skipped by search and dropped by the next merge.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import numpy as np
 
 from .errors import StoreError
 from .location import LITE_PREFIX, IndexLocation
-from .postings import GEOMETRY, Entries, pack_geometry
+from .postings import GEOMETRY, pack_geometry
 from .registry import WeightsError, verified_file
 from .store import ImageRecord, PhotoData
 from .vocabulary import VOCABULARY_FILE, Vocabulary, as_float
@@ -55,18 +63,28 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own lines (keepalive G
 PENDING, VISIBLE = 0, 1
 MAX_PATH = 4096
 MAX_TEXT = 65535  # Milvus's VARCHAR limit
-ENTRIES_PER_ROW = 1800  # 25-byte entries, base64 (4/3): 60,000 characters, under MAX_TEXT
+ENTRIES_PER_ROW = 1500  # 31-byte entries, base64 (4/3): 62,000 characters, under MAX_TEXT
 PATH_QUERY_BATCH = 256  # ids per `in [...]` filter
 PAGE = 4096  # rows per query_iterator page
 MAX_TOPK = 16384  # Milvus's largest limit per search
-CANDIDATE_SHARE_OVERFETCH = 2  # `local_candidates`: rows asked of each bag, in shares of the candidates wanted
+FANOUT = 8  # segments of one level merged into one of the next (as the embedded index's segment files)
+# Segments stop growing at 16 x 8^3 = 8,192 photos: a word then holds ~360 entries in each (720 keypoints a photo,
+# 16,384 words), a quarter of a row, so merging further would no longer cut the rows a probe reads.
+MAX_MERGE_LEVEL = 3
+SERIALS_PER_SEGMENT = 2**20  # a photo's serial: segment x this + its place in the batch
+WORDS_PER_QUERY = 512  # probed words per `word in [...]` query of the lists
+MAX_QUERY_ROWS = 16384  # Milvus's largest limit per query
+LIST_CACHE_ENTRIES = 4_000_000  # decoded list entries kept per process (~130 MB): a query's orientations and regions
+INSERT_BYTES = 16 * 2**20  # rows per insert call, in base64 characters (a gRPC message is at most 64 MB)
+UNUSED = [0.0, 0.0]  # the vector Milvus requires in collections that have none
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ")  # IVF_PQ: servers only (Milvus Lite lacks it)
 DEFAULT_INDEX_TYPE = "HNSW"
-ENTRY_CACHE_PHOTOS = 4096  # decoded local entries kept per process (a query and its region probe the same photos)
 WRITER_LEASE_S = 600  # a writer renews its lease at every batch; one silent this long is taken for dead
 WRITER_KEY = "writer"  # the meta row holding the lease
 
 
+COLLECTIONS = ("meta", "photos", "objects", "lists")
+OLD_COLLECTIONS = ("local",)  # an older layout's, removed by --rebuild
 _LITE_OPEN: Counter[str] = Counter()  # open stores per Milvus Lite file in this process
 
 
@@ -76,7 +94,16 @@ def photo_id(path: str) -> int:
 
 
 def entry_dtype(code_size: int) -> np.dtype:
-    return np.dtype([("word", "<u2"), ("code", "u1", (code_size,)), ("norm", "u1"), ("geometry", GEOMETRY)])
+    """One stored keypoint in a list row: the serial of its photo's writing, PQ code, norm, geometry."""
+    return np.dtype([("serial", "<i8"), ("code", "u1", (code_size,)), ("norm", "u1"), ("geometry", GEOMETRY)])
+
+
+@dataclass(frozen=True)
+class ListEntries:
+    """Entries read from the lists, sorted by word then serial: word [E] and records [E] (`entry_dtype`)."""
+
+    word: np.ndarray
+    records: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,7 @@ class PhotoRows:
     paths: list[str]
     sha256: list[str]
     keypoints: np.ndarray  # [P] stored local entries per photo
+    serials: np.ndarray  # [P] int64 the serial of each photo's current writing
 
 
 @dataclass(frozen=True)
@@ -155,15 +183,30 @@ class MilvusStore:
         if self._lite is not None:
             _LITE_OPEN[self._lite] += 1
         self._vocabulary: Vocabulary | None = None
-        self._entries: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lists: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # word -> (word, records), LRU
+        self._lists_of: str | None = None  # the live segments `_lists` was read from
         self._owner: str | None = None  # this process's writer lease, inside `writing`
         if not self.client.has_collection(self._c("meta")):
             if not create:
                 self.close()
                 raise StoreError(f"no index at {location.text} (run `oesir index PATH --index {location.text}` first)")
+        elif self.outdated() and not create:
+            self.close()
+            raise StoreError(self.outdated_message())
         else:
-            for what in ("meta", "photos", "objects", "local"):  # a new client finds collections released
-                self.client.load_collection(self._c(what))
+            for what in (*COLLECTIONS, *OLD_COLLECTIONS):  # a new client finds collections released
+                if self.client.has_collection(self._c(what)):
+                    self.client.load_collection(self._c(what))
+
+    def outdated(self) -> bool:
+        """Whether the index was written by an older oesir (keypoints per photo, no lists): it must be rebuilt."""
+        return self.client.has_collection(self._c("meta")) and not self.client.has_collection(self._c("lists"))
+
+    def outdated_message(self) -> str:
+        return (
+            f"index at {self.location} was written by an older oesir (keypoints stored per photo); rebuild it: "
+            f"oesir index PHOTOS --index {self.location} --rebuild"
+        )
 
     def _c(self, what: str) -> str:
         return f"{self.name}_{what}"
@@ -251,6 +294,7 @@ class MilvusStore:
                 ("width", DataType.INT32, {}),
                 ("height", DataType.INT32, {}),
                 ("keypoints", DataType.INT32, {}),
+                ("serial", DataType.INT64, {}),
                 ("status", DataType.INT8, {}),
                 ("whole", DataType.FLOAT_VECTOR, {"dim": dim}),
             ],
@@ -261,25 +305,28 @@ class MilvusStore:
                 *[(name, DataType.FLOAT, {}) for name in ("x1", "y1", "x2", "y2")],
                 ("embedding", DataType.FLOAT_VECTOR, {"dim": dim}),
             ],
-            "local": [
+            "lists": [
                 ("id", DataType.INT64, {"is_primary": True, "auto_id": True}),
-                ("photo", DataType.INT64, {}),
-                ("part", DataType.INT32, {}),
+                ("segment", DataType.INT64, {}),
+                ("word", DataType.INT32, {}),
                 ("entries", text, {"max_length": MAX_TEXT}),
-                ("words", DataType.SPARSE_FLOAT_VECTOR, {}),
+                ("unused", DataType.FLOAT_VECTOR, {"dim": 2}),
             ],
         }
         vectors = {"meta": ("unused", "FLAT", "L2"), "photos": ("whole", index_type, "L2"),
-                   "objects": ("embedding", index_type, "L2"), "local": ("words", "SPARSE_INVERTED_INDEX", "IP")}  # fmt: skip
-        for what in ("local", "objects", "photos", "meta"):  # meta last: its existence says the rest exists
+                   "objects": ("embedding", index_type, "L2"), "lists": ("unused", "FLAT", "L2")}  # fmt: skip
+        scalars = {"lists": ("segment", "word")}  # what a probe filters on
+        for what in ("lists", "objects", "photos", "meta"):  # meta last: its existence says the rest exists
             if c.has_collection(self._c(what)):
                 continue
-            schema = c.create_schema(auto_id=what in ("objects", "local"), enable_dynamic_field=False)
+            schema = c.create_schema(auto_id=what in ("objects", "lists"), enable_dynamic_field=False)
             for name, dtype, kw in specs[what]:
                 schema.add_field(name, dtype, **kw)
             params = c.prepare_index_params()
             field, kind, metric = vectors[what]
             params.add_index(field, index_type=kind, metric_type=metric, params=_build_params(kind))
+            for name in scalars.get(what, ()):
+                params.add_index(name, index_type="INVERTED")
             c.create_collection(self._c(what), schema=schema, index_params=params, consistency_level="Strong")
         if self.meta("index_type") is None:
             self.set_meta("index_type", index_type)
@@ -288,9 +335,10 @@ class MilvusStore:
 
     def drop(self) -> None:
         """Remove every collection of this index (`--rebuild`)."""
-        for what in ("meta", "photos", "objects", "local"):
+        for what in (*COLLECTIONS, *OLD_COLLECTIONS):
             if self.client.has_collection(self._c(what)):
                 self.client.drop_collection(self._c(what))
+        self._lists.clear()
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         if not self.client.has_collection(self._c("meta")):
@@ -335,7 +383,8 @@ class MilvusStore:
         return out
 
     def commit(self, batch: list[tuple[ImageRecord, PhotoData | None]]) -> None:
-        """Write a batch: records only for `None` data; else hide the photo, replace its rows, show it again."""
+        """Write a batch: records only for `None` data; else hide the photo, replace its object rows, write its
+        keypoints as a new segment of the lists, make that segment live, show the photo again; then merge."""
         touched = [rec for rec, data in batch if data is None]
         described = [(rec, data) for rec, data in batch if data is not None]
         if touched:
@@ -348,23 +397,28 @@ class MilvusStore:
             return
         ids = [photo_id(rec.path) for rec, _ in described]
         self._refuse_collisions(described, ids)
-        photos = [self._photo_row(rec, data, pid, PENDING) for (rec, data), pid in zip(described, ids)]
+        segment = self._new_segment()
+        serials = [segment * SERIALS_PER_SEGMENT + i for i in range(len(described))]
+        photos = [self._photo_row(rec, data, pid, serial, PENDING) for (rec, data), pid, serial in zip(described, ids, serials)]
         self.client.upsert(self._c("photos"), photos)  # hidden while its rows change
         self._delete_rows(ids)
-        objects, local = [], []
-        for (_, data), pid in zip(described, ids):
+        objects, words, records = [], [], []
+        for (_, data), pid, serial in zip(described, ids, serials):
             for j, (box, emb) in enumerate(zip(np.asarray(data.boxes, np.float32), np.asarray(data.embeddings, np.float32))):
                 x1, y1, x2, y2 = (float(v) for v in box)
                 objects.append({"photo": pid, "object": j, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "embedding": emb.tolist()})
-            local += self._local_rows(pid, data)
+            w, r = self._entries_of(serial, data)
+            words.append(w)
+            records.append(r)
         if objects:
             self.client.insert(self._c("objects"), objects)
-        if local:
-            self.client.insert(self._c("local"), local)
+        self._write_segment(segment, np.concatenate(words), np.concatenate(records))
+        self._set_segments([*self.segments(), (segment, 0)])  # its entries count once their photos are visible
         for row in photos:
             row["status"] = VISIBLE
         self.client.upsert(self._c("photos"), photos)  # the batch becomes visible
         self.set_meta("generation", str(self.generation + 1))
+        self._merge()
         self.renew_lease()
 
     def _refuse_collisions(self, described: list[tuple[ImageRecord, PhotoData]], ids: list[int]) -> None:
@@ -373,46 +427,106 @@ class MilvusStore:
             if pid in have and have[pid] != rec.path:
                 raise StoreError(f"photo id collision between {rec.path} and {have[pid]}; report this to oesir's maintainers")
 
-    def _photo_row(self, rec: ImageRecord, data: PhotoData, pid: int, status: int) -> dict:
+    def _photo_row(self, rec: ImageRecord, data: PhotoData, pid: int, serial: int, status: int) -> dict:
         whole = np.asarray(data.embeddings[0], np.float32)
         return {
             "id": pid, "path": rec.path, "sha256": rec.sha256, "size": rec.size, "mtime_ns": rec.mtime_ns,
-            "width": rec.width, "height": rec.height, "keypoints": int(len(data.descriptors)), "status": status,
-            "whole": whole.tolist(),
+            "width": rec.width, "height": rec.height, "keypoints": int(len(data.descriptors)), "serial": serial,
+            "status": status, "whole": whole.tolist(),
         }  # fmt: skip
 
-    def _local_rows(self, pid: int, data: PhotoData) -> list[dict]:
-        if len(data.descriptors) == 0:
-            return []
+    def _entries_of(self, serial: int, data: PhotoData) -> tuple[np.ndarray, np.ndarray]:
+        """A photo's keypoints coded as the embedded index codes them: (visual word [N], records [N])."""
         vocabulary = self.vocabulary()
+        records = np.zeros(len(data.descriptors), entry_dtype(vocabulary.code_size))
+        if len(records) == 0:
+            return np.zeros(0, np.int64), records
         x = as_float(data.descriptors)
         words = vocabulary.nearest_words(x)[:, 0]
         codes = vocabulary.encode(x, words)
-        packed = np.zeros(len(x), entry_dtype(vocabulary.code_size))
-        packed["word"], packed["code"], packed["norm"] = words, codes, vocabulary.norms(words, codes)
-        packed["geometry"] = pack_geometry(data.keypoints)
-        rows = []
-        for part, lo in enumerate(range(0, len(packed), ENTRIES_PER_ROW)):
-            chunk = packed[lo : lo + ENTRIES_PER_ROW]
-            w, n = np.unique(chunk["word"], return_counts=True)
-            tf = n / np.sqrt((n.astype(np.float64) ** 2).sum())
-            rows.append(
-                {
-                    "photo": pid,
-                    "part": part,
-                    "entries": base64.b64encode(chunk.tobytes()).decode("ascii"),
-                    "words": {int(k): float(v) for k, v in zip(w, tf)},
-                }
+        records["serial"], records["code"], records["norm"] = serial, codes, vocabulary.norms(words, codes)
+        records["geometry"] = pack_geometry(data.keypoints)
+        return words.astype(np.int64), records
+
+    # the lists: segments of rows, merged as an LSM tree ----------------------------------------------------------------
+    def segments(self) -> list[tuple[int, int]]:
+        """The live segments of the lists: (segment, level), oldest first."""
+        return [(int(a), int(b)) for a, b in json.loads(self.meta("segments", "[]") or "[]")]
+
+    def _set_segments(self, segments: list[tuple[int, int]]) -> None:
+        self.set_meta("segments", json.dumps([[a, b] for a, b in segments]))  # one write: rows change liveness at once
+
+    def _new_segment(self) -> int:
+        """A segment number never used before in this index (a number taken by an interrupted write is skipped)."""
+        number = int(self.meta("next_segment", "1") or 1)
+        self.set_meta("next_segment", str(number + 1))
+        return number
+
+    def _write_segment(self, segment: int, words: np.ndarray, records: np.ndarray) -> None:
+        """Rows of `segment`: per visual word its entries (sorted by serial), ENTRIES_PER_ROW a row."""
+        order = np.lexsort((records["serial"], words))
+        words, records = words[order], records[order]
+        starts = np.flatnonzero(np.r_[True, words[1:] != words[:-1]]) if len(words) else np.zeros(0, np.int64)
+        ends = np.r_[starts[1:], len(words)].astype(np.int64)
+        rows, size = [], 0
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            for lo in range(a, b, ENTRIES_PER_ROW):
+                text = base64.b64encode(records[lo : min(lo + ENTRIES_PER_ROW, b)].tobytes()).decode("ascii")
+                rows.append({"segment": segment, "word": int(words[a]), "entries": text, "unused": UNUSED})
+                size += len(text)
+                if size >= INSERT_BYTES:
+                    self.client.insert(self._c("lists"), rows)
+                    rows, size = [], 0
+        if rows:
+            self.client.insert(self._c("lists"), rows)
+
+    def _merge(self) -> None:
+        """While FANOUT live segments share a level below MAX_MERGE_LEVEL: write their live entries as one segment
+        of the next level, make it live in their place, then delete their rows. Interrupted anywhere, the live
+        set names either the old segments or the new one, never both; `repair` removes the other's rows."""
+        segments = self.segments()
+        while True:
+            counts = Counter(level for _, level in segments if level < MAX_MERGE_LEVEL)
+            full = sorted(level for level, n in counts.items() if n >= FANOUT)
+            if not full:
+                return
+            chosen = [seg for seg, level in segments if level == full[0]][:FANOUT]
+            words, records = self._read_rows(f"segment in {chosen}")
+            live = np.isin(records["serial"], self._visible_serials(np.unique(records["serial"])))
+            merged = self._new_segment()
+            self._write_segment(merged, words[live], records[live])
+            segments = [s for s in segments if s[0] not in chosen] + [(merged, full[0] + 1)]
+            self._set_segments(segments)
+            self.client.delete(self._c("lists"), filter=f"segment in {chosen}")
+
+    def _read_rows(self, filter: str) -> tuple[np.ndarray, np.ndarray]:
+        """(word [E], records [E]) of every list row `filter` selects."""
+        dtype = entry_dtype(self.vocabulary().code_size)
+        words, chunks = [], []
+        for r in self._scan("lists", filter, ["word", "entries"]):
+            chunk = np.frombuffer(base64.b64decode(r["entries"]), dtype)
+            chunks.append(chunk)
+            words.append(np.full(len(chunk), int(r["word"]), np.int64))
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros(0, dtype)
+        return np.concatenate(words), np.concatenate(chunks)
+
+    def _visible_serials(self, serials: np.ndarray) -> np.ndarray:
+        """Those of `serials` that are the current writing of a visible photo."""
+        found = []
+        values = [int(v) for v in serials]
+        for lo in range(0, len(values), PATH_QUERY_BATCH):
+            part = values[lo : lo + PATH_QUERY_BATCH]
+            rows = self.client.query(
+                self._c("photos"), filter=f"status == {VISIBLE} and serial in {part}", output_fields=["serial"]
             )
-        return rows
+            found += [int(r["serial"]) for r in rows]
+        return np.array(found, np.int64)
 
     def _delete_rows(self, ids: list[int]) -> None:
         for lo in range(0, len(ids), PATH_QUERY_BATCH):
             part = ids[lo : lo + PATH_QUERY_BATCH]
             self.client.delete(self._c("objects"), filter=f"photo in {part}")
-            self.client.delete(self._c("local"), filter=f"photo in {part}")
-            for pid in part:
-                self._entries.pop(pid, None)
 
     def delete(self, paths: list[str]) -> None:
         """Hide, then remove, the photos at `paths`."""
@@ -423,7 +537,7 @@ class MilvusStore:
         self.set_meta("generation", str(self.generation + 1))
 
     def finish(self) -> None:
-        for what in ("photos", "objects", "local", "meta"):
+        for what in COLLECTIONS:
             self.client.flush(self._c(what))
 
     def count(self) -> tuple[int, int]:
@@ -433,12 +547,14 @@ class MilvusStore:
 
     # reading (search) ------------------------------------------------------------------------------------------------
     def photo_rows(self) -> PhotoRows:
-        rows = sorted(self._scan("photos", f"status == {VISIBLE}", ["id", "path", "sha256", "keypoints"]), key=lambda r: r["id"])
+        fields = ["id", "path", "sha256", "keypoints", "serial"]
+        rows = sorted(self._scan("photos", f"status == {VISIBLE}", fields), key=lambda r: r["id"])
         return PhotoRows(
             np.array([r["id"] for r in rows], np.int64),
             [r["path"] for r in rows],
             [r["sha256"] for r in rows],
             np.array([r["keypoints"] for r in rows], np.int64),
+            np.array([r["serial"] for r in rows], np.int64),
         )
 
     def sha256_of(self, image_ids: list[int]) -> dict[int, str]:
@@ -477,61 +593,43 @@ class MilvusStore:
         )
         return [(int(h["id"]), float(h["distance"])) for h in res[0]]
 
-    def local_candidates(self, queries: list[dict[int, float]], limit: int) -> list[int]:
-        """Photo ids of `limit` photos whose keypoints share most of the probed words of any of `queries`.
+    def list_entries(self, words: np.ndarray) -> ListEntries:
+        """Every entry, dead or live, of the live segments' lists `words` (what a query's keypoints probe).
 
-        One sparse inner-product search per query (a bag of words each); their
-        rankings are merged turn by turn, so each query brings its best photos.
-        Each search asks for twice its share of `limit` (shares overlap), as
-        the search's cost grows with the rows it returns.
+        Read WORDS_PER_QUERY words a query; decoded lists are kept (LRU, up to
+        LIST_CACHE_ENTRIES entries) while the live segments stay the same, since
+        a query's mirror image and regions probe many of the same words.
         """
-        queries = [q for q in queries if q]
-        if not queries:
-            return []
-        share = -(-limit // len(queries)) * CANDIDATE_SHARE_OVERFETCH
-        res = self.client.search(
-            self._c("local"),
-            data=queries,
-            anns_field="words",
-            limit=min(limit, share, MAX_TOPK),
-            output_fields=["photo"],
-            search_params={"metric_type": "IP"},
-        )
-        rankings = [list(dict.fromkeys(int(h["entity"]["photo"]) for h in hits)) for hits in res]
-        seen: dict[int, None] = {}
-        for turn in range(max(len(r) for r in rankings)):
-            for ranking in rankings:
-                if turn < len(ranking):
-                    seen.setdefault(ranking[turn], None)
-                if len(seen) >= limit:
-                    return list(seen)
-        return list(seen)
-
-    def local_entries(self, ids: list[int]) -> Entries:
-        """The stored local entries of the photos `ids` (decoded; cached)."""
-        want = [i for i in ids if i not in self._entries]
-        for lo in range(0, len(want), PATH_QUERY_BATCH):
-            part = want[lo : lo + PATH_QUERY_BATCH]
-            found: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in part}
-            dtype = entry_dtype(self.vocabulary().code_size)
-            for r in self.client.query(self._c("local"), filter=f"photo in {part}", output_fields=["photo", "part", "entries"]):
-                found[int(r["photo"])].append((int(r["part"]), np.frombuffer(base64.b64decode(r["entries"]), dtype)))
-            for pid, parts in found.items():
-                ordered = [a for _, a in sorted(parts, key=lambda t: t[0])]
-                self._entries[pid] = np.concatenate(ordered) if ordered else np.zeros(0, dtype)
-        while len(self._entries) > max(ENTRY_CACHE_PHOTOS, len(ids)):
-            self._entries.popitem(last=False)
-        arrays = [self._entries[i] for i in ids]
-        counts = [len(a) for a in arrays]
-        # joined as bytes: np.concatenate of structured arrays promotes their fields one array at a time (slow)
-        packed = np.frombuffer(b"".join(a.tobytes() for a in arrays), entry_dtype(self.vocabulary().code_size))
-        return Entries(
-            np.repeat(np.asarray(ids, np.int64), counts),
-            packed["word"].astype(np.int64),
-            np.ascontiguousarray(packed["code"]),
-            np.ascontiguousarray(packed["norm"]),
-            np.ascontiguousarray(packed["geometry"]),
-        )
+        live = self.meta("segments", "[]") or "[]"
+        if live != self._lists_of:
+            self._lists.clear()
+            self._lists_of = live
+        segments = [seg for seg, _ in self.segments()]
+        words = [int(w) for w in np.unique(np.asarray(words, np.int64))]
+        want = [w for w in words if w not in self._lists]
+        dtype = entry_dtype(self.vocabulary().code_size)
+        for lo in range(0, len(want), WORDS_PER_QUERY):
+            part = want[lo : lo + WORDS_PER_QUERY]
+            where = f"segment in {segments} and word in {part}"
+            rows = self.client.query(self._c("lists"), filter=where, output_fields=["word", "entries"], limit=MAX_QUERY_ROWS)
+            if len(rows) >= MAX_QUERY_ROWS:  # long lists (a large collection): page through them
+                rows = list(self._scan("lists", where, ["word", "entries"]))
+            found: dict[int, list[np.ndarray]] = {w: [] for w in part}
+            for r in rows:
+                found[int(r["word"])].append(np.frombuffer(base64.b64decode(r["entries"]), dtype))
+            for w, chunks in found.items():
+                records = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
+                records = records[np.argsort(records["serial"], kind="stable")]
+                self._lists[w] = (np.full(len(records), w, np.int64), records)
+        for w in words:
+            self._lists.move_to_end(w)
+        held = sum(len(r) for _, r in self._lists.values())
+        while held > LIST_CACHE_ENTRIES and len(self._lists) > len(words):
+            _, (_, dropped) = self._lists.popitem(last=False)
+            held -= len(dropped)
+        if not words:
+            return ListEntries(np.zeros(0, np.int64), np.zeros(0, dtype))
+        return ListEntries(np.concatenate([self._lists[w][0] for w in words]), np.concatenate([self._lists[w][1] for w in words]))
 
     def content(self) -> list[tuple]:
         """Everything stored per visible photo, by path, ids and row order left out: equal content, equal index
@@ -541,34 +639,35 @@ class MilvusStore:
         for r in self._scan("objects", "", fields):
             emb = np.asarray(r["embedding"], np.float32).tobytes()
             objects.setdefault(int(r["photo"]), []).append((r["object"], r["x1"], r["y1"], r["x2"], r["y2"], emb))
-        local: dict[int, list[tuple]] = {}
-        for r in self._scan("local", "", ["photo", "part", "entries"]):
-            local.setdefault(int(r["photo"]), []).append((r["part"], r["entries"]))
-        fields = ["id", "path", "sha256", "size", "mtime_ns", "width", "height", "keypoints", "whole"]
+        words, records = self._read_rows(f"segment in {[seg for seg, _ in self.segments()]}")
+        local: dict[int, list[bytes]] = {}  # serial -> its entries (word + record less the serial), as a multiset
+        rest = [name for name in records.dtype.names if name != "serial"]
+        for w, serial, rec in zip(words.tolist(), records["serial"].tolist(), records[rest].tolist()):
+            local.setdefault(serial, []).append(repr((w, rec)).encode())
+        fields = ["id", "path", "sha256", "size", "mtime_ns", "width", "height", "keypoints", "serial", "whole"]
         rows = []
         for r in self._scan("photos", f"status == {VISIBLE}", fields):
             whole = np.asarray(r["whole"], np.float32).tobytes()
             pid = r["id"]
             rows.append((r["path"], r["sha256"], r["size"], r["mtime_ns"], r["width"], r["height"], r["keypoints"], whole,
-                         sorted(objects.get(pid, [])), sorted(local.get(pid, []))))  # fmt: skip
+                         sorted(objects.get(pid, [])), sorted(local.get(int(r["serial"]), []))))  # fmt: skip
         return sorted(rows)
 
     # checking ------------------------------------------------------------------------------------------------------
     def inspect(self) -> tuple[list[tuple[int, str]], list[int], int]:
-        """(visible photos with no object rows: (id, path); photos left hidden by an interrupted write; object and
-        local rows no visible photo owns)."""
+        """(visible photos with no object rows: (id, path); photos left hidden by an interrupted write; object rows
+        no visible photo owns and list rows of segments that are not live)."""
         visible = {r["id"]: r["path"] for r in self._scan("photos", f"status == {VISIBLE}", ["id", "path"])}
         pending = [r["id"] for r in self._scan("photos", f"status == {PENDING}", ["id"])]
         owners: dict[int, int] = {}
         orphans = 0
-        for what in ("objects", "local"):
-            for r in self._scan(what, "", ["photo"]):
-                pid = int(r["photo"])
-                if pid in visible:
-                    if what == "objects":
-                        owners[pid] = owners.get(pid, 0) + 1
-                else:
-                    orphans += 1
+        for r in self._scan("objects", "", ["photo"]):
+            pid = int(r["photo"])
+            if pid in visible:
+                owners[pid] = owners.get(pid, 0) + 1
+            else:
+                orphans += 1
+        orphans += self._count("lists", self._not_live())
         damaged = [(pid, path) for pid, path in visible.items() if owners.get(pid, 0) == 0]
         return damaged, pending, orphans
 
@@ -579,13 +678,19 @@ class MilvusStore:
             self.client.delete(self._c("photos"), filter=f"id in {ids[lo : lo + PATH_QUERY_BATCH]}")
         visible = {r["id"] for r in self._scan("photos", f"status == {VISIBLE}", ["id"])}
         removed = 0
-        for what in ("objects", "local"):
-            stray = sorted({int(r["photo"]) for r in self._scan(what, "", ["photo"])} - visible)
-            for lo in range(0, len(stray), PATH_QUERY_BATCH):
-                done = self.client.delete(self._c(what), filter=f"photo in {stray[lo : lo + PATH_QUERY_BATCH]}")
-                removed += int(done.get("delete_count", 0) or 0)
+        stray = sorted({int(r["photo"]) for r in self._scan("objects", "", ["photo"])} - visible)
+        for lo in range(0, len(stray), PATH_QUERY_BATCH):
+            done = self.client.delete(self._c("objects"), filter=f"photo in {stray[lo : lo + PATH_QUERY_BATCH]}")
+            removed += int(done.get("delete_count", 0) or 0)
+        removed += self._count("lists", self._not_live())
+        self.client.delete(self._c("lists"), filter=self._not_live())
         self.finish()
         return removed
+
+    def _not_live(self) -> str:
+        """A filter for the list rows of segments that are not live (an interrupted write's or merge's)."""
+        live = [seg for seg, _ in self.segments()]
+        return f"segment not in {live}" if live else "segment >= 0"
 
     # helpers ---------------------------------------------------------------------------------------------------------
     def _get_photos(self, ids: list[int], full: bool = False) -> list[dict]:

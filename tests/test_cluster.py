@@ -122,42 +122,122 @@ def test_ray_into_milvus_lite_ranks_as_the_local_index(collection):
     assert roles["astronaut.jpg"] == "host" and roles["coffee.jpg"] == "donor"
 
 
-def test_region_bags_give_a_small_paste_a_bag_of_its_own():
-    from oesir_cli.search.milvus import region_bags
+def _neighbours(searcher, query: Path) -> list[tuple]:
+    """Every stored keypoint the query's keypoints meet: (query keypoint, photo name, distance, position), sorted."""
+    from oesir_cli.imageio import load_rgb
+    from oesir_cli.keypoints import extract
 
-    rng = np.random.default_rng(0)
-    xy = np.concatenate([rng.uniform(0, 300, (90, 2)), rng.uniform(250, 299, (10, 2))])  # 10 keypoints in a corner
-    keypoints = np.concatenate([xy, np.ones((100, 2))], axis=1)
-    words = np.concatenate([rng.integers(1, 6, (90, 2)), np.full((10, 2), 7)])  # two probed words each; the paste's: 7
-    bags = region_bags(keypoints, words, grids=(1, 3))
-    whole, cells = bags[0], bags[1:]
-    assert whole[7] == 20 and sum(whole.values()) == 200, "the whole query's bag counts every probed word"
-    assert sum(sum(b.values()) for b in cells) == 200, "each grid's cells share out every keypoint"
-    corner = max(cells, key=lambda b: b.get(7, 0) / sum(b.values()))
-    assert corner[7] == 20 and corner[7] / sum(corner.values()) > 0.5, "in its cell the paste is most of the words"
-    assert region_bags(np.zeros((0, 4)), np.zeros((0, 3), np.int64)) == []
-    with pytest.raises(ValueError, match="must be"):
-        region_bags(keypoints, words[:50])
+    found = searcher.photos.probe(extract(load_rgb(query), searcher.params.query_keypoints), 5, 3)
+    names = [Path(p).name for p in searcher.catalogue.paths]
+    rows = zip(found.q.tolist(), found.photo.tolist(), found.dist.tolist(), found.xy.tolist())
+    return sorted((q, names[p], round(d, 5), tuple(xy)) for q, p, d, xy in rows)
 
 
-def test_milvus_candidates_take_each_bags_best_photos_in_turn(collection):
+def test_milvus_lists_give_a_query_the_neighbours_of_the_local_index(collection):
+    """The same stored keypoints, at the same distances: Milvus holds the embedded index's lists."""
+    local, milvus = api.open_searcher(collection["local"]), api.open_searcher(collection["milvus"])
+    try:
+        for query in collection["queries"][:2]:
+            mine = _neighbours(milvus, query)
+            assert len(mine) > 1000 and mine == _neighbours(local, query)
+    finally:
+        local.close()
+        milvus.close()
+
+
+def test_milvus_segments_merge_and_dead_entries_go(tmp_path, monkeypatch):
+    """Batches become segments, FANOUT of a level merge into one; a rewritten or removed photo's entries are dead
+    (never searched) and dropped by the next merge; the content is that of an index written in one go."""
+    from oesir_cli import indexer, milvus_store
     from oesir_cli.milvus_store import MilvusStore
 
-    store = MilvusStore(parse_location(collection["milvus"]))
-    try:
-        rows = store.photo_rows()
-        by_name = {Path(p).name: int(i) for i, p in zip(rows.ids, rows.paths)}
-        a, b = by_name["coffee.jpg"], by_name["rocket.jpg"]
-        bag = {}
-        for pid, weight in ((a, 100.0), (b, 1.0)):  # a's words outweigh b's a hundredfold
-            w, n = np.unique(store.local_entries([pid]).word, return_counts=True)
-            bag[pid] = {int(k): weight * float(v) for k, v in zip(w, n)}
-        merged = {k: bag[a].get(k, 0.0) + bag[b].get(k, 0.0) for k in {*bag[a], *bag[b]}}
-        assert store.local_candidates([bag[a], bag[b]], 2) == [a, b], "each bag brings its best photo"
-        assert store.local_candidates([merged], 1) == [a]
-        assert len(store.local_candidates([bag[a], bag[b]], 5)) == 5 and store.local_candidates([{}], 5) == []
+    photos = _photos(tmp_path / "photos", synthetic=2)  # 6 photos
+    monkeypatch.setattr(indexer, "BATCH", 1)
+    monkeypatch.setattr(milvus_store, "FANOUT", 2)
+    where = f"milvus-lite:{tmp_path / 'm.db'}"
+    api.index([photos], index_dir=where)
+
+    def state() -> tuple[list, list, int]:
+        store = MilvusStore(parse_location(where))
+        try:
+            rows = store._read_rows("")
+            return store.segments(), store.content(), len(rows[0])
+        finally:
+            store.close()
+
+    segments, content, stored = state()
+    assert [level for _, level in segments] == [2, 1]  # 6 batches: 4 -> one of level 2, 2 -> one of level 1
+    assert stored == sum(c[6] for c in content), "merged, nothing stored twice"
+    cv2.imwrite(str(photos / "synthetic_0.png"), synthetic_photo(50, (360, 280)))  # a photo rewritten
+    os.remove(photos / "rocket.jpg")  # and one removed
+    api.index([photos], index_dir=where)
+    segments, content, stored = state()
+    assert stored > sum(c[6] for c in content), "the old writing's entries stay until a merge"
+    reference = f"milvus-lite:{tmp_path / 'ref.db'}"
+    monkeypatch.setattr(indexer, "BATCH", 16)
+    api.index([photos], index_dir=reference)
+    assert content == _content(reference)
+    assert api.check(where).notes == []
+    for name in ("coffee.jpg", "rocket.jpg"):  # [2, 1, 0] + 0: merges cascade to [3]; then [3, 0]
+        shutil.copy(EXAMPLES / name, photos / f"again_{name}")
+        api.index([photos], index_dir=where)
+    segments, content, stored = state()
+    assert [level for _, level in segments] == [3, 0]
+    assert stored == sum(c[6] for c in content), "merging dropped the dead entries"
+    api.index([photos], index_dir=reference)
+    assert content == _content(reference)
+    merged, whole = api.open_searcher(where), api.open_searcher(reference)
+    try:  # dead entries are never searched: the same neighbours as the index written in one go
+        assert _neighbours(merged, SPLICED) == _neighbours(whole, SPLICED)
     finally:
-        store.close()
+        merged.close()
+        whole.close()
+
+
+def test_interrupted_merge_leaves_the_index_whole_and_check_repairs_it(tmp_path, monkeypatch):
+    from oesir_cli import indexer, milvus_store
+    from oesir_cli.milvus_store import MilvusStore
+
+    photos = _photos(tmp_path / "photos", synthetic=0)  # 4 photos
+    monkeypatch.setattr(indexer, "BATCH", 1)
+    monkeypatch.setattr(milvus_store, "FANOUT", 4)
+    where = f"milvus-lite:{tmp_path / 'm.db'}"
+    real = MilvusStore._set_segments
+
+    def crash_when_merged(self, segments):  # the merged segment is written, the live set not yet changed
+        if any(level > 0 for _, level in segments):
+            raise KeyboardInterrupt
+        real(self, segments)
+
+    monkeypatch.setattr(MilvusStore, "_set_segments", crash_when_merged)
+    with pytest.raises(KeyboardInterrupt):
+        api.index([photos], index_dir=where)
+    monkeypatch.setattr(MilvusStore, "_set_segments", real)
+    report = api.check(where)
+    assert report.photos == 4 and any("owned by no visible photo" in n for n in report.notes)
+    before = _content(where)
+    assert len(before) == 4 and all(c[9] for c in before), "every photo's keypoints still live, none twice"
+    fixed = api.check(where, repair=True)
+    assert fixed.repaired and api.check(where).notes == [] and _content(where) == before
+
+
+def test_an_index_of_the_older_layout_is_refused_until_rebuilt(tmp_path):
+    from oesir_cli.errors import StoreError
+    from oesir_cli.milvus_store import MilvusStore
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(EXAMPLES / "coffee.jpg", photos / "coffee.jpg")
+    where = f"milvus-lite:{tmp_path / 'm.db'}"
+    api.index([photos], index_dir=where)
+    store = MilvusStore(parse_location(where))
+    store.client.drop_collection(store._c("lists"))  # what an index written before the lists looks like
+    store.close()
+    for action in (lambda: api.info(where), lambda: api.open_searcher(where), lambda: api.index([photos], index_dir=where)):
+        with pytest.raises(StoreError, match=r"older oesir .* --rebuild"):
+            action()
+    assert api.index([photos], index_dir=where, rebuild=True).added == 1
+    assert api.check(where).notes == [] and api.info(where)["photos"] == 1
 
 
 def test_milvus_index_reports_and_checks_like_the_local_one(collection):

@@ -3,8 +3,8 @@
 Photos are numbered 0..P-1 in id order, as search expects. Eq. 7 comes from
 grouped searches (each query object's nearest object per photo, over-fetched
 as the embedded index's graph is); keypoint votes from the same scoring code as
-the embedded index (`local_index.LocalIndex`), run over the entries of the
-candidate photos a sparse bag-of-words search returns.
+the embedded index (`local_index.LocalIndex`), run over the lists the query
+probes, read from Milvus.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from ..milvus_store import MAX_TOPK, MilvusStore
 from ..postings import Entries, Segment
 from ..vocabulary import as_float
 from .evidence import CANDIDATES_PER_RESULT, MIN_OBJECT_CANDIDATES, IndexedPhotos, ObjectDistances
-
-LOCAL_CANDIDATES = 512  # photos whose entries a query's keypoints are scored against (the sparse searches' top)
-QUERY_GRIDS = (1, 2, 3)  # the query's bags of words: whole, 2 x 2 cells, 3 x 3 cells (`region_bags`)
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,8 @@ class MilvusPhotos(IndexedPhotos):
         self.count = len(rows.ids)
         self.objects = None
         self._sha256 = rows.sha256
+        self._serials = rows.serials
+        self._serial_order = np.argsort(rows.serials)
         self._entries_total = int(rows.keypoints.sum())
         self._boxes: dict[int, tuple[float, float, float, float]] = {}
 
@@ -88,42 +87,25 @@ class MilvusPhotos(IndexedPhotos):
         return d
 
     def probe(self, features: LocalFeatures, k: int, probes: int) -> Neighbours:
-        """`LocalIndex.probe` over the stored entries of the candidate photos (`region_bags`' sparse searches)."""
+        """`LocalIndex.probe` over the lists the query's keypoints probe, read from Milvus: the same entries the
+        embedded index would scan, so the same neighbours."""
         vocabulary = self.store.vocabulary()
-        empty = LocalIndex(vocabulary, {}, np.arange(self.count), np.ones(self.count, np.int64), self._entries_total)
-        words = vocabulary.nearest_words(as_float(features.descriptors), empty.probes_for(probes))
-        candidates = self.store.local_candidates(region_bags(features.keypoints, words), LOCAL_CANDIDATES)
-        numbers = self._numbers(np.array(candidates, np.int64))
-        ids = [c for c, p in zip(candidates, numbers) if p >= 0]
-        found = self.store.local_entries(ids)
-        wanted = np.zeros(vocabulary.words, bool)
-        wanted[words] = True
-        keep = np.flatnonzero(wanted[found.word])  # only the lists the query probes (the same words `probe` picks)
-        image, word = found.image[keep], found.word[keep]
-        entries = Entries(self._numbers(image), word, found.code[keep], found.norm[keep], found.geometry[keep])
+        ones = np.ones(self.count, np.int64)
+        sizing = LocalIndex(vocabulary, {}, np.arange(self.count), ones, self._entries_total)
+        words = vocabulary.nearest_words(as_float(features.descriptors), sizing.probes_for(probes))
+        found = self.store.list_entries(words)
+        photo = self._by_serial(found.records["serial"])
+        live = photo >= 0  # entries of a rewritten, removed or half-written photo are dead
+        records = found.records[live]
+        entries = Entries(photo[live], found.word[live], records["code"], records["norm"], records["geometry"])
         segment = Segment.in_memory(entries, vocabulary.words)
-        index = LocalIndex(vocabulary, {1: segment}, np.arange(self.count), np.ones(self.count, np.int64), self._entries_total)
+        index = LocalIndex(vocabulary, {1: segment}, np.arange(self.count), ones, self._entries_total)
         return index.probe(features.descriptors, k, probes)
 
-
-def region_bags(keypoints: np.ndarray, words: np.ndarray, grids: tuple[int, ...] = QUERY_GRIDS) -> list[dict[int, float]]:
-    """Bags of probed words (word -> count) of the whole query and of each cell of each `grids` x `grids` split.
-
-    A pasted object is a small share of the whole query's words, so its donor
-    ranks low against the whole bag; in the cell that holds the paste it is
-    most of the words.
-    """
-    keypoints, words = np.asarray(keypoints, np.float64), np.asarray(words)
-    if keypoints.ndim != 2 or keypoints.shape[1] < 2 or words.ndim != 2 or len(words) != len(keypoints):
-        raise ValueError(f"region_bags: keypoints {keypoints.shape} must be [N, >= 2] and words {words.shape} [N, probes]")
-    xy = keypoints[:, :2]
-    span = np.maximum(xy.max(0) - xy.min(0), 1e-6) if len(xy) else np.ones(2)
-    rel = np.clip((xy - xy.min(0)) / span, 0.0, 1.0 - 1e-9) if len(xy) else xy
-    bags = []
-    for g in grids:
-        cell = (rel[:, 0] * g).astype(np.int64) * g + (rel[:, 1] * g).astype(np.int64)
-        for c in range(g * g):
-            w, n = np.unique(words[cell == c], return_counts=True)
-            if len(w):
-                bags.append({int(a): float(b) for a, b in zip(w, n)})
-    return bags
+    def _by_serial(self, serials: np.ndarray) -> np.ndarray:
+        """Photo numbers of the writings `serials` (-1: not the current writing of a visible photo)."""
+        order = self._serial_order
+        if len(order) == 0:
+            return np.full(len(serials), -1, np.int64)
+        at = np.minimum(np.searchsorted(self._serials[order], serials), len(order) - 1)
+        return np.where(self._serials[order][at] == serials, order[at], -1)
