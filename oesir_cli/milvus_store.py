@@ -14,15 +14,16 @@ named NAME_<what>:
   number, box, embedding. Eq. 7 is a grouped search: each query object's
   nearest object per photo (`group_by_field="photo"`), the minimum taken here.
 * `lists`: the inverted lists of the embedded index (local_index.py), in
-  Milvus: one row per visual word per segment, holding that word's entries
-  (the writing of the photo they belong to, 16-byte PQ residual code, norm,
-  6-byte geometry: 31 bytes each, base64 in a VARCHAR). A query's keypoints
-  read exactly the lists they probe, from every photo, and score them with the
-  embedded index's code, so both back ends find the same neighbours. Each
-  committed batch writes a new segment; `FANOUT` segments of one level are
-  merged into one of the next (up to MAX_MERGE_LEVEL), so a word has few rows.
-  Which segments are live is one meta row, changed in one write: rows of a
-  segment not (or no longer) live are never read.
+  Milvus: segments of rows of keypoint entries (visual word, the writing of the
+  photo they belong to, 16-byte PQ residual code, norm, 6-byte geometry: 35
+  bytes each, base64 in a VARCHAR). A query's keypoints read exactly the lists
+  they probe, from every photo, and score them with the embedded index's code,
+  so both back ends find the same neighbours. Each committed batch writes a
+  new segment of a few rows in word order (`word` = BATCH_ROW), read whole by a
+  search (a few batches at most); `FANOUT` segments of one level are merged into
+  one of the next (up to MAX_MERGE_LEVEL), whose rows hold one word each, so a
+  probe reads only its words' rows. Which segments are live is one meta row,
+  changed in one write: rows of a segment not (or no longer) live are never read.
 * `meta`: key/value settings (engine configuration, model version); its
   2-dimensional vector is unused (Milvus requires one per collection).
 
@@ -63,7 +64,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own lines (keepalive G
 PENDING, VISIBLE = 0, 1
 MAX_PATH = 4096
 MAX_TEXT = 65535  # Milvus's VARCHAR limit
-ENTRIES_PER_ROW = 1500  # 31-byte entries, base64 (4/3): 62,000 characters, under MAX_TEXT
+ENTRIES_PER_ROW = 1400  # 35-byte entries, base64 (4/3): 65,336 characters, under MAX_TEXT
+BATCH_ROW = -1  # the `word` of a row of a batch's segment (level 0): entries of several words
 PATH_QUERY_BATCH = 256  # ids per `in [...]` filter
 PAGE = 4096  # rows per query_iterator page
 MAX_TOPK = 16384  # Milvus's largest limit per search
@@ -94,16 +96,9 @@ def photo_id(path: str) -> int:
 
 
 def entry_dtype(code_size: int) -> np.dtype:
-    """One stored keypoint in a list row: the serial of its photo's writing, PQ code, norm, geometry."""
-    return np.dtype([("serial", "<i8"), ("code", "u1", (code_size,)), ("norm", "u1"), ("geometry", GEOMETRY)])
-
-
-@dataclass(frozen=True)
-class ListEntries:
-    """Entries read from the lists, sorted by word then serial: word [E] and records [E] (`entry_dtype`)."""
-
-    word: np.ndarray
-    records: np.ndarray
+    """One stored keypoint in a list row: its visual word, the serial of its photo's writing, PQ code, norm,
+    geometry."""
+    return np.dtype([("word", "<i4"), ("serial", "<i8"), ("code", "u1", (code_size,)), ("norm", "u1"), ("geometry", GEOMETRY)])
 
 
 @dataclass(frozen=True)
@@ -183,8 +178,9 @@ class MilvusStore:
         if self._lite is not None:
             _LITE_OPEN[self._lite] += 1
         self._vocabulary: Vocabulary | None = None
-        self._lists: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # word -> (word, records), LRU
-        self._lists_of: str | None = None  # the live segments `_lists` was read from
+        self._lists: OrderedDict[int, np.ndarray] = OrderedDict()  # word -> its merged segments' entries, LRU
+        self._batches = np.zeros(0)  # the entries of the live batches' segments
+        self._lists_of: str | None = None  # the live segments `_lists` and `_batches` were read from
         self._owner: str | None = None  # this process's writer lease, inside `writing`
         if not self.client.has_collection(self._c("meta")):
             if not create:
@@ -402,17 +398,15 @@ class MilvusStore:
         photos = [self._photo_row(rec, data, pid, serial, PENDING) for (rec, data), pid, serial in zip(described, ids, serials)]
         self.client.upsert(self._c("photos"), photos)  # hidden while its rows change
         self._delete_rows(ids)
-        objects, words, records = [], [], []
+        objects, records = [], []
         for (_, data), pid, serial in zip(described, ids, serials):
             for j, (box, emb) in enumerate(zip(np.asarray(data.boxes, np.float32), np.asarray(data.embeddings, np.float32))):
                 x1, y1, x2, y2 = (float(v) for v in box)
                 objects.append({"photo": pid, "object": j, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "embedding": emb.tolist()})
-            w, r = self._entries_of(serial, data)
-            words.append(w)
-            records.append(r)
+            records.append(self._entries_of(serial, data))
         if objects:
             self.client.insert(self._c("objects"), objects)
-        self._write_segment(segment, np.concatenate(words), np.concatenate(records))
+        self._write_segment(segment, np.concatenate(records), by_word=False)
         self._set_segments([*self.segments(), (segment, 0)])  # its entries count once their photos are visible
         for row in photos:
             row["status"] = VISIBLE
@@ -435,18 +429,18 @@ class MilvusStore:
             "status": status, "whole": whole.tolist(),
         }  # fmt: skip
 
-    def _entries_of(self, serial: int, data: PhotoData) -> tuple[np.ndarray, np.ndarray]:
-        """A photo's keypoints coded as the embedded index codes them: (visual word [N], records [N])."""
+    def _entries_of(self, serial: int, data: PhotoData) -> np.ndarray:
+        """A photo's keypoints coded as the embedded index codes them (`entry_dtype` records)."""
         vocabulary = self.vocabulary()
         records = np.zeros(len(data.descriptors), entry_dtype(vocabulary.code_size))
         if len(records) == 0:
-            return np.zeros(0, np.int64), records
+            return records
         x = as_float(data.descriptors)
         words = vocabulary.nearest_words(x)[:, 0]
         codes = vocabulary.encode(x, words)
-        records["serial"], records["code"], records["norm"] = serial, codes, vocabulary.norms(words, codes)
-        records["geometry"] = pack_geometry(data.keypoints)
-        return words.astype(np.int64), records
+        records["word"], records["serial"], records["code"] = words, serial, codes
+        records["norm"], records["geometry"] = vocabulary.norms(words, codes), pack_geometry(data.keypoints)
+        return records
 
     # the lists: segments of rows, merged as an LSM tree ----------------------------------------------------------------
     def segments(self) -> list[tuple[int, int]]:
@@ -462,17 +456,22 @@ class MilvusStore:
         self.set_meta("next_segment", str(number + 1))
         return number
 
-    def _write_segment(self, segment: int, words: np.ndarray, records: np.ndarray) -> None:
-        """Rows of `segment`: per visual word its entries (sorted by serial), ENTRIES_PER_ROW a row."""
-        order = np.lexsort((records["serial"], words))
-        words, records = words[order], records[order]
-        starts = np.flatnonzero(np.r_[True, words[1:] != words[:-1]]) if len(words) else np.zeros(0, np.int64)
+    def _write_segment(self, segment: int, records: np.ndarray, by_word: bool) -> None:
+        """The rows of `segment`: its entries sorted by word then serial, ENTRIES_PER_ROW a row; `by_word`: each
+        row holds one word (a merged segment, read by word), else rows span words (a batch's, read whole)."""
+        records = records[np.lexsort((records["serial"], records["word"]))]
+        words = records["word"]
+        if by_word:
+            starts = np.flatnonzero(np.r_[True, words[1:] != words[:-1]]) if len(words) else np.zeros(0, np.int64)
+        else:
+            starts = np.zeros(min(1, len(words)), np.int64)
         ends = np.r_[starts[1:], len(words)].astype(np.int64)
         rows, size = [], 0
         for a, b in zip(starts.tolist(), ends.tolist()):
             for lo in range(a, b, ENTRIES_PER_ROW):
                 text = base64.b64encode(records[lo : min(lo + ENTRIES_PER_ROW, b)].tobytes()).decode("ascii")
-                rows.append({"segment": segment, "word": int(words[a]), "entries": text, "unused": UNUSED})
+                word = int(words[a]) if by_word else BATCH_ROW
+                rows.append({"segment": segment, "word": word, "entries": text, "unused": UNUSED})
                 size += len(text)
                 if size >= INSERT_BYTES:
                     self.client.insert(self._c("lists"), rows)
@@ -491,25 +490,19 @@ class MilvusStore:
             if not full:
                 return
             chosen = [seg for seg, level in segments if level == full[0]][:FANOUT]
-            words, records = self._read_rows(f"segment in {chosen}")
+            records = self._read_rows(f"segment in {chosen}")
             live = np.isin(records["serial"], self._visible_serials(np.unique(records["serial"])))
             merged = self._new_segment()
-            self._write_segment(merged, words[live], records[live])
+            self._write_segment(merged, records[live], by_word=True)
             segments = [s for s in segments if s[0] not in chosen] + [(merged, full[0] + 1)]
             self._set_segments(segments)
             self.client.delete(self._c("lists"), filter=f"segment in {chosen}")
 
-    def _read_rows(self, filter: str) -> tuple[np.ndarray, np.ndarray]:
-        """(word [E], records [E]) of every list row `filter` selects."""
+    def _read_rows(self, filter: str) -> np.ndarray:
+        """The entries (`entry_dtype` records) of every list row `filter` selects."""
         dtype = entry_dtype(self.vocabulary().code_size)
-        words, chunks = [], []
-        for r in self._scan("lists", filter, ["word", "entries"]):
-            chunk = np.frombuffer(base64.b64decode(r["entries"]), dtype)
-            chunks.append(chunk)
-            words.append(np.full(len(chunk), int(r["word"]), np.int64))
-        if not chunks:
-            return np.zeros(0, np.int64), np.zeros(0, dtype)
-        return np.concatenate(words), np.concatenate(chunks)
+        chunks = [np.frombuffer(base64.b64decode(r["entries"]), dtype) for r in self._scan("lists", filter, ["entries"])]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype)
 
     def _visible_serials(self, serials: np.ndarray) -> np.ndarray:
         """Those of `serials` that are the current writing of a visible photo."""
@@ -593,43 +586,47 @@ class MilvusStore:
         )
         return [(int(h["id"]), float(h["distance"])) for h in res[0]]
 
-    def list_entries(self, words: np.ndarray) -> ListEntries:
-        """Every entry, dead or live, of the live segments' lists `words` (what a query's keypoints probe).
+    def list_entries(self, words: np.ndarray) -> np.ndarray:
+        """Every entry, dead or live, of the live segments' lists `words` (what a query's keypoints probe), as
+        `entry_dtype` records sorted by word then serial.
 
-        Read WORDS_PER_QUERY words a query; decoded lists are kept (LRU, up to
-        LIST_CACHE_ENTRIES entries) while the live segments stay the same, since
-        a query's mirror image and regions probe many of the same words.
+        Merged segments are read WORDS_PER_QUERY words a query; batches' segments
+        (fewer than FANOUT a level) are read whole. What was decoded is kept (merged
+        lists LRU, up to LIST_CACHE_ENTRIES entries) while the live segments stay
+        the same: a query's mirror image and regions probe many of the same words.
         """
         live = self.meta("segments", "[]") or "[]"
+        dtype = entry_dtype(self.vocabulary().code_size)
         if live != self._lists_of:
             self._lists.clear()
             self._lists_of = live
-        segments = [seg for seg, _ in self.segments()]
-        words = [int(w) for w in np.unique(np.asarray(words, np.int64))]
-        want = [w for w in words if w not in self._lists]
-        dtype = entry_dtype(self.vocabulary().code_size)
+            batches = [seg for seg, level in self.segments() if level == 0]
+            self._batches = self._read_rows(f"segment in {batches}") if batches else np.zeros(0, dtype)
+        merged = [seg for seg, level in self.segments() if level > 0]
+        words = np.unique(np.asarray(words, np.int64))
+        want = [int(w) for w in words if int(w) not in self._lists] if merged else []
         for lo in range(0, len(want), WORDS_PER_QUERY):
             part = want[lo : lo + WORDS_PER_QUERY]
-            where = f"segment in {segments} and word in {part}"
-            rows = self.client.query(self._c("lists"), filter=where, output_fields=["word", "entries"], limit=MAX_QUERY_ROWS)
+            where = f"segment in {merged} and word in {part}"
+            rows = self.client.query(self._c("lists"), filter=where, output_fields=["entries"], limit=MAX_QUERY_ROWS)
             if len(rows) >= MAX_QUERY_ROWS:  # long lists (a large collection): page through them
-                rows = list(self._scan("lists", where, ["word", "entries"]))
-            found: dict[int, list[np.ndarray]] = {w: [] for w in part}
-            for r in rows:
-                found[int(r["word"])].append(np.frombuffer(base64.b64decode(r["entries"]), dtype))
-            for w, chunks in found.items():
-                records = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
-                records = records[np.argsort(records["serial"], kind="stable")]
-                self._lists[w] = (np.full(len(records), w, np.int64), records)
+                rows = list(self._scan("lists", where, ["entries"]))
+            found = [np.frombuffer(base64.b64decode(r["entries"]), dtype) for r in rows]
+            records = np.concatenate(found) if found else np.zeros(0, dtype)
+            records = records[np.lexsort((records["serial"], records["word"]))]
+            cuts = np.searchsorted(records["word"], part + [part[-1] + 1])
+            for w, a, b in zip(part, cuts[:-1], cuts[1:]):
+                self._lists[w] = records[a:b]
+        chunks = [self._lists[int(w)] for w in words if int(w) in self._lists]
         for w in words:
-            self._lists.move_to_end(w)
-        held = sum(len(r) for _, r in self._lists.values())
+            if int(w) in self._lists:
+                self._lists.move_to_end(int(w))
+        held = sum(len(r) for r in self._lists.values())
         while held > LIST_CACHE_ENTRIES and len(self._lists) > len(words):
-            _, (_, dropped) = self._lists.popitem(last=False)
-            held -= len(dropped)
-        if not words:
-            return ListEntries(np.zeros(0, np.int64), np.zeros(0, dtype))
-        return ListEntries(np.concatenate([self._lists[w][0] for w in words]), np.concatenate([self._lists[w][1] for w in words]))
+            held -= len(self._lists.popitem(last=False)[1])
+        batch = self._batches[np.isin(self._batches["word"], words)]
+        out = np.concatenate([*chunks, batch]) if chunks or len(batch) else np.zeros(0, dtype)
+        return out[np.lexsort((out["serial"], out["word"]))]
 
     def content(self) -> list[tuple]:
         """Everything stored per visible photo, by path, ids and row order left out: equal content, equal index
@@ -639,11 +636,11 @@ class MilvusStore:
         for r in self._scan("objects", "", fields):
             emb = np.asarray(r["embedding"], np.float32).tobytes()
             objects.setdefault(int(r["photo"]), []).append((r["object"], r["x1"], r["y1"], r["x2"], r["y2"], emb))
-        words, records = self._read_rows(f"segment in {[seg for seg, _ in self.segments()]}")
-        local: dict[int, list[bytes]] = {}  # serial -> its entries (word + record less the serial), as a multiset
+        records = self._read_rows(f"segment in {[seg for seg, _ in self.segments()]}")
+        local: dict[int, list[bytes]] = {}  # serial -> its entries (less the serial), as a multiset
         rest = [name for name in records.dtype.names if name != "serial"]
-        for w, serial, rec in zip(words.tolist(), records["serial"].tolist(), records[rest].tolist()):
-            local.setdefault(serial, []).append(repr((w, rec)).encode())
+        for serial, rec in zip(records["serial"].tolist(), records[rest].tolist()):
+            local.setdefault(serial, []).append(repr(rec).encode())
         fields = ["id", "path", "sha256", "size", "mtime_ns", "width", "height", "keypoints", "serial", "whole"]
         rows = []
         for r in self._scan("photos", f"status == {VISIBLE}", fields):

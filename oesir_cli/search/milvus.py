@@ -94,10 +94,11 @@ class MilvusPhotos(IndexedPhotos):
         sizing = LocalIndex(vocabulary, {}, np.arange(self.count), ones, self._entries_total)
         words = vocabulary.nearest_words(as_float(features.descriptors), sizing.probes_for(probes))
         found = self.store.list_entries(words)
-        photo = self._by_serial(found.records["serial"])
+        photo = self._by_serial(found["serial"])
         live = photo >= 0  # entries of a rewritten, removed or half-written photo are dead
-        records = found.records[live]
-        entries = Entries(photo[live], found.word[live], records["code"], records["norm"], records["geometry"])
+        records = found[live]
+        word = records["word"].astype(np.int64)
+        entries = Entries(photo[live], word, records["code"], records["norm"], records["geometry"])
         segment = Segment.in_memory(entries, vocabulary.words)
         index = LocalIndex(vocabulary, {1: segment}, np.arange(self.count), ones, self._entries_total)
         return index.probe(features.descriptors, k, probes)
