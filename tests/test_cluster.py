@@ -192,6 +192,17 @@ def test_milvus_segments_merge_and_dead_entries_go(tmp_path, monkeypatch):
         whole.close()
 
 
+def _index_crashing(monkeypatch, method: str, crashing, photos: Path, where: str) -> None:
+    """`oesir index` with `MilvusStore.<method>` replaced by `crashing` (which raises KeyboardInterrupt), restored after."""
+    from oesir_cli.milvus_store import MilvusStore
+
+    real = getattr(MilvusStore, method)
+    monkeypatch.setattr(MilvusStore, method, crashing)
+    with pytest.raises(KeyboardInterrupt):
+        api.index([photos], index_dir=where)
+    monkeypatch.setattr(MilvusStore, method, real)
+
+
 def test_interrupted_merge_leaves_the_index_whole_and_check_repairs_it(tmp_path, monkeypatch):
     from oesir_cli import indexer, milvus_store
     from oesir_cli.milvus_store import MilvusStore
@@ -207,10 +218,7 @@ def test_interrupted_merge_leaves_the_index_whole_and_check_repairs_it(tmp_path,
             raise KeyboardInterrupt
         real(self, segments)
 
-    monkeypatch.setattr(MilvusStore, "_set_segments", crash_when_merged)
-    with pytest.raises(KeyboardInterrupt):
-        api.index([photos], index_dir=where)
-    monkeypatch.setattr(MilvusStore, "_set_segments", real)
+    _index_crashing(monkeypatch, "_set_segments", crash_when_merged, photos, where)
     report = api.check(where)
     assert report.photos == 4 and any("owned by no visible photo" in n for n in report.notes)
     before = _content(where)
@@ -308,10 +316,7 @@ def test_interrupted_milvus_write_is_seen_by_check_and_finished_by_a_rerun(tmp_p
         finally:
             self.client.upsert = upsert
 
-    monkeypatch.setattr(MilvusStore, "commit", crash_before_showing)
-    with pytest.raises(KeyboardInterrupt):
-        api.index([photos], index_dir=where)
-    monkeypatch.setattr(MilvusStore, "commit", real)
+    _index_crashing(monkeypatch, "commit", crash_before_showing, photos, where)
     report = api.check(where)
     assert report.photos == 0 and any("hidden by an interrupted write" in n for n in report.notes)
     assert any("owned by no visible photo" in n for n in report.notes)
