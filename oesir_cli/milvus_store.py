@@ -596,13 +596,14 @@ class MilvusStore:
         the same: a query's mirror image and regions probe many of the same words.
         """
         live = self.meta("segments", "[]") or "[]"
+        segments = json.loads(live)  # one reading of the live set for the whole call
         dtype = entry_dtype(self.vocabulary().code_size)
         if live != self._lists_of:
             self._lists.clear()
             self._lists_of = live
-            batches = [seg for seg, level in self.segments() if level == 0]
+            batches = [int(seg) for seg, level in segments if level == 0]
             self._batches = self._read_rows(f"segment in {batches}") if batches else np.zeros(0, dtype)
-        merged = [seg for seg, level in self.segments() if level > 0]
+        merged = [int(seg) for seg, level in segments if level > 0]
         words = np.unique(np.asarray(words, np.int64))
         want = [int(w) for w in words if int(w) not in self._lists] if merged else []
         for lo in range(0, len(want), WORDS_PER_QUERY):
