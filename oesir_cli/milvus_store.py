@@ -637,7 +637,8 @@ class MilvusStore:
         for r in self._scan("objects", "", fields):
             emb = np.asarray(r["embedding"], np.float32).tobytes()
             objects.setdefault(int(r["photo"]), []).append((r["object"], r["x1"], r["y1"], r["x2"], r["y2"], emb))
-        records = self._read_rows(f"segment in {[seg for seg, _ in self.segments()]}")
+        live = [seg for seg, _ in self.segments()]
+        records = self._read_rows(f"segment in {live}") if live else np.zeros(0, entry_dtype(self.vocabulary().code_size))
         local: dict[int, list[bytes]] = {}  # serial -> its entries (less the serial), as a multiset
         rest = [name for name in records.dtype.names if name != "serial"]
         for serial, rec in zip(records["serial"].tolist(), records[rest].tolist()):
