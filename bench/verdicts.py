@@ -60,15 +60,20 @@ def make_copies(data: Path, out: Path) -> list[dict]:
     return rows
 
 
-def queries(data: Path, copies: Path) -> list[tuple[str, Path, dict]]:
+SPLICE_SETS = ("casia-sir", "casia-wild", "small-splice", "composites")
+
+
+def queries(data: Path, copies: Path, sets: set[str]) -> list[tuple[str, Path, dict]]:
     out = []
-    for name in ("casia-sir", "casia-wild", "small-splice", "composites"):
+    for name in (s for s in SPLICE_SETS if s in sets):
         for line in (data / name / "truth.jsonl").read_text().splitlines():
             t = json.loads(line)
             out.append((name, data / name / "queries" / t["query"], t))
-    out += [("copies", copies / t["query"], t) for t in make_copies(data, copies)]
-    train = sorted((data / "imagenet-sample" / "train").iterdir())
-    out += [("not in collection", p, {"kind": "unrelated"}) for p in train]
+    if "copies" in sets:
+        out += [("copies", copies / t["query"], t) for t in make_copies(data, copies)]
+    if "outside" in sets:
+        train = sorted((data / "imagenet-sample" / "train").iterdir())
+        out += [("not in collection", p, {"kind": "unrelated"}) for p in train]
     return out
 
 
@@ -78,12 +83,14 @@ def main() -> None:
     ap.add_argument("--index", type=Path, required=True)
     ap.add_argument("--copies", type=Path, default=Path("/tmp/oesir-copies"))
     ap.add_argument("--out", type=Path, help="also write every result (JSONL)")
+    every = (*SPLICE_SETS, "copies", "outside")
+    ap.add_argument("--sets", default=",".join(every), help=f"comma-separated, of: {', '.join(every)} (default: all)")
     args = ap.parse_args()
     searcher = api.open_searcher(args.index)
     stats: dict[str, Counter] = {}
     sink = args.out.open("w") if args.out else None
     t0 = time.time()
-    for name, path, t in queries(args.data, args.copies):
+    for name, path, t in queries(args.data, args.copies, set(args.sets.split(","))):
         result = searcher.search(load_rgb(path), top=10)
         if sink:
             sink.write(json.dumps({"set": name, "truth": t, **result.as_dict()}) + "\n")

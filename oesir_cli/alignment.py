@@ -136,6 +136,24 @@ def explained_by(query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: 
     return Explained(float(explained.mean()), (inside & ~agree).astype(np.uint8) * 255, float(explained[frame].mean()))
 
 
+def agreement_over(target: np.ndarray, mask: np.ndarray, original: np.ndarray, a: np.ndarray) -> float:
+    """Share of `mask`'s pixels (bool [H, W] of `target`) that `original`, warped by the 2x3 transform `a`,
+    covers and agrees with in colour (as `explained_by` compares a host).
+
+    A few keypoints that agree on one transform may still be chance; the pixels they bring along are not:
+    a pasted part matches its source pixel for pixel once aligned, an unrelated photo does not.
+    """
+    if target.shape[:2] != mask.shape:
+        raise ValueError(f"mask {mask.shape} is not the size of the target {target.shape[:2]}")
+    if not mask.any():
+        return 0.0
+    h, w = mask.shape
+    warped = cv2.warpAffine(original, a, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    inside = cv2.warpAffine(np.full(original.shape[:2], 255, np.uint8), a, (w, h), flags=cv2.INTER_NEAREST) > 0
+    agree = colour_difference(target, warped, sigma=AGREE_BLUR) < AGREE_LAB
+    return float((agree & inside)[mask].mean())
+
+
 # -- localize's rule for one pair --------------------------------------------------
 
 HOST_EXPLAINED_SHARE = 0.4  # the aligned original agrees with at least this share of the query ...

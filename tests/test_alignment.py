@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from oesir_cli.alignment import (
     HOST_EXPLAINED_SHARE,
     HOST_INLIER_HULL_SHARE,
     SEARCH_FIT,
+    agreement_over,
     explained_by,
     fit_similarity,
     is_host_relation,
@@ -57,3 +59,25 @@ def test_host_relation_rule():
     assert not is_host_relation(HOST_EXPLAINED_SHARE - 0.01, cluster, 400, 300)
     assert is_host_relation(0.0, spread, 400, 300)  # much changed, but the inliers span the photo
     assert HOST_INLIER_HULL_SHARE > (40 * 30) / (400 * 300)
+
+
+def test_pixels_confirm_a_pasted_part_only_under_its_own_transform():
+    """A part pasted rotated and shrunk: its source, warped by that transform, agrees with it; another photo or
+    another transform does not."""
+    donor, other, host = _texture(5), _texture(6), _texture(7)
+    angle, scale = 20.0, 0.6
+    a = cv2.getRotationMatrix2D((200.0, 150.0), angle, scale)
+    a[:, 2] += [-40.0, 20.0]
+    moved = cv2.warpAffine(donor, a, (400, 300))
+    mask = np.zeros((300, 400), bool)
+    mask[120:200, 150:260] = True  # inside the warped donor
+    query = host.copy()
+    query[mask] = moved[mask]
+    assert agreement_over(query, mask, donor, a) > 0.9
+    assert agreement_over(query, mask, other, a) < 0.2
+    wrong = a.copy()
+    wrong[:, 2] += [25.0, 0.0]
+    assert agreement_over(query, mask, donor, wrong) < 0.2
+    assert agreement_over(query, np.zeros((300, 400), bool), donor, a) == 0.0
+    with pytest.raises(ValueError, match="not the size"):
+        agreement_over(query, mask[:100], donor, a)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oesir_cli.choices import Verdict
+from oesir_cli.choices import Role, Verdict
 from oesir_cli.imageio import load_rgb
 from oesir_cli.local_index import Neighbours
 from oesir_cli.search import DEFAULT_PARAMS, DonorEvidence, Votes, fused_ranking, object_ranking, vote_ranking
@@ -176,6 +176,17 @@ def test_roles_host_verified_donors_by_consistent_votes():
     support = np.array([0, P.donor_min_consistent_votes, P.donor_min_consistent_votes - 1, 40, 0])
     roles, verdict = roles_and_verdict(np.array([0, 3, 1, 2, 4]), _host(), support, P)
     assert [r.value for r in roles] == ["host", "donor", "donor", "candidate", "candidate"] and verdict is Verdict.SOURCES
+
+
+def test_a_weakly_supported_donor_is_labelled_when_its_pixels_confirm_the_change():
+    few = P.donor_pixel_check_votes
+    support = np.array([0, few, few, few])
+    agree = np.array([np.nan, P.donor_min_pixel_agreement, P.donor_min_pixel_agreement - 0.01, np.nan])
+    roles, verdict = roles_and_verdict(np.array([0, 1, 2, 3]), _host(), support, P, agree)
+    assert [r.value for r in roles] == ["host", "donor", "candidate", "candidate"] and verdict is Verdict.SOURCES
+    weak = _host(aligned=False, explained_share=0.0, frame_share=0.0, whole_distance=P.host_verified_whole_distance + 0.3)
+    roles, verdict = roles_and_verdict(np.array([0, 1, 2, 3]), weak, support, P, agree)
+    assert Role.DONOR not in roles and verdict is Verdict.NONE  # no verified host: pixels alone label nothing
 
 
 def test_unverified_host_is_a_candidate_and_lone_chance_votes_give_no_source():

@@ -171,10 +171,11 @@ class IndexedPhotos:
 MIN_FIT_PAIRS = 3  # a similarity fits any two pairs exactly: support needs a third at least
 
 
-def consistent_votes(
+def consistent_fit(
     photos: IndexedPhotos, features: LocalFeatures, votes: Votes, photo: int, skip_queries: np.ndarray | None = None
-) -> int:
-    """How many of `photo`'s votes agree on one similarity transform (RANSAC inliers; 0 below MIN_FIT_PAIRS).
+) -> tuple[int, np.ndarray | None]:
+    """How many of `photo`'s votes agree on one similarity transform (RANSAC inliers; 0 below MIN_FIT_PAIRS),
+    and that transform (2x3, the stored photo's pixels -> the frame of `features`; None when there is none).
 
     Chance votes for an unrelated photo point every which way; the keypoints of
     a pasted object that came from `photo` map onto it by one transform. Votes
@@ -184,11 +185,18 @@ def consistent_votes(
     if skip_queries is not None:
         pick &= ~np.isin(votes.q_idx, skip_queries)
     if pick.sum() < MIN_FIT_PAIRS:
-        return 0
+        return 0, None
     src = votes.db_xy[pick]
     dst = features.keypoints[votes.q_idx[pick], :2].astype(np.float64)
-    _, inliers = fit_similarity(src, dst, SEARCH_FIT)
-    return int(inliers.sum())
+    a, inliers = fit_similarity(src, dst, SEARCH_FIT)
+    return int(inliers.sum()), a
+
+
+def consistent_votes(
+    photos: IndexedPhotos, features: LocalFeatures, votes: Votes, photo: int, skip_queries: np.ndarray | None = None
+) -> int:
+    """The count of `consistent_fit`."""
+    return consistent_fit(photos, features, votes, photo, skip_queries)[0]
 
 
 LEADERS_FITTED = 3  # vote leaders whose votes `has_consistent_leader` fits

@@ -78,6 +78,14 @@ class RankingParams:
     the query keypoints the host does not explain) agree on one similarity transform (RANSAC inliers)."""
     donor_min_consistent_votes_without_host: int = 7
     """The same when no host is verified: photos not in the collection drew up to 6 consistent chance votes."""
+    donor_pixel_check_votes: int = 3
+    """With a verified host, a photo with fewer consistent votes than a donor needs but at least this many is
+    aligned by their transform and its pixels compared with the changed pixels (`alignment.agreement_over`) ..."""
+    donor_min_pixel_agreement: float = 0.4
+    """... and labelled donor when its pixels confirm at least this share of them."""
+    donor_rematch_candidates: int = 2
+    """With a verified host and a region, this many of the first ranked photos that are not yet donors are
+    matched again on their own keypoints (from the file) and their pixels compared the same way."""
 
 
 DEFAULT_PARAMS = RankingParams()

@@ -32,6 +32,7 @@ class Region:
     votes: np.ndarray  # [P] votes of the region's own keypoints
     views: tuple[tuple[LocalFeatures, Votes], ...] = ()  # the region's keypoints (as is, mirrored) and their votes
     box_of: np.ndarray | None = None  # [P, 4] when merged from several regions: the region closest to each photo
+    frames: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # per view: the pixels its keypoints are in, and the blob there
 
 
 def changed_blob(changed: np.ndarray | None, params: RankingParams) -> np.ndarray | None:
@@ -84,6 +85,7 @@ def merge_regions(regions: list[Region]) -> Region:
         votes=np.sum([r.votes for r in regions], axis=0),
         views=tuple(v for r in regions for v in r.views),
         box_of=np.stack([r.box for r in regions])[which],
+        frames=tuple(f for r in regions for f in r.frames),
     )
 
 
@@ -106,6 +108,25 @@ def grown_blob(blob: np.ndarray, box: np.ndarray, grow_share: float) -> np.ndarr
     return cv2.dilate(blob.astype(np.uint8), kernel) > 0
 
 
+def region_frame(
+    rgb: np.ndarray, box: np.ndarray, blob: np.ndarray | None, params: RankingParams
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The region as its keypoints see it: the box with its margin, resized to `region_keypoint_side`, and
+    `blob` (bool [H, W] of the query, or None) in that frame."""
+    crop = crop_region(rgb, box, REGION_MARGIN)
+    scale = params.region_keypoint_side / max(crop.shape[:2])
+    size = (max(MIN_REGION_SIDE, round(crop.shape[1] * scale)), max(MIN_REGION_SIDE, round(crop.shape[0] * scale)))
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    if blob is None:
+        return crop, None
+    return crop, _blob_in_frame(blob, box, size)
+
+
+def _blob_in_frame(blob: np.ndarray, box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    cropped = crop_region(blob.astype(np.uint8)[:, :, None], box, REGION_MARGIN)[:, :, 0]
+    return cv2.resize(cropped, size, interpolation=cv2.INTER_NEAREST) > 0
+
+
 def region_keypoints(
     rgb: np.ndarray, box: np.ndarray, blob: np.ndarray | None, params: RankingParams
 ) -> tuple[LocalFeatures, int]:
@@ -120,14 +141,10 @@ def region_keypoints(
     otherwise take most of the keypoint budget and vote for the host, which is
     already known.
     """
-    crop = crop_region(rgb, box, REGION_MARGIN)
-    scale = params.region_keypoint_side / max(crop.shape[:2])
-    size = (max(MIN_REGION_SIDE, round(crop.shape[1] * scale)), max(MIN_REGION_SIDE, round(crop.shape[0] * scale)))
-    crop = cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    crop, _ = region_frame(rgb, box, None, params)
     where = None
     if blob is not None:
-        grown = grown_blob(blob, box, params.region_blob_grow).astype(np.uint8)
-        where = cv2.resize(crop_region(grown[:, :, None], box, REGION_MARGIN)[:, :, 0], size, interpolation=cv2.INTER_NEAREST) > 0
+        where = _blob_in_frame(grown_blob(blob, box, params.region_blob_grow), box, (crop.shape[1], crop.shape[0]))
     return extract(crop, params.region_keypoints, where), crop.shape[1]
 
 
@@ -153,15 +170,17 @@ def region_evidence(
     emb = engine.region_embeddings(rgb, box)
     objects = photos.object_distances(emb, top)
     features, width = pending.result()
+    crop, where = region_frame(rgb, box, blob, params)
     counts = np.zeros(photos.count)
-    views = []
-    for view in (features, mirrored(features, width)):
+    views, frames = [], []
+    for view, frame in ((features, (crop, where)), (mirrored(features, width), (crop[:, ::-1], where[:, ::-1]))):
         for votes in photos.votes([view], params):
             counts = np.maximum(counts, votes.counts)
             views.append((view, votes))
+            frames.append(frame)
             if has_consistent_leader(photos, view, votes, params.region_clear_votes, exclude=host):
                 break
         else:
             continue
         break
-    return Region(box, objects.distance, objects.db_row, counts.astype(np.float64), tuple(views))
+    return Region(box, objects.distance, objects.db_row, counts.astype(np.float64), tuple(views), frames=tuple(frames))

@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..alignment import SEARCH_FIT, agreement_over, fit_similarity, ratio_matches
 from ..choices import Mode, Role, Verdict, parse
 from ..engine import Engine
 from ..graphs import open_graphs_for_reading
-from ..keypoints import extract, mirrored
+from ..imageio import ImageError, load_rgb
+from ..keypoints import STORED_KEYPOINTS, LocalFeatures, extract, mirrored
 from ..store import Catalogue, Store
 
 if TYPE_CHECKING:
     from ..milvus_store import MilvusStore
-from .evidence import IndexedPhotos, QueryEvidence, consistent_votes, has_consistent_leader
+from .evidence import MIN_FIT_PAIRS, IndexedPhotos, QueryEvidence, consistent_fit, has_consistent_leader
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
@@ -35,6 +37,7 @@ from .region import Region, changed_blobs, merge_regions, region_evidence
 from .verdict import HostFinding, is_verified_host, roles_and_verdict
 
 _POOL = ThreadPoolExecutor(max_workers=1)  # keypoints on the other core while the networks run (both release the GIL)
+_REMATCH = ThreadPoolExecutor(max_workers=2)  # leading candidates matched again two at a time (SIFT releases the GIL)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Fused:
     region: Region | None
     residual_votes: np.ndarray  # [P]
     support: np.ndarray  # [P] geometrically consistent residual votes (ranked photos only)
+    agreement: np.ndarray | None = None  # [P] share of the changed pixels the photo's pixels confirm (nan: not measured)
 
 
 class Searcher:
@@ -160,7 +164,7 @@ class Searcher:
             return SearchResult(self._matches(ev, vote_ranking(counts, ev.objects.distance), counts, None, top), None)
         fused = self.fuse(rgb, ev, counts, top)
         order = fused.ranking.order[:top]
-        roles, verdict = roles_and_verdict(order, fused.host, fused.support, self.params)
+        roles, verdict = roles_and_verdict(order, fused.host, fused.support, self.params, fused.agreement)
         matches = self._matches(ev, fused.ranking, counts, fused.region, top, fused, roles)
         region_box = None if fused.region is None else [round(float(v), 1) for v in fused.region.box]
         return SearchResult(matches, verdict, region_box)
@@ -191,28 +195,108 @@ class Searcher:
         ranking = fused_ranking(donors, self.params)
         residual_for_roles = residual.copy()
         residual_for_roles[host] = 0
-        support = self._donor_support(ranking.order[:top], host, ev, region, is_verified_host(finding, self.params))
-        return Fused(ranking, finding, region, residual_for_roles, support)
+        changed = np.any(blobs, axis=0) if blobs else None
+        support, agreement = self._donor_support(
+            rgb, ranking.order[:top], host, ev, region, changed, is_verified_host(finding, self.params)
+        )
+        return Fused(ranking, finding, region, residual_for_roles, support, agreement)
 
     def _donor_support(
-        self, ranked: np.ndarray, host: int, ev: QueryEvidence, region: Region | None, host_verified: bool
-    ) -> np.ndarray:
+        self,
+        rgb: np.ndarray,
+        ranked: np.ndarray,
+        host: int,
+        ev: QueryEvidence,
+        region: Region | None,
+        changed: np.ndarray | None,
+        host_verified: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """[P] geometrically consistent votes per ranked photo (0 elsewhere): the region's own keypoints',
         and the query's keypoints the host does not explain; the larger of the two. For a host that is
-        not verified, all the query's votes for it."""
+        not verified, all the query's votes for it.
+
+        And [P] the pixel agreement of a photo whose support is short of a donor's but enough for a transform
+        (`donor_pixel_check_votes` or more, nan elsewhere): the share of the changed pixels (of the view that
+        gave that support) its pixels confirm once aligned by that transform (`alignment.agreement_over`).
+        """
         support = np.zeros(self.photos.count, np.int64)
+        agreement = np.full(self.photos.count, np.nan)
         views = [] if region is None else list(region.views)
+        frames = [] if region is None else list(region.frames)
         explained = [np.unique(v.q_idx[v.photos == host]) for v in ev.votes]
+        if changed is not None:  # the whole query, as is and mirrored, with its changed pixels
+            frames += [(rgb, changed), (rgb[:, ::-1], changed[:, ::-1])][: len(ev.votes)]
+        else:
+            frames += [None] * len(ev.votes)
         for p in ranked:
             if p == host:  # not a verified host: it may still be a donor (a composite of copies), by all its votes
                 if not host_verified:
-                    support[p] = max(consistent_votes(self.photos, f, v, p) for f, v in zip(ev.features, ev.votes))
+                    support[p] = max(consistent_fit(self.photos, f, v, p)[0] for f, v in zip(ev.features, ev.votes))
                 continue
-            best = max((consistent_votes(self.photos, f, v, p) for f, v in views), default=0)
-            for f, v, skip in zip(ev.features, ev.votes, explained):
-                best = max(best, consistent_votes(self.photos, f, v, p, skip))
-            support[p] = best
-        return support
+            fits = [consistent_fit(self.photos, f, v, p) for f, v in views]
+            fits += [consistent_fit(self.photos, f, v, p, skip) for f, v, skip in zip(ev.features, ev.votes, explained)]
+            if not fits:
+                continue
+            best = max(range(len(fits)), key=lambda i: fits[i][0])
+            support[p], transform = fits[best]
+            weak = max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes) <= support[p] < self.params.donor_min_consistent_votes
+            if host_verified and weak and frames[best] is not None and transform is not None:
+                agreement[p] = self._pixel_agreement(int(p), frames[best], transform)
+        if host_verified and region is not None:
+            self._rematch_leaders(ranked, host, region, support, agreement)
+        return support, agreement
+
+    def _rematch_leaders(
+        self, ranked: np.ndarray, host: int, region: Region, support: np.ndarray, agreement: np.ndarray
+    ) -> None:
+        """When neither votes nor pixels have made any ranked photo a donor, the first `donor_rematch_candidates`
+        ranked photos after the host are matched again on their own keypoints (extracted from the file as
+        indexed; the lists' coded distances lose many of a small paste's matches) against the region's, as is
+        and mirrored; the best similarity fit's pixel agreement is kept in `agreement` (in place) when it beats
+        what was measured."""
+        need, confirm = self.params.donor_min_consistent_votes, self.params.donor_min_pixel_agreement
+        if any(support[p] >= need or agreement[p] >= confirm for p in ranked if p != host):
+            return  # a donor is found: the rest are matched again only when none is (one SIFT pass per photo)
+        todo = [
+            int(p)
+            for p in ranked
+            if p != host and support[p] < need and not (np.isfinite(agreement[p]) and agreement[p] >= confirm)
+        ][: self.params.donor_rematch_candidates]
+        if not todo:
+            return
+        views = _region_views(region)
+        for p, found in zip(todo, _REMATCH.map(lambda p: self._rematched_agreement(p, views), todo)):
+            if np.isfinite(found) and not (np.isfinite(agreement[p]) and agreement[p] >= found):
+                agreement[p] = found
+
+    def _rematched_agreement(self, photo: int, views: list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]]) -> float:
+        """The best pixel agreement of `photo` over the region's views, aligned by its own keypoints (nan: none)."""
+        try:
+            original = load_rgb(self.photos.catalogue.paths[photo])
+        except ImageError:
+            return float("nan")
+        stored = extract(original, STORED_KEYPOINTS)
+        best = float("nan")
+        for features, (target, mask) in views:
+            pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
+            if len(pairs) < MIN_FIT_PAIRS:
+                continue
+            src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
+            a, inliers = fit_similarity(src, features.keypoints[pairs[:, 0], :2].astype(np.float64), SEARCH_FIT)
+            if a is None or inliers.sum() < max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes):
+                continue
+            found = agreement_over(target, mask, original, a)
+            best = found if not np.isfinite(best) else max(best, found)
+        return best
+
+    def _pixel_agreement(self, photo: int, frame: tuple[np.ndarray, np.ndarray], transform: np.ndarray) -> float:
+        """`alignment.agreement_over` of stored photo `photo` on a view's changed pixels (nan: unreadable photo)."""
+        try:
+            original = load_rgb(self.photos.catalogue.paths[photo])
+        except ImageError:
+            return float("nan")
+        target, mask = frame
+        return agreement_over(target, mask, original, transform)
 
     def _matches(
         self,
@@ -253,6 +337,16 @@ class Searcher:
         return out
 
 
+def _region_views(region: Region) -> list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]]:
+    """The region's keypoints of every view it searched, and of each one's mirror image, with that view's pixels
+    and changed blob (a view searched both ways comes twice: matching again is cheap next to SIFT)."""
+    out = []
+    for (features, _), (target, mask) in zip(region.views, region.frames):
+        out.append((features, (target, mask)))
+        out.append((mirrored(features, target.shape[1]), (target[:, ::-1], mask[:, ::-1])))
+    return out
+
+
 def _evidence(p: int, fused: Fused) -> dict:
     """The measurements behind photo `p`'s role, rounded for output."""
     out: dict = {}
@@ -268,6 +362,8 @@ def _evidence(p: int, fused: Fused) -> dict:
     else:
         out["residual_votes"] = int(fused.residual_votes[p])
         out["consistent_votes"] = int(fused.support[p])
+        if fused.agreement is not None and np.isfinite(fused.agreement[p]):
+            out["pixel_agreement"] = round(float(fused.agreement[p]), 4)
     if fused.region is not None and np.isfinite(fused.region.distance[p]):
         out["region_distance"] = round(float(fused.region.distance[p]), 4)
     return out
