@@ -2,8 +2,11 @@
 
 1. Align: RootSIFT matches (ratio test) between query and original, and
    between query and the mirrored original; RANSAC homography on the better
-   one. Too few inliers: the transform of the best-matching object pair
-   (the paper's Eq. 8), when an engine is given. Otherwise AlignmentError.
+   one. Too few inliers: a similarity fit from as few as three inliers (the
+   query's keypoints also taken on it enlarged, as a small paste needs) that
+   the original's pixels confirm around those inliers once aligned. Else the
+   transform of the best-matching object pair (the paper's Eq. 8), when one is
+   given. Otherwise AlignmentError.
 2. Relation: warp the original into the query frame and measure how much of
    the query it explains. Most of it: the original is the **host**, and the
    manipulated region is where the two disagree. A part: it is the **donor**,
@@ -21,7 +24,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from .alignment import LOCALIZE_FIT, fit_homography, fit_similarity, is_host_relation, ratio_matches
+from .alignment import LOCALIZE_FIT, agreement_over, fit_homography, fit_similarity, is_host_relation, ratio_matches
 from .choices import Relation, parse
 from .errors import OesirError
 from .geometry import box_similarity, footprint, is_plausible, mirror_x, rescaled
@@ -32,6 +35,11 @@ from .teacher import Teacher
 MIN_INLIERS = 12  # a homography needs this many consistent matches ...
 MIN_SIMILARITY_INLIERS = 6  # ... a similarity transform this many
 MIN_MATCHES = 4  # fewer ratio-test matches than this: nothing to fit
+MIN_CONFIRMED_INLIERS = 3  # a similarity fit with fewer inliers (3-5) is accepted only when pixels confirm it ...
+MIN_PIXEL_AGREEMENT = 0.4  # ... by agreeing with the query on at least this share of the pixels near its inliers
+CONFIRM_RADIUS = 0.03  # "near": within this share of the query's longer side (at least CONFIRM_MIN_RADIUS pixels)
+CONFIRM_MIN_RADIUS = 6
+CONFIRM_UPSCALE = 2.0  # the query's keypoints are also taken on it enlarged this much (at most to WORK_SIDE)
 ALIGN_KEYPOINTS = 4000
 CONTRAST_THRESHOLDS = (0.04, 0.01)  # SIFT's default first; the low one only when nothing aligned
 WORK_SIDE = 1024  # alignment and scoring run at most at this longer side
@@ -63,8 +71,9 @@ class Alignment:
     inliers: int
     matches: int
     mirrored: bool
-    method: str  # "keypoints" | "objects"
+    method: str  # "keypoints" | "keypoints-similarity" | "keypoints-pixels" | "objects"
     query_points: np.ndarray  # inlier positions in the query
+    pixel_agreement: float | None = None  # "keypoints-pixels": share of the pixels near the inliers that agree
 
 
 @dataclass
@@ -85,8 +94,10 @@ class LocalizeResult:
 
         Measured on CASIA, object-pair distances of true donors overlap those of
         unrelated photos, so a mask from that alignment must not be read as a finding.
+        A fit from a few inliers counts when the original's pixels confirm it.
         """
-        return self.alignment.method != "objects" and self.alignment.inliers >= MIN_SIMILARITY_INLIERS
+        a = self.alignment
+        return a.method == "keypoints-pixels" or (a.method != "objects" and a.inliers >= MIN_SIMILARITY_INLIERS)
 
     def as_dict(self) -> dict:
         a = self.alignment
@@ -98,6 +109,7 @@ class LocalizeResult:
             "matches": a.matches,
             "mirrored": a.mirrored,
             "alignment": a.method,
+            "pixel_agreement": None if a.pixel_agreement is None else round(a.pixel_agreement, 4),
             "explained_share": round(self.explained_share, 4),
             "changed_share": round(self.changed_share, 4),
             "score": round(self.score, 4),
@@ -117,6 +129,9 @@ def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray
         found = _align_keypoints(query, original, contrast)
         if found is not None:
             return found
+    found = _align_confirmed_by_pixels(query, original)
+    if found is not None:
+        return found
     if object_pair is not None:
         q_box, o_box = object_pair
         return Alignment(box_similarity(o_box, q_box), 0, 0, False, "objects", np.zeros((0, 2), np.float32))
@@ -151,6 +166,52 @@ def _align_keypoints(query: np.ndarray, original: np.ndarray, contrast: float) -
     # prefer a homography when it is well supported, else the best-supported fit
     homs = [c for c in candidates if c.method == "keypoints"]
     return max(homs, key=lambda c: c.inliers) if homs else max(candidates, key=lambda c: c.inliers)
+
+
+def _align_confirmed_by_pixels(query: np.ndarray, original: np.ndarray) -> Alignment | None:
+    """The similarity fit (MIN_CONFIRMED_INLIERS or more inliers) whose original agrees best with the query near
+    its inliers, if that agreement reaches MIN_PIXEL_AGREEMENT; None otherwise.
+
+    A small paste yields a handful of keypoint matches, as many as chance gives an unrelated pair; the
+    pixels tell them apart: aligned by the true transform, the original's pixels around the inliers are the
+    query's (measured on CASIA donors that do not align by keypoints, against unrelated pairs: bench/RESULTS.md).
+    The query's keypoints are taken as it is and enlarged (a small paste then shows detail at the scales its
+    source's keypoints were found at).
+    """
+    ow, oh = original.shape[1], original.shape[0]
+    radius = max(CONFIRM_MIN_RADIUS, round(CONFIRM_RADIUS * max(query.shape[:2])))
+    up = min(CONFIRM_UPSCALE, WORK_SIDE / max(query.shape[:2]))
+    best: Alignment | None = None
+    for contrast in CONTRAST_THRESHOLDS:
+        views = [_alignment_features(query, contrast)]
+        if up > 1:
+            big = _alignment_features(cv2.resize(query, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC), contrast)
+            views.append(LocalFeatures(np.hstack([big.keypoints[:, :2] / up, big.keypoints[:, 2:]]), big.descriptors))
+        for mirrored in (False, True):
+            o = np.ascontiguousarray(original[:, ::-1]) if mirrored else original
+            fo = _alignment_features(o, contrast)
+            for q in views:
+                pairs = ratio_matches(q.descriptors, fo.descriptors)
+                if len(pairs) < MIN_MATCHES:
+                    continue
+                src, dst = fo.keypoints[pairs[:, 1], :2], q.keypoints[pairs[:, 0], :2]
+                a, inl = fit_similarity(src, dst, LOCALIZE_FIT)
+                if a is None or inl.sum() < MIN_CONFIRMED_INLIERS or not is_plausible(np.vstack([a, [0, 0, 1]]), (ow, oh)):
+                    continue
+                agree = agreement_over(query, _near(dst[inl], query.shape[:2], radius), o, a)
+                if agree >= MIN_PIXEL_AGREEMENT and (best is None or agree > best.pixel_agreement):
+                    flip = mirror_x(ow) if mirrored else np.eye(3)
+                    s = np.vstack([a, [0, 0, 1]]) @ flip
+                    best = Alignment(s, int(inl.sum()), len(pairs), mirrored, "keypoints-pixels", dst[inl], agree)
+    return best
+
+
+def _near(points: np.ndarray, shape: tuple[int, int], radius: int) -> np.ndarray:
+    """bool [H, W]: within `radius` pixels of any of `points`."""
+    out = np.zeros(shape, np.uint8)
+    for x, y in points:
+        cv2.circle(out, (int(round(x)), int(round(y))), radius, 1, -1)
+    return out > 0
 
 
 def _alignment_features(rgb: np.ndarray, contrast: float) -> LocalFeatures:

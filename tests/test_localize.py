@@ -187,3 +187,23 @@ def test_object_fallback_is_marked_unverified_and_fails_unless_allowed(tmp_path)
     assert r.exit_code == 0 and "UNVERIFIED" in r.stdout
     r = runner.invoke(app, ["localize", str(q), str(o)])  # without the fallback: a plain refusal
     assert r.exit_code == 1 and "could not align" in r.output
+
+
+def test_a_few_keypoints_confirmed_by_pixels_align_a_small_paste(tmp_path):
+    """The cup shrunk to 56 px in astronaut.jpg: the fit from its handful of matches is taken because the
+    donor's pixels, aligned by it, are the query's near the inliers; and it maps the cup onto the paste."""
+    from oesir_cli.imageio import load_rgb
+    from oesir_cli.localize import MIN_PIXEL_AGREEMENT, _align_confirmed_by_pixels
+
+    host = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
+    donor = cv2.imread(str(EXAMPLES / "coffee.jpg"))
+    spliced = host.copy()
+    spliced[300:356, 320:376] = cv2.resize(donor[20:250, 175:405], (56, 56), interpolation=cv2.INTER_AREA)
+    q = tmp_path / "small.jpg"
+    cv2.imwrite(str(q), spliced, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    al = _align_confirmed_by_pixels(load_rgb(q), load_rgb(EXAMPLES / "coffee.jpg"))
+    assert al is not None and al.method == "keypoints-pixels" and al.pixel_agreement >= MIN_PIXEL_AGREEMENT
+    centre = transform_points(al.homography, np.array([[290.0, 135.0]]))[0]  # the cup's centre in coffee.jpg
+    assert np.allclose(centre, [348, 328], atol=6), centre
+    unrelated = cv2.cvtColor(synthetic_photo(12), cv2.COLOR_BGR2RGB)
+    assert _align_confirmed_by_pixels(load_rgb(q), unrelated) is None
