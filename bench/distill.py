@@ -11,7 +11,10 @@ imagenet-sample/train) / Eq. 7 ranking; only the feature maps differ:
 * S1, S2, S3: the students `oesir distill --variant s1|s2|s3` wrote
   (`student_<v>.onnx` in one of the --students folders), on the detector's
   maps (S2, S3) or its 300x300 image (S1);
-* teacher: EfficientNet-Lite0 at 512 px, a second network pass.
+* teacher: EfficientNet-Lite0 at 512 px, a second network pass;
+* teacher at the view: the same teacher on the 320x320 view a student imitates
+  (the photo squashed to VIEW_SIDE square): the best any student on the
+  detector's 300x300 input can do, since that is all it is trained to reproduce.
 
 Columns: multiply-accumulates and parameters of the embedding path (detector +
 feature network, counted from the ONNX graphs' Conv/Gemm/MatMul nodes), and
@@ -32,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -46,7 +50,8 @@ from oesir_cli.registry import VIEW_SIDE, session_options, verified_path
 from oesir_cli.teacher import FeatureMaps, Teacher
 
 SETS = ("casia-sir", "small-splice")
-ROWS = ("detector features", "S1", "S2", "S3", "teacher (two passes)")
+ROWS = ("detector features", "S1", "S2", "S3", "teacher at the view (320x320)", "teacher (two passes)")
+VIEW_ROW = "teacher at the view (320x320)"
 
 
 def macs_and_params(path: Path, shapes: dict[str, list[int]]) -> tuple[int, int]:
@@ -75,6 +80,11 @@ def macs_and_params(path: Path, shapes: dict[str, list[int]]) -> tuple[int, int]
         # Conv: output elements x (Cin/group x kh x kw); Gemm/MatMul: output elements x inner dimension
         macs += int(np.prod(out)) * (int(np.prod(w[1:])) if n.op_type == "Conv" else int(w[0]))
     return macs, sum(int(np.prod(s)) for s in inits.values())
+
+
+def _slug(row: str) -> str:
+    """A row's name in file names: its first word, and "teacher-view" for the view row (both start "teacher")."""
+    return "teacher-view" if row == VIEW_ROW else row.split()[0]
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -111,6 +121,13 @@ class Rows:
             s16, s32 = sess.run(["student_s16", "student_s32"], feeds[v])
             self.time[v.upper()] += t_det + time.perf_counter() - t1
             maps[v.upper()] = FeatureMaps(s16[0], s32[0], sx, sy)
+        if not only or VIEW_ROW in only:
+            t1 = time.perf_counter()
+            view = cv2.resize(rgb, (VIEW_SIDE, VIEW_SIDE), interpolation=cv2.INTER_AREA)
+            spec = self.teacher.model.spec
+            s16, s32 = self.teacher.model.session.run(list(spec.outputs), {spec.inputs[0]: self.teacher.image.tensor(view)})
+            maps[VIEW_ROW] = FeatureMaps(s16[0], s32[0], sx, sy)
+            self.time[VIEW_ROW] += t_det + time.perf_counter() - t1
         if only and "teacher (two passes)" not in only:
             return boxes, maps
         t1 = time.perf_counter()
@@ -123,7 +140,7 @@ def describe(rows: Rows, files: list[Path], tag: str, work: Path) -> dict[str, l
     """Region descriptors of every photo for every row; rows already computed in `work` are read back."""
     out: dict[str, list[np.ndarray]] = {}
     for r in ROWS:
-        cached = work / f"desc-{r.split()[0]}-{tag}.pkl"
+        cached = work / f"desc-{_slug(r)}-{tag}.pkl"
         if cached.exists():
             out[r] = pickle.loads(cached.read_bytes())
     todo = {r for r in ROWS if r not in out}
@@ -139,7 +156,7 @@ def describe(rows: Rows, files: list[Path], tag: str, work: Path) -> dict[str, l
             fresh[r].append(region_descriptors(maps[r], boxes))
             rows.time[r] += time.perf_counter() - t0
     for r in todo:
-        (work / f"desc-{r.split()[0]}-{tag}.pkl").write_bytes(pickle.dumps(fresh[r]))
+        (work / f"desc-{_slug(r)}-{tag}.pkl").write_bytes(pickle.dumps(fresh[r]))
     return {**out, **fresh}
 
 
@@ -217,7 +234,7 @@ def main() -> None:
         print(f"queries {s}", file=sys.stderr)
         q_desc = describe(rows, queries, s, args.work)
         for r in ROWS:
-            path = args.work / f"{r.split()[0]}-{s}.jsonl"
+            path = args.work / f"{_slug(r)}-{s}.jsonl"
             with open(path, "w") as fh:
                 for q, d in zip(queries, q_desc[r]):
                     dist = squared_l2(whitening[r].apply(d), db_emb[r]).min(0)  # per db object
@@ -240,6 +257,8 @@ def main() -> None:
         cost[v.upper()] = (det_macs + m, det_params + p)
     t_macs, t_params = macs_and_params(verified_path("efficientnet-lite0"), {"image": [1, 3, 384, 512]})
     cost["teacher (two passes)"] = (det_macs + t_macs, det_params + t_params)
+    v_macs, _ = macs_and_params(verified_path("efficientnet-lite0"), {"image": [1, 3, VIEW_SIDE, VIEW_SIDE]})
+    cost[VIEW_ROW] = (det_macs + v_macs, det_params + t_params)
 
     teacher_macs = cost["teacher (two passes)"][0]
     print()

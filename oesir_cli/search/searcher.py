@@ -222,7 +222,8 @@ class Searcher:
         support = np.zeros(self.photos.count, np.int64)
         agreement = np.full(self.photos.count, np.nan)
         views = [] if region is None else list(region.views)
-        frames = [] if region is None else list(region.frames)
+        frames: list = [] if region is None else list(region.frames)
+        frames += [None] * (len(views) - len(frames))  # a region made without its pixels: no pixel test
         explained = [np.unique(v.q_idx[v.photos == host]) for v in ev.votes]
         if changed is not None:  # the whole query, as is and mirrored, with its changed pixels
             frames += [(rgb, changed), (rgb[:, ::-1], changed[:, ::-1])][: len(ev.votes)]
