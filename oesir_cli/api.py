@@ -28,7 +28,7 @@ from .codec import CODECS, DEFAULT_CODEC, make_codec
 from .engine import Engine, EngineConfig
 from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
-from .indexer import Describer, IndexSummary, StoreWriter, index_paths, local_describer, walk
+from .indexer import Describer, IndexSummary, StoreWriter, index_paths, walk
 from .learn import learn_codebook_file as learn_codebook_file  # the API of `oesir weights whiten/pq`
 from .learn import learn_vocabulary_file as learn_vocabulary_file  # `oesir weights vocabulary`
 from .learn import learn_whitening_file as learn_whitening_file
@@ -45,6 +45,7 @@ from .registry import (
 from .search import Match, Searcher, SearchResult
 from .store import DB_FILES, GRAPH_FILES, Store, default_index_dir, writer_lock
 from .store import is_disk_full as store_is_disk_full
+from .workers import check_workers, default_workers, pool_describer
 
 if TYPE_CHECKING:  # localize is imported when first used: it pulls in the teacher
     from .localize import LocalizeResult
@@ -101,6 +102,7 @@ def index(
     on_error: Callable[[str, str], None] | None = None,
     ray: str | None = None,
     milvus_index: str | None = None,
+    workers: int | None = None,
 ) -> IndexSummary:
     """Create or update the index at `index_dir` with the photos under `paths`.
 
@@ -108,7 +110,8 @@ def index(
     (location.py); `milvus_index` is the vector index type of a new Milvus
     index (milvus_store.INDEX_TYPES). With `ray` ("local", "auto" or a cluster
     address) photos are described by a pool of Ray actors (cluster.py); the
-    driver still writes every batch.
+    driver still writes every batch. Otherwise `workers` processes describe them
+    (default: one per core, workers.py; 1 describes them in this process).
 
     `max_objects`, `model` ("teacher" or "student") and `local_features` set up a
     new index; an existing one keeps them (asking for others is an error).
@@ -118,12 +121,13 @@ def index(
     ValueError before anything is created on disk.
     """
     _check_codec(codec)
+    check_workers(workers, ray)
     model = parse(ModelKind, model, "model").value if model is not None else None
     where = parse_location(index_dir)
     if where.is_milvus:
         return _index_milvus(
             where, paths, max_objects, keep_missing, rebuild, max_pixels, model, codec, local_features, progress, on_error,
-            ray, milvus_index,
+            ray, milvus_index, workers,
         )  # fmt: skip
     if milvus_index is not None:
         raise StoreError(f"--milvus-index applies to a Milvus index, not to the folder {where.text}")
@@ -148,7 +152,7 @@ def index(
                 _transcode(store, config, codec)
             return index_paths(
                 StoreWriter(store),
-                _describer(eng, max_pixels, ray),
+                _describer(eng, max_pixels, ray, workers),
                 paths,
                 keep_missing=keep_missing,
                 progress=progress,
@@ -177,10 +181,10 @@ def _engine_config(
     return config
 
 
-def _describer(eng: Engine, max_pixels: int, ray: str | None) -> Describer:
-    """Describe photos in this process, or on a Ray cluster (imported only then)."""
+def _describer(eng: Engine, max_pixels: int, ray: str | None, workers: int | None) -> Describer:
+    """Describe photos on this machine's cores (worker processes), or on a Ray cluster (imported only then)."""
     if ray is None:
-        return local_describer(eng, max_pixels)
+        return pool_describer(eng, max_pixels, workers or default_workers())
     from .cluster import ray_describer
 
     return ray_describer(eng.config, max_pixels, ray)
@@ -200,6 +204,7 @@ def _index_milvus(
     on_error: Callable[[str, str], None] | None,
     ray: str | None,
     milvus_index: str | None,
+    workers: int | None,
 ) -> IndexSummary:
     """`index` into Milvus: the same stages, written through `MilvusStore` (one writer at a time)."""
     if codec not in (None, "float32"):
@@ -230,7 +235,7 @@ def _index_milvus(
             elif milvus_index is not None and milvus_index != store.meta("index_type"):
                 raise StoreError(f"index at {where.text} uses {store.meta('index_type')}; use --rebuild to change its index type")
             store.check_model(eng.version, create=True)
-            describe = _describer(eng, max_pixels, ray)
+            describe = _describer(eng, max_pixels, ray, workers)
             return index_paths(store, describe, paths, keep_missing=keep_missing, progress=progress, on_error=on_error)
 
 

@@ -33,6 +33,7 @@ from .localize import LocalizeResult
 from .registry import WeightsError
 from .search import Match, SearchResult
 from .store import default_index_dir
+from .workers import POOL_MIN_PHOTOS, check_workers
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
@@ -147,6 +148,7 @@ def _read_paths(paths: list[str], null: bool) -> list[str]:
         "find . -name '*.jpg' -print0 | oesir index - -0",
         "oesir index ./photos --codec pq --no-local   # compact",
         "oesir index ./photos --rebuild               # after a model change",
+        "oesir index ./photos --workers 1             # leave the other cores free",
         "oesir index ./photos --index milvus-lite:case.db --ray local",
         "oesir index ./photos --index milvus://HOST:19530/case --ray auto",
     )
@@ -201,6 +203,15 @@ def index(
             help="Vector index of a new Milvus index: HNSW (default), FLAT, IVF_FLAT, IVF_SQ8, or IVF_PQ (servers only).",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Processes describing photos (default: one per core; 1: in this process). Jobs under "
+            f"{POOL_MIN_PHOTOS} photos always run in this process.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Index photos: detect objects, embed them, store them with local features.
 
@@ -216,6 +227,7 @@ def index(
     try:
         if not api.parse_location(index_dir).is_milvus:
             api.index_location(index_dir)  # told before a progress bar starts
+        check_workers(workers, ray)
         with _progress() as bar:
             task = bar.add_task("indexing", total=None, rate="")
 
@@ -240,6 +252,7 @@ def index(
                 on_error=warn,
                 ray=ray,
                 milvus_index=milvus_index,
+                workers=workers,
             )
     except KeyboardInterrupt:
         raise _fail("interrupted; every batch committed before the interrupt is kept", 130) from None

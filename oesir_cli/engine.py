@@ -180,8 +180,11 @@ def make_backend(config: EngineConfig, weights: Path | None = None) -> Backend:
 class Engine:
     """Loads the models once; `describe` turns a photo into what the index stores."""
 
-    def __init__(self, config: EngineConfig | None = None):
+    def __init__(self, config: EngineConfig | None = None, overlap_keypoints: bool = True):
+        """`overlap_keypoints`: run SIFT on another thread while the networks run (a process alone on the
+        machine); False runs them one after the other (one of several worker processes, one core each)."""
         self.config = config or EngineConfig()
+        self.overlap_keypoints = overlap_keypoints
         self.backend = make_backend(self.config)
         path, digest = verified_file(self.config.whitening_file())
         self.whitening = Whitening.load(path)
@@ -237,12 +240,13 @@ class Engine:
 
     def describe(self, rgb: np.ndarray) -> PhotoData:
         """What the index stores for a photo: its objects, their embeddings, and its local features."""
-        pending = _KEYPOINTS.submit(extract, rgb, self.config.local_keypoints) if self.config.local_keypoints else None
+        n = self.config.local_keypoints
+        pending = _KEYPOINTS.submit(extract, rgb, n) if n and self.overlap_keypoints else None
         boxes, scores, classes, descriptors = self.raw_objects(rgb)
         emb = self.whitening.apply(descriptors)
-        if pending is None:
+        if not n:
             return PhotoData(boxes, scores, classes, emb, np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
-        local = pending.result()
+        local = pending.result() if pending is not None else extract(rgb, n)
         return PhotoData(boxes, scores, classes, emb, local.keypoints, local.descriptors)
 
     @staticmethod
