@@ -12,8 +12,10 @@ run keeps every committed batch. Workers ignore Ctrl-C; the parent stops them.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -98,10 +100,19 @@ def _pooled(config: EngineConfig, max_pixels: int, workers: int, records: list[I
 
 def _start_worker(config: dict, max_pixels: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     os.environ["OESIR_THREADS"] = str(WORKER_THREADS)  # read when the onnxruntime sessions are made
     global _worker_engine, _worker_max_pixels
     _worker_engine = Engine(EngineConfig(**config), overlap_keypoints=False)  # one core per worker
     _worker_max_pixels = max_pixels
+
+
+def _exit_with_parent() -> None:
+    """A worker whose parent is killed (`kill -9`, out of memory) would wait for work forever: it exits instead."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
 
 
 def _describe_chunk(records: list[ImageRecord]) -> list[Described]:

@@ -106,3 +106,39 @@ def _photos_in(idx: Path) -> int:
         return len(store.images())
     finally:
         store.close()
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    photos = _small_photos(tmp_path / "photos", POOL_MIN_PHOTOS + 16)
+    idx = tmp_path / "idx"
+    proc = subprocess.Popen(
+        [*OESIR, "index", str(photos), "--index", str(idx), "--workers", "2"],
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(_group(proc.pid)) < 3:
+        time.sleep(0.2)  # the parent and its two workers
+    assert proc.poll() is None and len(_group(proc.pid)) >= 3
+    proc.kill()  # SIGKILL to the parent alone, as the OOM killer does
+    proc.wait()
+    for _ in range(100):
+        if not _group(proc.pid):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"workers outlived their killed parent: {_group(proc.pid)}")
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
