@@ -162,8 +162,8 @@ def test_a_host_nothing_aligns_with_is_the_nearest_whole_image(photo_dir, tmp_pa
     assert matches[1].votes > matches[0].votes, "the donor leads by votes; the host is chosen by its whole image"
 
 
-def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
-    """After aligning the host, the changed region is the pasted cup; its own evidence points at coffee.jpg."""
+def _splice_region(photo_dir: Path, tmp_path: Path):
+    """The splice of `_splice` searched step by step: (searcher, photo names, query path, host, its region)."""
     qpath = _splice(photo_dir, tmp_path / "query.jpg")
     idx = tmp_path / "idx"
     api.index([photo_dir], index_dir=idx)
@@ -183,13 +183,45 @@ def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
     assert box is not None and _iou(box, PASTED) > 0.6, box
     blob = changed_blob(explained.changed, DEFAULT_PARAMS)
     assert blob_box(blob).tolist() == box.tolist()
-    region = region_evidence(s.photos, s.engine, _POOL, rgb, blob, host, 10, DEFAULT_PARAMS)
+    return s, names, qpath, host, region_evidence(s.photos, s.engine, _POOL, rgb, blob, host, 10, DEFAULT_PARAMS)
+
+
+def test_region_the_host_does_not_explain_finds_the_donor(photo_dir, tmp_path):
+    """After aligning the host, the changed region is the pasted cup; its own evidence points at coffee.jpg."""
+    s, names, qpath, host, region = _splice_region(photo_dir, tmp_path)
     others = [p for p in range(len(names)) if p != host]
     assert names[min(others, key=lambda p: region.distance[p])] == "coffee.jpg"
     assert names[max(others, key=lambda p: region.votes[p])] == "coffee.jpg"
     donor = next(m for m in api.search_path(s, qpath, top=3) if Path(m.image).name == "coffee.jpg")
     coffee = names.index("coffee.jpg")
     assert donor.distance <= region.distance[coffee] + 1e-5, "the region counts as one more query object"
+
+
+def test_leading_photos_matched_again_confirm_the_donor_by_its_pixels(photo_dir, tmp_path):
+    """With no donor yet, the first `donor_rematch_candidates` photos after the host are matched on their own
+    keypoints against the region's: the cup's source is confirmed by its pixels, unrelated photos are not,
+    and nothing past the first few, or once a donor is known, is matched again."""
+    s, names, _, host, region = _splice_region(photo_dir, tmp_path)
+    coffee = names.index("coffee.jpg")
+    others = [p for p in range(len(names)) if p not in (host, coffee)]
+    need = DEFAULT_PARAMS.donor_min_pixel_agreement
+    first = DEFAULT_PARAMS.donor_rematch_candidates
+
+    def rematched(ranked: list[int], support_of: dict[int, int] | None = None) -> np.ndarray:
+        support = np.zeros(len(names), np.int64)
+        for p, v in (support_of or {}).items():
+            support[p] = v
+        agreement = np.full(len(names), np.nan)
+        s._rematch_leaders(np.array(ranked), host, region, support, agreement)
+        return agreement
+
+    agreement = rematched([host, others[0], coffee, *others[1:]])
+    assert agreement[coffee] >= need
+    assert all(not agreement[p] >= need for p in others)
+    late = rematched([host, *others[:first], coffee])
+    assert np.isnan(late[coffee]), "only the first few after the host are matched again"
+    known = rematched([host, coffee, *others], {others[-1]: DEFAULT_PARAMS.donor_min_consistent_votes})
+    assert np.isnan(known).all(), "a donor found by its votes: nothing is matched again"
 
 
 def test_crop_region_clips_to_the_photo():
