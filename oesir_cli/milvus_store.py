@@ -125,7 +125,8 @@ def _client(location: IndexLocation):  # noqa: ANN202 - pymilvus is optional
     try:
         from pymilvus import MilvusClient
 
-        logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its warnings (client-side timestamps) are not the user's
+        # its warnings (client-side timestamps) and RPC error logs are not the user's: a failed call becomes one StoreError line
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     except ImportError:
         raise StoreError(f"{location.text}: the Milvus back end needs `pip install 'oesir[cluster]'`") from None
     try:
@@ -189,10 +190,11 @@ class MilvusStore:
         elif self.outdated() and not create:
             self.close()
             raise StoreError(self.outdated_message())
-        else:
-            for what in (*COLLECTIONS, *OLD_COLLECTIONS):  # a new client finds collections released
-                if self.client.has_collection(self._c(what)):
-                    self.client.load_collection(self._c(what))
+        # A new client finds collections released. Load every one there is, also without meta: a run killed
+        # while creating them leaves some, which `create` keeps and the rerun then writes to.
+        for what in (*COLLECTIONS, *OLD_COLLECTIONS):
+            if self.client.has_collection(self._c(what)):
+                self.client.load_collection(self._c(what))
 
     def outdated(self) -> bool:
         """Whether the index was written by an older oesir (keypoints per photo, no lists): it must be rebuilt."""
@@ -313,16 +315,20 @@ class MilvusStore:
                    "objects": ("embedding", index_type, "L2"), "lists": ("unused", "FLAT", "L2")}  # fmt: skip
         scalars = {"lists": ("segment", "word")}  # what a probe filters on
         for what in ("lists", "objects", "photos", "meta"):  # meta last: its existence says the rest exists
-            if c.has_collection(self._c(what)):
-                continue
-            schema = c.create_schema(auto_id=what in ("objects", "lists"), enable_dynamic_field=False)
-            for name, dtype, kw in specs[what]:
-                schema.add_field(name, dtype, **kw)
             params = c.prepare_index_params()
             field, kind, metric = vectors[what]
             params.add_index(field, index_type=kind, metric_type=metric, params=_build_params(kind))
             for name in scalars.get(what, ()):
                 params.add_index(name, index_type="INVERTED")
+            if c.has_collection(self._c(what)):  # left by a run killed while creating: finish it
+                if not c.list_indexes(self._c(what)):  # killed between creating the collection and its index
+                    c.release_collection(self._c(what))
+                    c.create_index(self._c(what), params)
+                c.load_collection(self._c(what))
+                continue
+            schema = c.create_schema(auto_id=what in ("objects", "lists"), enable_dynamic_field=False)
+            for name, dtype, kw in specs[what]:
+                schema.add_field(name, dtype, **kw)
             c.create_collection(self._c(what), schema=schema, index_params=params, consistency_level="Strong")
         if self.meta("index_type") is None:
             self.set_meta("index_type", index_type)

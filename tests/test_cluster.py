@@ -246,6 +246,24 @@ def test_an_index_of_the_older_layout_is_refused_until_rebuilt(tmp_path):
     assert api.check(where).notes == [] and api.info(where)["photos"] == 1
 
 
+def test_a_run_killed_while_creating_the_collections_is_finished_by_a_rerun(tmp_path, monkeypatch):
+    from oesir_cli.milvus_store import MilvusStore
+
+    photos = _photos(tmp_path / "photos", synthetic=0)
+    where = f"milvus-lite:{tmp_path / 'm.db'}"
+    real = MilvusStore.create
+
+    def killed_before_meta(self, *args, **kwargs):  # the data collections made, meta (made last) not yet
+        real(self, *args, **kwargs)
+        self.client.drop_collection(self._c("meta"))
+        raise KeyboardInterrupt
+
+    _index_crashing(monkeypatch, "create", killed_before_meta, photos, where)
+    done = _oesir("index", str(photos), "--index", where, "--json")  # a new process finds the collections released
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["added"] == 4 and api.check(where).notes == []
+
+
 def test_milvus_index_reports_and_checks_like_the_local_one(collection):
     local, milvus = api.info(collection["local"]), api.info(collection["milvus"])
     assert (milvus["photos"], milvus["objects"]) == (local["photos"], local["objects"])
