@@ -142,7 +142,7 @@ def index(
             have = store.meta("engine_config")
             config = _engine_config(have, str(directory), max_objects, model, local_features)
             eng = engine(config)
-            store.check_model(eng.version, create=True)
+            store.check_model(eng.version, create=True, equivalent=eng.equivalent_versions)
             if have is None:
                 with store.transaction():
                     store.set_meta("engine_config", json.dumps(config.as_dict()))
@@ -234,7 +234,7 @@ def _index_milvus(
                 store.set_meta("engine_config", json.dumps(config.as_dict()))
             elif milvus_index is not None and milvus_index != store.meta("index_type"):
                 raise StoreError(f"index at {where.text} uses {store.meta('index_type')}; use --rebuild to change its index type")
-            store.check_model(eng.version, create=True)
+            store.check_model(eng.version, create=True, equivalent=eng.equivalent_versions)
             describe = _describer(eng, max_pixels, ray, workers)
             return index_paths(store, describe, paths, keep_missing=keep_missing, progress=progress, on_error=on_error)
 
@@ -313,14 +313,14 @@ def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
         try:
             have = remote.meta("engine_config")
             eng = engine(EngineConfig(**json.loads(have)) if have else EngineConfig())
-            remote.check_model(eng.version, create=False)
+            remote.check_model(eng.version, create=False, equivalent=eng.equivalent_versions)
             return Searcher(remote, eng, photos=MilvusPhotos(remote))
         except BaseException:
             remote.close()
             raise
     store = Store(index_location(index_dir))
     eng = engine(_config_of(store))
-    store.check_model(eng.version, create=False)
+    store.check_model(eng.version, create=False, equivalent=eng.equivalent_versions)
     return Searcher(store, eng)
 
 

@@ -31,6 +31,7 @@ from .registry import (
     DEFAULT_TEACHER,
     MODEL_SPECS,
     VIEW_SIDE,
+    Model,
     ModelSpec,
     learned_file,
     model_spec,
@@ -125,6 +126,9 @@ class Backend(Protocol):
     @property
     def version(self) -> str: ...
 
+    @property
+    def models(self) -> tuple[Model, ...]: ...
+
     def raw_objects(
         self, rgb: np.ndarray, min_score: float, limit: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
@@ -148,6 +152,10 @@ class TwoPass:
     @property
     def version(self) -> str:
         return f"{self.detector.model.version}+{self.teacher.version}"
+
+    @property
+    def models(self) -> tuple[Model, ...]:
+        return (self.detector.model, self.teacher.model)
 
     def boxes(self, rgb: np.ndarray, min_score: float, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The whole-image box first, then up to `limit` detector boxes (class-agnostic NMS)."""
@@ -208,6 +216,15 @@ class Engine:
     def version(self) -> str:
         nets, c = self.backend.version, self.config
         return f"{nets}+{c.whitening_file()}@{self._whitening_sha}/k{c.max_objects}/s{c.min_score}/sift{c.local_keypoints}"
+
+    @property
+    def equivalent_versions(self) -> frozenset[str]:
+        """The versions an index carries that was written with files these models replace (`Model.replaced_versions`):
+        its contents are what this engine would store, so it is used as is, not refused."""
+        versions = {self.version}
+        for model in self.backend.models:
+            versions |= {v.replace(model.version, old) for v in versions for old in model.replaced_versions}
+        return frozenset(versions - {self.version})
 
     def raw_objects(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (whole image first, then up to k class-agnostic detections), scores, classes and

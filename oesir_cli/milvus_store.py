@@ -46,7 +46,7 @@ import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -355,11 +355,12 @@ class MilvusStore:
     def generation(self) -> int:
         return int(self.meta("generation", "0") or 0)
 
-    def check_model(self, model_version: str, create: bool) -> None:
+    def check_model(self, model_version: str, create: bool, equivalent: Collection[str] = ()) -> None:
+        """As `IndexStore.check_model`: refuse another model version, accept (and restamp when writing) an equivalent."""
         have = self.meta("model_version")
-        if have is None and create:
+        if (have is None or have in equivalent) and create:
             self.set_meta("model_version", model_version)
-        elif have is not None and have != model_version:
+        elif have is not None and have != model_version and have not in equivalent:
             raise StoreError(
                 f"index at {self.location} was built with model {have}, not {model_version}; re-index with `--rebuild`"
             )

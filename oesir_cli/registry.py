@@ -367,6 +367,13 @@ class Model:
         shared = "".join(f"+{f}@{h[:12]}" for f, h in zip(self.spec.shares, self.shared_sha256))
         return f"{self.spec.name}@{self.entry['sha256'][:12]}{shared}"
 
+    @property
+    def replaced_versions(self) -> tuple[str, ...]:
+        """`version` as the files this one replaces computed it: the manifest's `replaces`, earlier graphs of the
+        same network whose outputs differ by float rounding only, so what they indexed stays valid."""
+        mine = f"{self.spec.name}@{self.entry['sha256'][:12]}"
+        return tuple(self.version.replace(mine, f"{self.spec.name}@{r['sha256'][:12]}") for r in self.entry.get("replaces", []))
+
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """onnxruntime options: full graph optimisation, `threads` intra-op threads that do not spin."""

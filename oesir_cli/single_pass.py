@@ -46,6 +46,10 @@ class SinglePass:
     def version(self) -> str:
         return self.model.version
 
+    @property
+    def models(self) -> tuple[Model, ...]:
+        return (self.model,)
+
     def _feeds(self, rgb: np.ndarray, min_score: float, limit: int) -> dict[str, np.ndarray]:
         image = self.model.spec.photo_input()
         photo, max_objects, score = self.model.spec.inputs

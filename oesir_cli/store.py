@@ -31,7 +31,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -270,8 +270,9 @@ class Store:
             self.db.execute("VACUUM")  # give the freed pages back to the file system (the point of a smaller codec)
         return len(ids)
 
-    def check_model(self, model_version: str, create: bool) -> None:
-        """Refuse an index built by another model version (or set it on a new index)."""
+    def check_model(self, model_version: str, create: bool, equivalent: Collection[str] = ()) -> None:
+        """Refuse an index built by another model version (or set it on a new index). A version in `equivalent`
+        (the same networks in replaced files) is accepted, and restamped when writing (`create`)."""
         have = self.meta("model_version")
         if have is None:
             if not create:
@@ -279,6 +280,10 @@ class Store:
             with self.transaction():
                 self.set_meta("model_version", model_version)
                 self.set_meta("format", str(FORMAT))
+        elif have in equivalent:
+            if create:
+                with self.transaction():
+                    self.set_meta("model_version", model_version)
         elif have != model_version:
             raise StoreError(
                 f"index at {self.dir} was built with {have}, this oesir uses {model_version}; "
