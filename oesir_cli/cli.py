@@ -33,7 +33,7 @@ from .localize import LocalizeResult
 from .registry import WeightsError
 from .search import Match, SearchResult
 from .store import default_index_dir
-from .workers import POOL_MIN_PHOTOS, check_workers
+from .workers import POOL_MIN_PHOTOS, WorkerError, check_workers
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
@@ -225,9 +225,12 @@ def index(
     if not paths:
         raise _fail("no paths given", EXIT_USAGE)
     try:
+        check_workers(workers, ray)
+    except WorkerError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    try:
         if not api.parse_location(index_dir).is_milvus:
             api.index_location(index_dir)  # told before a progress bar starts
-        check_workers(workers, ray)
         with _progress() as bar:
             task = bar.add_task("indexing", total=None, rate="")
 

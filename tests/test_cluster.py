@@ -429,7 +429,8 @@ def test_kill_9_of_a_ray_index_run_then_rerun_gives_the_uninterrupted_index(tmp_
         cv2.imwrite(str(photos / f"extra_{i:02d}.png"), synthetic_photo(100 + i, (240, 180)))
     killed, reference = f"milvus-lite:{tmp_path / 'killed.db'}", f"milvus-lite:{tmp_path / 'ref.db'}"
     args = ["index", str(photos), "--ray", "local"]
-    delay = random.Random().uniform(6.0, 20.0)
+    # a random moment of the run; OESIR_TEST_KILL_AFTER=S replays the one a failure reports
+    delay = float(os.environ.get("OESIR_TEST_KILL_AFTER", "0")) or random.Random().uniform(6.0, 20.0)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     proc = subprocess.Popen([OESIR, *args, "--index", killed], start_new_session=True, **quiet)
     try:

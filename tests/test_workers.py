@@ -50,14 +50,14 @@ def test_worker_processes_describe_photos_as_this_process_does(tmp_path):
         np.testing.assert_allclose(d.data.embeddings, ref.data.embeddings, atol=1e-4)
 
 
-def test_workers_option_is_checked(tmp_path):
+def test_workers_option_is_checked_as_usage(tmp_path):
     photos = _small_photos(tmp_path / "photos", 1)
     for args, message in (
         (["--workers", "0"], "--workers must be at least 1"),
         (["--workers", "2", "--ray", "local"], "--workers and --ray are alternatives"),
     ):
         r = runner.invoke(app, ["index", str(photos), "--index", str(tmp_path / "idx"), *args])
-        assert r.exit_code == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "idx" / "oesir.sqlite").exists()
 
 
