@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -49,6 +50,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -326,6 +328,7 @@ class MilvusStore:
                     c.create_index(self._c(what), params)
                 c.load_collection(self._c(what))
                 continue
+            self._remove_half_created(what)
             schema = c.create_schema(auto_id=what in ("objects", "lists"), enable_dynamic_field=False)
             for name, dtype, kw in specs[what]:
                 schema.add_field(name, dtype, **kw)
@@ -334,6 +337,15 @@ class MilvusStore:
             self.set_meta("index_type", index_type)
         if self._owner is not None and self._lease() is None:
             self._acquire()
+
+    def _remove_half_created(self, what: str) -> None:
+        """Milvus Lite killed while creating a collection leaves its folder without listing it; it then refuses
+        to create it again ("File exists"). A folder of a collection it does not list holds nothing of ours."""
+        if self._lite is None:
+            return
+        leftover = Path(self._lite) / "collections" / self._c(what)
+        if leftover.is_dir() and not self.client.has_collection(self._c(what)):
+            shutil.rmtree(leftover)
 
     def drop(self) -> None:
         """Remove every collection of this index (`--rebuild`)."""
