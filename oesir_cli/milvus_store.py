@@ -368,7 +368,7 @@ class MilvusStore:
         return int(self.meta("generation", "0") or 0)
 
     def check_model(self, model_version: str, create: bool, equivalent: Collection[str] = ()) -> None:
-        """As `IndexStore.check_model`: refuse another model version, accept (and restamp when writing) an equivalent."""
+        """As `Store.check_model`: refuse another model version, accept (and restamp when writing) an equivalent."""
         have = self.meta("model_version")
         if (have is None or have in equivalent) and create:
             self.set_meta("model_version", model_version)

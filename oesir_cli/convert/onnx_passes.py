@@ -4,7 +4,7 @@ TF "same" padding exports as a `Pad` node before each convolution with a
 kernel larger than 1. onnxruntime then cannot keep the convolutions in its
 blocked (NCHWc) layout across those nodes: it pads in the plain layout and
 converts back and forth around every one, which cost a third of the teacher's
-time on one core (efficientnet-lite0 at 512x384: 74 -> 48 ms). A constant zero
+time on one core (efficientnet-lite0 at 512: 65.6 -> 44.8 ms a photo). A constant zero
 `Pad` of the two spatial axes feeding only a `Conv` is the same as that
 `Conv` with those pads, which ONNX allows to be asymmetric; folding it changes
 no arithmetic.
