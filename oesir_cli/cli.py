@@ -474,10 +474,16 @@ def _show_localized(
     flag = "" if result.verified else " UNVERIFIED (object-pair alignment: a guess, not confirmed by keypoints)"
     out.print(
         f"{query} vs {original}: {result.relation} relation, {a.inliers} inliers ({a.method}"
-        f"{', mirrored' if a.mirrored else ''}), changed {100 * result.changed_share:.1f}% of the photo{flag}",
+        f"{', mirrored' if a.mirrored else ''}){_further(result)}, changed {100 * result.changed_share:.1f}% of the photo{flag}",
         highlight=False,
     )
     return 0, int(not result.verified)
+
+
+def _further(result: LocalizeResult) -> str:
+    """", also pasted in 2 more places" when a donor's content was found more than once."""
+    n = len(result.further_placements)
+    return f", also pasted in {n} more place{'s' if n > 1 else ''}" if n else ""
 
 
 @app.command(

@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -40,6 +40,7 @@ MIN_PIXEL_AGREEMENT = 0.4  # ... by agreeing with the query on at least this sha
 CONFIRM_RADIUS = 0.03  # "near": within this share of the query's longer side (at least CONFIRM_MIN_RADIUS pixels)
 CONFIRM_MIN_RADIUS = 6
 CONFIRM_UPSCALE = 2.0  # the query's keypoints are also taken on it enlarged this much (at most to WORK_SIDE)
+MAX_FURTHER_PLACEMENTS = 4  # a donor's content found pasted in this many more places at most
 ALIGN_KEYPOINTS = 4000
 CONTRAST_THRESHOLDS = (0.04, 0.01)  # SIFT's default first; the low one only when nothing aligned
 WORK_SIDE = 1024  # alignment and scoring run at most at this longer side
@@ -54,6 +55,12 @@ AGREE_BELOW = 0.5  # change score under which a pixel agrees with the original
 SUPPORT_GROW = 0.03  # donor: the inliers' hull grown by this share of the longer side is where the paste is
 UNSUPPORTED_WEIGHT = 0.3  # donor: agreement outside that support counts this much ...
 DETACHED_WEIGHT = 0.6  # ... and agreement not connected to it this much more
+# donor: the mask is grown by this many pixels (work resolution). A paste's border pixels are mixed with the
+# host's (cut, resampling, JPEG) and agree with neither photo, and the blurred change map reaches "surely
+# changed" (PIXEL_NOISE + a few Lab units) well before a boundary's full contrast, so disagreement spreads
+# ~2 pixels into the agreeing side and rounds it off further at corners. Measured on the dev sets' donor
+# masks (bench/RESULTS.md): grown 2-4 pixels all fit the truth better than as found; 3 best on both.
+DONOR_EDGE = 3
 
 
 class AlignmentError(OesirError):
@@ -74,6 +81,17 @@ class Alignment:
     method: str  # "keypoints" | "keypoints-similarity" | "keypoints-pixels" | "objects"
     query_points: np.ndarray  # inlier positions in the query
     pixel_agreement: float | None = None  # "keypoints-pixels": share of the pixels near the inliers that agree
+    contrast: float | None = None  # SIFT contrast threshold of the keypoints that aligned (None: objects)
+
+    def as_dict(self) -> dict:
+        return {
+            "homography": [[round(float(v), 6) for v in row] for row in self.homography],
+            "inliers": self.inliers,
+            "matches": self.matches,
+            "mirrored": self.mirrored,
+            "alignment": self.method,
+            "pixel_agreement": None if self.pixel_agreement is None else round(self.pixel_agreement, 4),
+        }
 
 
 @dataclass
@@ -87,6 +105,9 @@ class LocalizeResult:
     explained_share: float
     changed_share: float
     score: float
+    further_placements: list[Alignment] = field(default_factory=list)  # donor: its content pasted elsewhere too
+    placement: np.ndarray | None = None  # uint8, query frame: k inside the mask where placement k explains it
+    # (1 = `alignment`, 2.. = `further_placements`), 0 outside the mask
 
     @property
     def verified(self) -> bool:
@@ -100,23 +121,23 @@ class LocalizeResult:
         return a.method == "keypoints-pixels" or (a.method != "objects" and a.inliers >= MIN_SIMILARITY_INLIERS)
 
     def as_dict(self) -> dict:
-        a = self.alignment
         return {
             "relation": self.relation,
             "verified": self.verified,
-            "homography": [[round(float(v), 6) for v in row] for row in a.homography],
-            "inliers": a.inliers,
-            "matches": a.matches,
-            "mirrored": a.mirrored,
-            "alignment": a.method,
-            "pixel_agreement": None if a.pixel_agreement is None else round(a.pixel_agreement, 4),
+            **self.alignment.as_dict(),
+            "further_placements": [p.as_dict() for p in self.further_placements],
             "explained_share": round(self.explained_share, 4),
             "changed_share": round(self.changed_share, 4),
             "score": round(self.score, 4),
         }
 
 
-def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray, np.ndarray] | None = None) -> Alignment:
+def align(
+    query: np.ndarray,
+    original: np.ndarray,
+    object_pair: tuple[np.ndarray, np.ndarray] | None = None,
+    features: PairFeatures | None = None,
+) -> Alignment:
     """Transform original -> query from keypoints (mirror tried too), else from an object pair.
 
     A homography needs MIN_INLIERS consistent matches; a small pasted object
@@ -125,11 +146,12 @@ def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray
     photos (sea, sky) have few keypoints at SIFT's usual contrast threshold, so
     when nothing aligns the keypoints are taken again at a low threshold.
     """
+    features = features or PairFeatures(query, original)
     for contrast in CONTRAST_THRESHOLDS:
-        found = _align_keypoints(query, original, contrast)
+        found = _align_keypoints(features, contrast)
         if found is not None:
             return found
-    found = _align_confirmed_by_pixels(query, original)
+    found = _align_confirmed_by_pixels(query, original, features)
     if found is not None:
         return found
     if object_pair is not None:
@@ -140,27 +162,81 @@ def align(query: np.ndarray, original: np.ndarray, object_pair: tuple[np.ndarray
     )
 
 
-def _align_keypoints(query: np.ndarray, original: np.ndarray, contrast: float) -> Alignment | None:
-    q = _alignment_features(query, contrast)
-    ow, oh = original.shape[1], original.shape[0]
+class PairFeatures:
+    """The keypoints of one (query, original) pair's views, each extracted once per localize call.
+
+    Alignment and the search for further placements ask for the same views (the
+    query as is and enlarged, the original as is and mirrored, at two SIFT
+    contrasts); SIFT is most of their cost.
+    """
+
+    def __init__(self, query: np.ndarray, original: np.ndarray) -> None:
+        self.query_image, self.original_image = query, original
+        self._cache: dict[tuple[str, bool, float], LocalFeatures] = {}
+
+    @property
+    def enlargement(self) -> float:
+        """How much the query is enlarged for its second view (1: no second view)."""
+        return max(1.0, min(CONFIRM_UPSCALE, WORK_SIDE / max(self.query_image.shape[:2])))
+
+    def original(self, contrast: float, mirrored: bool) -> LocalFeatures:
+        key = ("original", mirrored, contrast)
+        if key not in self._cache:
+            self._cache[key] = _alignment_features(self.oriented(mirrored), contrast)
+        return self._cache[key]
+
+    def oriented(self, mirrored: bool) -> np.ndarray:
+        """The original as is, or mirrored left to right."""
+        return np.ascontiguousarray(self.original_image[:, ::-1]) if mirrored else self.original_image
+
+    def query(self, contrast: float, enlarged: bool = False) -> LocalFeatures:
+        """The query's keypoints, in the query's pixels; `enlarged`: found on it enlarged (finer detail)."""
+        key = ("query", enlarged, contrast)
+        if key not in self._cache:
+            if not enlarged:
+                self._cache[key] = _alignment_features(self.query_image, contrast)
+            else:
+                up = self.enlargement
+                enlarged_query = cv2.resize(self.query_image, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
+                big = _alignment_features(enlarged_query, contrast)
+                self._cache[key] = LocalFeatures(np.hstack([big.keypoints[:, :2] / up, big.keypoints[:, 2:]]), big.descriptors)
+        return self._cache[key]
+
+    def query_views(self, contrast: float) -> list[LocalFeatures]:
+        """The query as is, and enlarged when it is small enough to gain from it."""
+        views = [self.query(contrast)]
+        if self.enlargement > 1:
+            views.append(self.query(contrast, enlarged=True))
+        return views
+
+    def matches(self, query: LocalFeatures, contrast: float, mirrored: bool) -> tuple[np.ndarray, np.ndarray, int]:
+        """(original points, query points) of the ratio-test matches, and their number."""
+        o = self.original(contrast, mirrored)
+        pairs = ratio_matches(query.descriptors, o.descriptors)
+        return o.keypoints[pairs[:, 1], :2], query.keypoints[pairs[:, 0], :2], len(pairs)
+
+
+def _align_keypoints(features: PairFeatures, contrast: float) -> Alignment | None:
+    ow, oh = features.original_image.shape[1], features.original_image.shape[0]
+    q = features.query(contrast)
     candidates: list[Alignment] = []
     for mirrored in (False, True):
-        o = _alignment_features(np.ascontiguousarray(original[:, ::-1]) if mirrored else original, contrast)
-        pairs = ratio_matches(q.descriptors, o.descriptors)
-        if len(pairs) < MIN_MATCHES:
+        src, dst, n = features.matches(q, contrast, mirrored)
+        if n < MIN_MATCHES:
             continue
-        src, dst = o.keypoints[pairs[:, 1], :2], q.keypoints[pairs[:, 0], :2]
         flip = mirror_x(ow) if mirrored else np.eye(3)
         # plausibility is judged on the fit itself (flipped original -> query); composed with the
         # flip, a mirrored transform always reverses orientation, which the check would refuse
         h, inl = fit_homography(src, dst, LOCALIZE_FIT)
         if h is not None and inl.sum() >= MIN_INLIERS and is_plausible(h, (ow, oh)):
-            candidates.append(Alignment(h @ flip, int(inl.sum()), len(pairs), mirrored, "keypoints", dst[inl]))
+            candidates.append(Alignment(h @ flip, int(inl.sum()), n, mirrored, "keypoints", dst[inl], contrast=contrast))
         a, inl2 = fit_similarity(src, dst, LOCALIZE_FIT)
         if a is not None and inl2.sum() >= MIN_SIMILARITY_INLIERS:
             s = np.vstack([a, [0, 0, 1]])
             if is_plausible(s, (ow, oh)):
-                candidates.append(Alignment(s @ flip, int(inl2.sum()), len(pairs), mirrored, "keypoints-similarity", dst[inl2]))
+                candidates.append(
+                    Alignment(s @ flip, int(inl2.sum()), n, mirrored, "keypoints-similarity", dst[inl2], contrast=contrast)
+                )
     if not candidates:
         return None
     # prefer a homography when it is well supported, else the best-supported fit
@@ -168,7 +244,9 @@ def _align_keypoints(query: np.ndarray, original: np.ndarray, contrast: float) -
     return max(homs, key=lambda c: c.inliers) if homs else max(candidates, key=lambda c: c.inliers)
 
 
-def _align_confirmed_by_pixels(query: np.ndarray, original: np.ndarray) -> Alignment | None:
+def _align_confirmed_by_pixels(
+    query: np.ndarray, original: np.ndarray, features: PairFeatures | None = None
+) -> Alignment | None:
     """The similarity fit (MIN_CONFIRMED_INLIERS or more inliers) whose original agrees best with the query near
     its inliers, if that agreement reaches MIN_PIXEL_AGREEMENT; None otherwise.
 
@@ -178,32 +256,87 @@ def _align_confirmed_by_pixels(query: np.ndarray, original: np.ndarray) -> Align
     The query's keypoints are taken as it is and enlarged (a small paste then shows detail at the scales its
     source's keypoints were found at).
     """
-    ow, oh = original.shape[1], original.shape[0]
-    radius = max(CONFIRM_MIN_RADIUS, round(CONFIRM_RADIUS * max(query.shape[:2])))
-    up = min(CONFIRM_UPSCALE, WORK_SIDE / max(query.shape[:2]))
+    features = features or PairFeatures(query, original)
     best: Alignment | None = None
     for contrast in CONTRAST_THRESHOLDS:
-        views = [_alignment_features(query, contrast)]
-        if up > 1:
-            big = _alignment_features(cv2.resize(query, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC), contrast)
-            views.append(LocalFeatures(np.hstack([big.keypoints[:, :2] / up, big.keypoints[:, 2:]]), big.descriptors))
         for mirrored in (False, True):
-            o = np.ascontiguousarray(original[:, ::-1]) if mirrored else original
-            fo = _alignment_features(o, contrast)
-            for q in views:
-                pairs = ratio_matches(q.descriptors, fo.descriptors)
-                if len(pairs) < MIN_MATCHES:
-                    continue
-                src, dst = fo.keypoints[pairs[:, 1], :2], q.keypoints[pairs[:, 0], :2]
-                a, inl = fit_similarity(src, dst, LOCALIZE_FIT)
-                if a is None or inl.sum() < MIN_CONFIRMED_INLIERS or not is_plausible(np.vstack([a, [0, 0, 1]]), (ow, oh)):
-                    continue
-                agree = agreement_over(query, _near(dst[inl], query.shape[:2], radius), o, a)
-                if agree >= MIN_PIXEL_AGREEMENT and (best is None or agree > best.pixel_agreement):
-                    flip = mirror_x(ow) if mirrored else np.eye(3)
-                    s = np.vstack([a, [0, 0, 1]]) @ flip
-                    best = Alignment(s, int(inl.sum()), len(pairs), mirrored, "keypoints-pixels", dst[inl], agree)
+            for q in features.query_views(contrast):
+                src, dst, n = features.matches(q, contrast, mirrored)
+                found = _confirmed_fit(features, src, dst, n, mirrored, contrast)
+                if found is not None and (best is None or found.pixel_agreement > best.pixel_agreement):
+                    best = found
     return best
+
+
+def _confirmed_fit(
+    features: PairFeatures, src: np.ndarray, dst: np.ndarray, n: int, mirrored: bool, contrast: float
+) -> Alignment | None:
+    """The similarity fit of src -> dst if it has MIN_CONFIRMED_INLIERS inliers and the original's pixels,
+    so aligned, agree with the query's near them on MIN_PIXEL_AGREEMENT of the pixels; else None."""
+    query, o = features.query_image, features.oriented(mirrored)
+    if len(src) < MIN_MATCHES:
+        return None
+    a, inl = fit_similarity(src, dst, LOCALIZE_FIT)
+    if a is None or inl.sum() < MIN_CONFIRMED_INLIERS or not is_plausible(np.vstack([a, [0, 0, 1]]), o.shape[1::-1]):
+        return None
+    radius = max(CONFIRM_MIN_RADIUS, round(CONFIRM_RADIUS * max(query.shape[:2])))
+    agree = agreement_over(query, _near(dst[inl], query.shape[:2], radius), o, a)
+    if agree < MIN_PIXEL_AGREEMENT:
+        return None
+    flip = mirror_x(o.shape[1]) if mirrored else np.eye(3)
+    s = np.vstack([a, [0, 0, 1]]) @ flip
+    return Alignment(s, int(inl.sum()), n, mirrored, "keypoints-pixels", dst[inl], agree, contrast)
+
+
+def further_placements(features: PairFeatures, first: Alignment, limit: int = MAX_FURTHER_PLACEMENTS) -> list[Alignment]:
+    """Other places in the query where the original's content was pasted (an object pasted several times, or
+    several parts of one donor), each as its own alignment.
+
+    A single fit explains one placement; the matches of the others are its outliers. Matches
+    whose query point lies in a placement already found are set aside and a similarity is fitted
+    to the rest, as is and mirrored, the query as is and enlarged; a fit counts only when the
+    original's pixels, so aligned, agree with the query's near its inliers (as for a small paste:
+    chance fits of a few matches do not). Up to `limit` placements after `first`.
+    """
+    if first.contrast is None or limit <= 0:
+        return []
+    query = features.query_image
+    taken = _grown_hull(first.query_points, query.shape[:2])
+    sets = [
+        (mirrored, *features.matches(q, first.contrast, mirrored))
+        for mirrored in (False, True)
+        for q in features.query_views(first.contrast)
+    ]
+    found: list[Alignment] = []
+    while len(found) < limit:
+        best: Alignment | None = None
+        for mirrored, src, dst, n in sets:
+            if not len(dst):
+                continue
+            xy = np.clip(np.round(dst).astype(np.int64), 0, [query.shape[1] - 1, query.shape[0] - 1])
+            free = ~taken[xy[:, 1], xy[:, 0]]
+            fit = _confirmed_fit(features, src[free], dst[free], n, mirrored, first.contrast)
+            if fit is not None and (best is None or (fit.inliers, fit.pixel_agreement) > (best.inliers, best.pixel_agreement)):
+                best = fit
+        if best is None:
+            break
+        found.append(best)
+        taken |= _grown_hull(best.query_points, query.shape[:2])
+    return found
+
+
+def _grown_hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool [H, W]: the convex hull of `points` grown by SUPPORT_GROW of the longer side (a disc per point
+    when fewer than three): the area a placement's matches vouch for."""
+    h, w = shape
+    out = np.zeros((h, w), np.uint8)
+    if len(points) >= 3:
+        cv2.fillPoly(out, [cv2.convexHull(points.astype(np.float32)).astype(np.int32)], 1)
+    else:
+        for x, y in points:
+            cv2.circle(out, (int(round(x)), int(round(y))), 1, 1, -1)
+    r = max(3, int(SUPPORT_GROW * max(w, h)))
+    return cv2.dilate(out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
 
 
 def _near(points: np.ndarray, shape: tuple[int, int], radius: int) -> np.ndarray:
@@ -230,6 +363,7 @@ def localize(
     """Mask and heatmap of the manipulated region of `query` (RGB uint8), given `original`.
 
     `relation` None or "auto" detects whether `original` is the host or a donor.
+    A donor's content pasted in several places is found in each (`further_placements`).
     """
     relation = None if relation is None else parse(Relation, relation, "relation").value
     relation = None if relation == Relation.AUTO.value else relation
@@ -239,59 +373,81 @@ def localize(
     pair = None
     if object_pair is not None:
         pair = (np.asarray(object_pair[0]) * sq, np.asarray(object_pair[1]) * so)
-    al = align(q, o, pair)
+    features = PairFeatures(q, o)
+    al = align(q, o, pair, features)
     qh, qw = q.shape[:2]
-    warped = cv2.warpPerspective(o, al.homography, (qw, qh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    fp = footprint(al.homography, (o.shape[1], o.shape[0]), (qw, qh))
-    fp = cv2.erode(fp, np.ones((FOOTPRINT_ERODE, FOOTPRINT_ERODE), np.uint8)) > 0
-    diff = colour_difference(q, warped)
-    pix = np.clip((diff - PIXEL_NOISE) / PIXEL_RANGE, 0.0, 1.0)  # ~0 for recompression noise, 1 for a real change
-    if teacher is not None:
-        fq = teacher.features(q).s16
-        fw = teacher.features(warped).s16
-        feat = np.clip(feature_difference(fq, fw, (qw, qh)) / FEATURE_RANGE, 0, 1)
-        change = np.sqrt(pix * (FEATURE_FLOOR + (1.0 - FEATURE_FLOOR) * feat))
-    else:
-        change = pix
-    change = cv2.GaussianBlur(change.astype(np.float32), (0, 0), CHANGE_BLUR)
+    query_map = teacher.features(q).s16 if teacher is not None else None
+    change, fp = _change_map(q, o, al.homography, teacher, query_map)
     agree = fp & (change < AGREE_BELOW)
     explained = float(agree.mean())
     rel = relation or ("host" if is_host_relation(explained, al.query_points, qw, qh) else "donor")
+    further: list[Alignment] = []
     if rel == "host":
-        heat = np.where(fp, change, 0.0)
+        heat, owner = np.where(fp, change, 0.0), np.zeros((qh, qw), np.uint8)
     else:
-        heat = _donor_heat(change, fp, al.query_points, qw, qh)
+        heats = [_donor_heat(change, fp, al.query_points, qw, qh)]
+        further = further_placements(features, al)
+        for p in further:
+            c, f = _change_map(q, o, p.homography, teacher, query_map)
+            heats.append(_donor_heat(c, f, p.query_points, qw, qh))
+        stacked = np.stack(heats)
+        heat, owner = stacked.max(0), stacked.argmax(0).astype(np.uint8)
     heat = cv2.GaussianBlur(heat.astype(np.float32), (0, 0), HEAT_BLUR)
     mask = clean_mask(heat >= threshold)
+    if rel == "donor" and mask.any():
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * DONOR_EDGE + 1, 2 * DONOR_EDGE + 1)))
+    placement = np.where(mask > 0, owner + 1, 0).astype(np.uint8)
     if (qw, qh) != (qw0, qh0):
         heat = cv2.resize(heat, (qw0, qh0), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask, (qw0, qh0), interpolation=cv2.INTER_NEAREST)
+        placement = cv2.resize(placement, (qw0, qh0), interpolation=cv2.INTER_NEAREST)
     changed = float((mask > 0).mean())
     score = float(heat[mask > 0].mean()) if changed > 0 else 0.0
     # The written heatmap folds the cleaned mask in: at 128 it is exactly the mask; above,
     # the surest core of it; below, also the raw evidence that the clean-up dropped.
     heat = 0.5 * np.clip(heat, 0.0, 0.998) + 0.5 * (mask > 0)
     heat_u8 = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    # alignment ran on views reduced to WORK_SIDE; the caller reads the transform in its own arrays' pixels
-    al = replace(al, homography=rescaled(al.homography, (1 / so, 1 / so), (1 / sq, 1 / sq)), query_points=al.query_points / sq)
-    return LocalizeResult(mask, heat_u8, al, rel, explained, changed, score)
+
+    # alignment ran on views reduced to WORK_SIDE; the caller reads the transforms in its own arrays' pixels
+    def in_caller_pixels(a: Alignment) -> Alignment:
+        return replace(a, homography=rescaled(a.homography, (1 / so, 1 / so), (1 / sq, 1 / sq)), query_points=a.query_points / sq)
+
+    return LocalizeResult(
+        mask, heat_u8, in_caller_pixels(al), rel, explained, changed, score, [in_caller_pixels(p) for p in further], placement
+    )
+
+
+def _change_map(
+    q: np.ndarray, o: np.ndarray, homography: np.ndarray, teacher: Teacher | None, query_map: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(change score 0..1 per query pixel, bool footprint of the warped original) for `o` warped onto `q`.
+
+    Colour difference (blurred against JPEG and resampling noise) combined with the
+    teacher's feature difference (Eq. 9) when a teacher is given (`query_map`: its map of `q`).
+    """
+    qh, qw = q.shape[:2]
+    warped = cv2.warpPerspective(o, homography, (qw, qh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    fp = footprint(homography, (o.shape[1], o.shape[0]), (qw, qh))
+    fp = cv2.erode(fp, np.ones((FOOTPRINT_ERODE, FOOTPRINT_ERODE), np.uint8)) > 0
+    diff = colour_difference(q, warped)
+    pix = np.clip((diff - PIXEL_NOISE) / PIXEL_RANGE, 0.0, 1.0)  # ~0 for recompression noise, 1 for a real change
+    if teacher is not None and query_map is not None:
+        fw = teacher.features(warped).s16
+        feat = np.clip(feature_difference(query_map, fw, (qw, qh)) / FEATURE_RANGE, 0, 1)
+        change = np.sqrt(pix * (FEATURE_FLOOR + (1.0 - FEATURE_FLOOR) * feat))
+    else:
+        change = pix
+    return cv2.GaussianBlur(change.astype(np.float32), (0, 0), CHANGE_BLUR), fp
 
 
 def _donor_heat(change: np.ndarray, fp: np.ndarray, points: np.ndarray, w: int, h: int) -> np.ndarray:
     """Where the query matches the warped donor, kept to the regions its keypoint matches support."""
     agree = np.where(fp, 1.0 - change, 0.0).astype(np.float32)
-    support = np.zeros((h, w), np.uint8)
-    if len(points) >= 3:
-        hull = cv2.convexHull(points.astype(np.float32)).astype(np.int32)
-        cv2.fillPoly(support, [hull], 1)
-        r = max(3, int(SUPPORT_GROW * max(w, h)))
-        support = cv2.dilate(support, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-    else:
-        support[fp] = 1
+    support = _grown_hull(points, (h, w)) if len(points) >= 3 else fp
     # keep connected agreeing regions that touch the supported area
     strong = (agree >= AGREE_BELOW).astype(np.uint8)
     n, labels = cv2.connectedComponents(strong, connectivity=8)
-    touched = np.unique(labels[(support > 0) & (strong > 0)])
+    touched = np.unique(labels[support & (strong > 0)])
     touched = touched[touched > 0]
     keep = np.isin(labels, touched)
-    return np.where(keep | (support > 0), agree, agree * UNSUPPORTED_WEIGHT) * np.where(keep, 1.0, DETACHED_WEIGHT)
+    return np.where(keep | support, agree, agree * UNSUPPORTED_WEIGHT) * np.where(keep, 1.0, DETACHED_WEIGHT)

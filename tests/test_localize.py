@@ -207,3 +207,54 @@ def test_a_few_keypoints_confirmed_by_pixels_align_a_small_paste(tmp_path):
     assert np.allclose(centre, [348, 328], atol=6), centre
     unrelated = cv2.cvtColor(synthetic_photo(12), cv2.COLOR_BGR2RGB)
     assert _align_confirmed_by_pixels(load_rgb(q), unrelated) is None
+
+
+def _pasted_twice(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The cup of coffee.jpg pasted into astronaut.jpg twice: shrunk to 170 px, and mirrored at 130 px."""
+    host = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
+    cup = cv2.imread(str(EXAMPLES / "coffee.jpg"))[20:250, 175:405]
+    spliced = host.copy()
+    first, second = np.zeros(host.shape[:2], np.uint8), np.zeros(host.shape[:2], np.uint8)
+    spliced[30:200, 300:470] = cv2.resize(cup, (170, 170), interpolation=cv2.INTER_AREA)
+    first[30:200, 300:470] = 255
+    spliced[340:470, 40:170] = cv2.resize(cup[:, ::-1], (130, 130), interpolation=cv2.INTER_AREA)
+    second[340:470, 40:170] = 255
+    q = tmp_path / "twice.jpg"
+    cv2.imwrite(str(q), spliced, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return q, first, second
+
+
+def test_a_donor_pasted_twice_is_found_in_both_places(tmp_path):
+    q, first, second = _pasted_twice(tmp_path)
+    r = api.localize_paths(q, EXAMPLES / "coffee.jpg")
+    assert r.relation == "donor" and len(r.further_placements) == 1, r.as_dict()
+    assert {r.alignment.mirrored, r.further_placements[0].mirrored} == {False, True}
+    assert _iou(r.mask, first | second) >= 0.75, _iou(r.mask, first | second)
+    # each placement owns its own paste: the report pulls each back through its own transform
+    big, small = (1, 2) if not r.alignment.mirrored else (2, 1)
+    assert (r.placement[first > 0] == big).mean() >= 0.9 and (r.placement[second > 0] == small).mean() >= 0.9
+    assert set(np.unique(r.placement[r.mask == 0])) == {0}
+    record = r.as_dict()
+    assert len(record["further_placements"]) == 1 and record["further_placements"][0]["alignment"] == "keypoints-pixels"
+    cup_centre = transform_points(r.further_placements[0].homography, np.array([[290.0, 135.0]]))[0]
+    expected = (105, 405) if r.further_placements[0].mirrored else (385, 115)
+    assert np.allclose(cup_centre, expected, atol=8), cup_centre
+
+
+def test_a_single_paste_has_no_further_placements_and_its_full_size(tmp_path, monkeypatch):
+    """A donor pasted once: no chance placements elsewhere; and the mask is the paste's size (a paste's mixed
+    border and the blurred change map would otherwise shave pixels off every side)."""
+    import oesir_cli.localize as loc
+
+    q, first, _ = _pasted_twice(tmp_path)
+    once = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
+    once[first > 0] = cv2.imread(str(q))[first > 0]
+    path = tmp_path / "once.png"
+    cv2.imwrite(str(path), once)
+    r = api.localize_paths(path, EXAMPLES / "coffee.jpg")
+    assert r.relation == "donor" and r.further_placements == []
+    ratio = (r.mask > 0).sum() / (first > 0).sum()
+    assert 0.92 <= ratio <= 1.12 and _iou(r.mask, first) >= 0.85, (ratio, _iou(r.mask, first))
+    monkeypatch.setattr(loc, "DONOR_EDGE", 0)
+    shaved = api.localize_paths(path, EXAMPLES / "coffee.jpg")
+    assert (shaved.mask > 0).sum() < (r.mask > 0).sum()

@@ -182,8 +182,7 @@ def _draw_source(s: Source, suspect: np.ndarray, view: np.ndarray, save: SaveIma
     assert s.colour is not None
     q_scale = view.shape[1] / suspect.shape[1]
     mask = figures.fit_mask(r.mask, view.shape)
-    h = figures.scaled_homography(r.alignment.homography, o_scale, q_scale)
-    came_from = figures.source_region(mask, h, o_view.shape)
+    came_from = _came_from(r, mask, o_view.shape, o_scale, q_scale)
     if s.role is Role.HOST:  # the change tinted in the suspect; in the host, the area it covers
         s.pictures["suspect"] = save(f"{s.label}-change.png", overlay_image(view, mask, s.colour))
         s.pictures["original"] = save(f"{s.label}-covered.png", figures.outlined(o_view, [(came_from, s.colour)]))
@@ -191,6 +190,20 @@ def _draw_source(s: Source, suspect: np.ndarray, view: np.ndarray, save: SaveIma
         s.pictures["suspect"] = save(f"{s.label}-pasted.png", figures.outlined(view, [(mask, s.colour)], tint=0.2))
         s.pictures["original"] = save(f"{s.label}-source.png", figures.outlined(o_view, [(came_from, s.colour)], tint=0.2))
     s.pictures["heat"] = save(f"{s.label}-heat.png", figures.heat_blend(view, r.heatmap))
+
+
+def _came_from(r: LocalizeResult, mask: np.ndarray, o_shape: tuple[int, ...], o_scale: float, q_scale: float) -> np.ndarray:
+    """Where the localized region came from in the original: each placement's part of `mask` (suspect view)
+    pulled back through that placement's own transform (a donor may be pasted in several places)."""
+    placements = [r.alignment, *r.further_placements]
+    owner = figures.fit_mask(r.placement, mask.shape) if r.placement is not None else (mask > 0).astype(np.uint8)
+    out = np.zeros(o_shape[:2], np.uint8)
+    for k, p in enumerate(placements, start=1):
+        part = np.where((mask > 0) & (owner == k), 255, 0).astype(np.uint8)
+        if part.any():
+            h = figures.scaled_homography(p.homography, o_scale, q_scale)
+            out |= figures.source_region(part, h, o_shape)
+    return out
 
 
 def _summary(view: np.ndarray, shown: list[Source]) -> np.ndarray:

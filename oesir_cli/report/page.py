@@ -279,6 +279,7 @@ LOCALIZATION_EVIDENCE = {
     "score": "mean change score (0..1) inside the region",
     "verified": "keypoints confirm the alignment",
 }
+FURTHER_PLACEMENTS_MEANING = "other places in the suspect where this photo's content was pasted, each aligned on its own"
 
 
 def source_sheet(s: Source) -> str:
@@ -303,7 +304,7 @@ def source_sheet(s: Source) -> str:
         else:
             captions = (
                 "The suspect: the region pasted from this donor, outlined.",
-                "The donor: the region it was taken from, outlined (through the alignment's transform).",
+                "The donor: the region it was taken from, outlined (through the alignment's transform, for each placement).",
             )
         pictures = (
             (s.pictures["suspect"], f"suspect, {s.label} region", captions[0]),
@@ -322,6 +323,8 @@ def source_sheet(s: Source) -> str:
     if r is not None:
         loc = r.as_dict()
         rows += [(f"localize: {k}", loc[k], meaning) for k, meaning in LOCALIZATION_EVIDENCE.items() if k in loc]
+        if r.further_placements:
+            rows.append(("localize: further placements", len(r.further_placements), FURTHER_PLACEMENTS_MEANING))
     body = "".join(f"<tr><th>{esc(k)}</th><td class='num'>{esc(_fmt(v))}</td><td>{esc(m)}</td></tr>" for k, v, m in rows)
     parts.append(f"<h3>Evidence</h3><table class='evidence'>{body}</table>")
     parts.append(file_rows(s))
