@@ -26,6 +26,10 @@ from .geometry import hull_share
 from .pixels import colour_difference
 
 RATIO = 0.8  # Lowe's ratio test: nearest < RATIO x second nearest
+# A paste shrunk 2-4x keeps only detail its source shows at coarse scales, where SIFT finds few repeatable
+# keypoints: when the original's own keypoints fit nothing, they are taken again on it reduced to these scales.
+# Not 1/4: so reduced, a photo keeps too few keypoints, and chance fits agreed with unrelated pixels (RESULTS).
+SHRUNK_ORIGINAL_SCALES = (1 / 2, 1 / 3)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,15 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from .alignment import LOCALIZE_FIT, agreement_over, fit_homography, fit_similarity, is_host_relation, ratio_matches
+from .alignment import (
+    LOCALIZE_FIT,
+    SHRUNK_ORIGINAL_SCALES,
+    agreement_over,
+    fit_homography,
+    fit_similarity,
+    is_host_relation,
+    ratio_matches,
+)
 from .choices import Relation, parse
 from .errors import OesirError
 from .geometry import box_similarity, footprint, is_plausible, mirror_x, rescaled
@@ -40,6 +48,7 @@ MIN_PIXEL_AGREEMENT = 0.4  # ... by agreeing with the query on at least this sha
 CONFIRM_RADIUS = 0.03  # "near": within this share of the query's longer side (at least CONFIRM_MIN_RADIUS pixels)
 CONFIRM_MIN_RADIUS = 6
 CONFIRM_UPSCALE = 2.0  # the query's keypoints are also taken on it enlarged this much (at most to WORK_SIDE)
+# ... and when that aligns nothing, the original's keypoints on it reduced (alignment.SHRUNK_ORIGINAL_SCALES)
 MAX_FURTHER_PLACEMENTS = 4  # a donor's content found pasted in this many more places at most
 ALIGN_KEYPOINTS = 4000
 CONTRAST_THRESHOLDS = (0.04, 0.01)  # SIFT's default first; the low one only when nothing aligned
@@ -82,6 +91,7 @@ class Alignment:
     query_points: np.ndarray  # inlier positions in the query
     pixel_agreement: float | None = None  # "keypoints-pixels": share of the pixels near the inliers that agree
     contrast: float | None = None  # SIFT contrast threshold of the keypoints that aligned (None: objects)
+    original_scale: float = 1.0  # the original's keypoints that aligned were taken on it reduced to this scale
 
     def as_dict(self) -> dict:
         return {
@@ -152,6 +162,8 @@ def align(
         if found is not None:
             return found
     found = _align_confirmed_by_pixels(query, original, features)
+    if found is None:
+        found = _align_confirmed_by_pixels(query, original, features, SHRUNK_ORIGINAL_SCALES)
     if found is not None:
         return found
     if object_pair is not None:
@@ -172,22 +184,33 @@ class PairFeatures:
 
     def __init__(self, query: np.ndarray, original: np.ndarray) -> None:
         self.query_image, self.original_image = query, original
-        self._cache: dict[tuple[str, bool, float], LocalFeatures] = {}
+        self._cache: dict[tuple, LocalFeatures] = {}
+        self._reduced: dict[float, np.ndarray] = {1.0: original}
 
     @property
     def enlargement(self) -> float:
         """How much the query is enlarged for its second view (1: no second view)."""
         return max(1.0, min(CONFIRM_UPSCALE, WORK_SIDE / max(self.query_image.shape[:2])))
 
-    def original(self, contrast: float, mirrored: bool) -> LocalFeatures:
-        key = ("original", mirrored, contrast)
+    def original(self, contrast: float, mirrored: bool, scale: float = 1.0) -> LocalFeatures:
+        key = ("original", mirrored, contrast, scale)
         if key not in self._cache:
-            self._cache[key] = _alignment_features(self.oriented(mirrored), contrast)
+            self._cache[key] = _alignment_features(self.oriented(mirrored, scale), contrast)
         return self._cache[key]
 
-    def oriented(self, mirrored: bool) -> np.ndarray:
-        """The original as is, or mirrored left to right."""
-        return np.ascontiguousarray(self.original_image[:, ::-1]) if mirrored else self.original_image
+    def oriented(self, mirrored: bool, scale: float = 1.0) -> np.ndarray:
+        """The original as is, or mirrored left to right; reduced to `scale` (area averaging, as a forger's resize)."""
+        if scale not in self._reduced:
+            self._reduced[scale] = cv2.resize(self.original_image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        img = self._reduced[scale]
+        return np.ascontiguousarray(img[:, ::-1]) if mirrored else img
+
+    def to_oriented(self, mirrored: bool, scale: float = 1.0) -> np.ndarray:
+        """3x3 transform from the original's pixels to those of `oriented(mirrored, scale)`."""
+        h, w = self.original_image.shape[:2]
+        view = self.oriented(mirrored, scale)
+        reduce = np.diag([view.shape[1] / w, view.shape[0] / h, 1.0])
+        return (mirror_x(view.shape[1]) if mirrored else np.eye(3)) @ reduce
 
     def query(self, contrast: float, enlarged: bool = False) -> LocalFeatures:
         """The query's keypoints, in the query's pixels; `enlarged`: found on it enlarged (finer detail)."""
@@ -209,9 +232,12 @@ class PairFeatures:
             views.append(self.query(contrast, enlarged=True))
         return views
 
-    def matches(self, query: LocalFeatures, contrast: float, mirrored: bool) -> tuple[np.ndarray, np.ndarray, int]:
-        """(original points, query points) of the ratio-test matches, and their number."""
-        o = self.original(contrast, mirrored)
+    def matches(
+        self, query: LocalFeatures, contrast: float, mirrored: bool, scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(original points, in `oriented(mirrored, scale)`'s pixels; query points) of the ratio-test matches,
+        and their number."""
+        o = self.original(contrast, mirrored, scale)
         pairs = ratio_matches(query.descriptors, o.descriptors)
         return o.keypoints[pairs[:, 1], :2], query.keypoints[pairs[:, 0], :2], len(pairs)
 
@@ -245,7 +271,7 @@ def _align_keypoints(features: PairFeatures, contrast: float) -> Alignment | Non
 
 
 def _align_confirmed_by_pixels(
-    query: np.ndarray, original: np.ndarray, features: PairFeatures | None = None
+    query: np.ndarray, original: np.ndarray, features: PairFeatures | None = None, scales: tuple[float, ...] = (1.0,)
 ) -> Alignment | None:
     """The similarity fit (MIN_CONFIRMED_INLIERS or more inliers) whose original agrees best with the query near
     its inliers, if that agreement reaches MIN_PIXEL_AGREEMENT; None otherwise.
@@ -254,26 +280,28 @@ def _align_confirmed_by_pixels(
     pixels tell them apart: aligned by the true transform, the original's pixels around the inliers are the
     query's (measured on CASIA donors that do not align by keypoints, against unrelated pairs: bench/RESULTS.md).
     The query's keypoints are taken as it is and enlarged (a small paste then shows detail at the scales its
-    source's keypoints were found at).
+    source's keypoints were found at), the original's at each of `scales`.
     """
     features = features or PairFeatures(query, original)
     best: Alignment | None = None
-    for contrast in CONTRAST_THRESHOLDS:
-        for mirrored in (False, True):
-            for q in features.query_views(contrast):
-                src, dst, n = features.matches(q, contrast, mirrored)
-                found = _confirmed_fit(features, src, dst, n, mirrored, contrast)
-                if found is not None and (best is None or found.pixel_agreement > best.pixel_agreement):
-                    best = found
+    for scale in scales:
+        for contrast in CONTRAST_THRESHOLDS:
+            for mirrored in (False, True):
+                for q in features.query_views(contrast):
+                    src, dst, n = features.matches(q, contrast, mirrored, scale)
+                    found = _confirmed_fit(features, src, dst, n, mirrored, contrast, scale)
+                    if found is not None and (best is None or found.pixel_agreement > best.pixel_agreement):
+                        best = found
     return best
 
 
 def _confirmed_fit(
-    features: PairFeatures, src: np.ndarray, dst: np.ndarray, n: int, mirrored: bool, contrast: float
+    features: PairFeatures, src: np.ndarray, dst: np.ndarray, n: int, mirrored: bool, contrast: float, scale: float = 1.0
 ) -> Alignment | None:
     """The similarity fit of src -> dst if it has MIN_CONFIRMED_INLIERS inliers and the original's pixels,
-    so aligned, agree with the query's near them on MIN_PIXEL_AGREEMENT of the pixels; else None."""
-    query, o = features.query_image, features.oriented(mirrored)
+    so aligned, agree with the query's near them on MIN_PIXEL_AGREEMENT of the pixels; else None.
+    `src` is in the pixels of the original's view `features.oriented(mirrored, scale)`."""
+    query, o = features.query_image, features.oriented(mirrored, scale)
     if len(src) < MIN_MATCHES:
         return None
     a, inl = fit_similarity(src, dst, LOCALIZE_FIT)
@@ -283,9 +311,8 @@ def _confirmed_fit(
     agree = agreement_over(query, _near(dst[inl], query.shape[:2], radius), o, a)
     if agree < MIN_PIXEL_AGREEMENT:
         return None
-    flip = mirror_x(o.shape[1]) if mirrored else np.eye(3)
-    s = np.vstack([a, [0, 0, 1]]) @ flip
-    return Alignment(s, int(inl.sum()), n, mirrored, "keypoints-pixels", dst[inl], agree, contrast)
+    s = np.vstack([a, [0, 0, 1]]) @ features.to_oriented(mirrored, scale)
+    return Alignment(s, int(inl.sum()), n, mirrored, "keypoints-pixels", dst[inl], agree, contrast, scale)
 
 
 def further_placements(features: PairFeatures, first: Alignment, limit: int = MAX_FURTHER_PLACEMENTS) -> list[Alignment]:
@@ -303,7 +330,7 @@ def further_placements(features: PairFeatures, first: Alignment, limit: int = MA
     query = features.query_image
     taken = _grown_hull(first.query_points, query.shape[:2])
     sets = [
-        (mirrored, *features.matches(q, first.contrast, mirrored))
+        (mirrored, *features.matches(q, first.contrast, mirrored, first.original_scale))
         for mirrored in (False, True)
         for q in features.query_views(first.contrast)
     ]
@@ -315,7 +342,7 @@ def further_placements(features: PairFeatures, first: Alignment, limit: int = MA
                 continue
             xy = np.clip(np.round(dst).astype(np.int64), 0, [query.shape[1] - 1, query.shape[0] - 1])
             free = ~taken[xy[:, 1], xy[:, 0]]
-            fit = _confirmed_fit(features, src[free], dst[free], n, mirrored, first.contrast)
+            fit = _confirmed_fit(features, src[free], dst[free], n, mirrored, first.contrast, first.original_scale)
             if fit is not None and (best is None or (fit.inliers, fit.pixel_agreement) > (best.inliers, best.pixel_agreement)):
                 best = fit
         if best is None:

@@ -258,3 +258,24 @@ def test_a_single_paste_has_no_further_placements_and_its_full_size(tmp_path, mo
     monkeypatch.setattr(loc, "DONOR_EDGE", 0)
     shaved = api.localize_paths(path, EXAMPLES / "coffee.jpg")
     assert (shaved.mask > 0).sum() < (r.mask > 0).sum()
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_a_shrunk_paste_aligns_on_the_reduced_original(tmp_path, mirrored):
+    """Keypoints of the original reduced to 1/2 and 1/3 (a paste shrunk several times) give a transform of the
+    original itself: it maps the cup's centre onto the paste, mirrored or not."""
+    from oesir_cli.imageio import load_rgb
+    from oesir_cli.localize import SHRUNK_ORIGINAL_SCALES, _align_confirmed_by_pixels
+
+    host = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
+    cup = cv2.imread(str(EXAMPLES / "coffee.jpg"))[20:250, 175:405]
+    spliced = host.copy()
+    spliced[300:372, 320:392] = cv2.resize(cup[:, ::-1] if mirrored else cup, (72, 72), interpolation=cv2.INTER_AREA)
+    q = tmp_path / "shrunk.jpg"
+    cv2.imwrite(str(q), spliced, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    al = _align_confirmed_by_pixels(load_rgb(q), load_rgb(EXAMPLES / "coffee.jpg"), scales=SHRUNK_ORIGINAL_SCALES)
+    assert al is not None and al.original_scale < 1 and al.mirrored == mirrored, al
+    centre = transform_points(al.homography, np.array([[290.0, 135.0]]))[0]
+    assert np.allclose(centre, [356, 336], atol=5), centre
+    corner = transform_points(al.homography, np.array([[175.0, 20.0]]))[0]  # the crop's top left lands top left
+    assert np.allclose(corner, [392, 300] if mirrored else [320, 300], atol=6), corner

@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
-from ..alignment import SEARCH_FIT, agreement_over, fit_similarity, ratio_matches
+from ..alignment import SEARCH_FIT, SHRUNK_ORIGINAL_SCALES, agreement_over, fit_similarity, ratio_matches
 from ..choices import Mode, Role, Verdict, parse
 from ..engine import Engine
 from ..graphs import open_graphs_for_reading
@@ -271,23 +272,28 @@ class Searcher:
                 agreement[p] = found
 
     def _rematched_agreement(self, photo: int, views: list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]]) -> float:
-        """The best pixel agreement of `photo` over the region's views, aligned by its own keypoints (nan: none)."""
+        """The best pixel agreement of `photo` over the region's views, aligned by its own keypoints (nan: none);
+        failing that, by those of the photo reduced (alignment.SHRUNK_ORIGINAL_SCALES: a paste shrunk several times)."""
         try:
             original = load_rgb(self.photos.catalogue.paths[photo])
         except ImageError:
             return float("nan")
-        stored = extract(original, STORED_KEYPOINTS)
         best = float("nan")
-        for features, (target, mask) in views:
-            pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
-            if len(pairs) < MIN_FIT_PAIRS:
-                continue
-            src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
-            a, inliers = fit_similarity(src, features.keypoints[pairs[:, 0], :2].astype(np.float64), SEARCH_FIT)
-            if a is None or inliers.sum() < max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes):
-                continue
-            found = agreement_over(target, mask, original, a)
-            best = found if not np.isfinite(best) else max(best, found)
+        for scale in (1.0, *SHRUNK_ORIGINAL_SCALES):  # reduced only when the photo as it is confirms nothing
+            if np.isfinite(best) and best >= self.params.donor_min_pixel_agreement:
+                break
+            view = original if scale == 1.0 else cv2.resize(original, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            stored = extract(view, STORED_KEYPOINTS)
+            for features, (target, mask) in views:
+                pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
+                if len(pairs) < MIN_FIT_PAIRS:
+                    continue
+                src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
+                a, inliers = fit_similarity(src, features.keypoints[pairs[:, 0], :2].astype(np.float64), SEARCH_FIT)
+                if a is None or inliers.sum() < max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes):
+                    continue
+                found = agreement_over(target, mask, view, a)
+                best = found if not np.isfinite(best) else max(best, found)
         return best
 
     def _pixel_agreement(self, photo: int, frame: tuple[np.ndarray, np.ndarray], transform: np.ndarray) -> float:
