@@ -237,3 +237,31 @@ def test_merge_regions_takes_the_closest_region_per_photo_and_sums_votes():
     m = merge_regions([a, b])
     assert m.distance.tolist() == [0.5, 0.4, 1.0] and m.row_of.tolist() == [1, 8, 3] and m.votes.tolist() == [5, 9, 2]
     assert m.box_of.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]]
+
+
+def test_rematch_confirms_a_paste_shrunk_several_times_on_the_reduced_photo(monkeypatch):
+    """The cup of coffee.jpg shrunk ~4x (56 px) into astronaut.jpg: the photo's own keypoints as it is give no
+    fit its pixels confirm; taken on it reduced (SHRUNK_ORIGINAL_SCALES), they do."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    import oesir_cli.search.searcher as searcher
+    from oesir_cli.keypoints import extract
+
+    query = load_rgb(EXAMPLES / "astronaut.jpg")
+    cup = load_rgb(EXAMPLES / "coffee.jpg")[20:250, 175:405]
+    query[300:356, 320:376] = cv2.resize(cup, (56, 56), interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(query, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    query = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    changed = np.zeros(query.shape[:2], bool)
+    changed[300:356, 320:376] = True
+    view, blob = query[280:396, 300:416].copy(), changed[280:396, 300:416]
+    s = searcher.Searcher.__new__(searcher.Searcher)  # only the parts the rematch reads
+    s.params = DEFAULT_PARAMS
+    s.photos = SimpleNamespace(catalogue=SimpleNamespace(paths=[str(EXAMPLES / "coffee.jpg")]))
+    views = [(extract(view), (view, blob))]
+    assert s._rematched_agreement(0, views) >= DEFAULT_PARAMS.donor_min_pixel_agreement
+    monkeypatch.setattr(searcher, "SHRUNK_ORIGINAL_SCALES", ())
+    as_it_is = s._rematched_agreement(0, views)
+    assert not as_it_is >= DEFAULT_PARAMS.donor_min_pixel_agreement, as_it_is
