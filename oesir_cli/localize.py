@@ -4,13 +4,16 @@
    between query and the mirrored original; RANSAC homography on the better
    one. Too few inliers: a similarity fit from as few as three inliers (the
    query's keypoints also taken on it enlarged, as a small paste needs) that
-   the original's pixels confirm around those inliers once aligned. Else the
-   transform of the best-matching object pair (the paper's Eq. 8), when one is
-   given. Otherwise AlignmentError.
+   the original's pixels confirm around those inliers once aligned, the
+   original's keypoints also taken on it reduced (a paste shrunk several times).
+   Else the transform of the best-matching object pair (the paper's Eq. 8), when
+   one is given. Otherwise AlignmentError.
 2. Relation: warp the original into the query frame and measure how much of
    the query it explains. Most of it: the original is the **host**, and the
    manipulated region is where the two disagree. A part: it is the **donor**,
-   and the manipulated region is the part of the query that matches it.
+   and the manipulated region is the part of the query that matches it, in every
+   place its content was pasted (further placements, each fitted and confirmed on
+   its own), grown by the paste's mixed edge.
 3. Score map: colour difference at full resolution (blurred against JPEG and
    resampling noise) combined with the teacher feature difference (Eq. 9);
    outside the warped original's footprint nothing is called manipulated.
