@@ -25,7 +25,8 @@ from ..choices import Mode, Role, Verdict, parse
 from ..engine import Engine
 from ..graphs import open_graphs_for_reading
 from ..imageio import ImageError, load_rgb
-from ..keypoints import STORED_KEYPOINTS, LocalFeatures, extract, mirrored
+from ..keypoints import MAX_SIDE, STORED_KEYPOINTS, LocalFeatures, extract, mirrored
+from ..pixels import shrink_to_side
 from ..store import Catalogue, Store
 
 if TYPE_CHECKING:
@@ -279,10 +280,11 @@ class Searcher:
         except ImageError:
             return float("nan")
         best = float("nan")
+        as_indexed = shrink_to_side(original, MAX_SIDE)[0]  # reduced from the size SIFT runs at, not the file's
         for scale in (1.0, *SHRUNK_ORIGINAL_SCALES):  # reduced only when the photo as it is confirms nothing
             if np.isfinite(best) and best >= self.params.donor_min_pixel_agreement:
                 break
-            view = original if scale == 1.0 else cv2.resize(original, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            view = original if scale == 1.0 else cv2.resize(as_indexed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             stored = extract(view, STORED_KEYPOINTS)
             for features, (target, mask) in views:
                 pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
