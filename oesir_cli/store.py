@@ -164,8 +164,13 @@ class Store:
                 if "images" in tables:
                     self._upgrade(locked, upgrade_format1)
                 elif create and "photos" not in tables:
+                    self.db.execute("BEGIN IMMEDIATE")  # all tables at once: a reader never sees half a schema
                     for statement in SCHEMA:
                         self.db.execute(statement)
+                    self.db.execute("COMMIT")
+                elif "photos" not in tables:
+                    self.db.close()
+                    raise StoreError(f"no index at {self.dir} yet (it is being created, or its creation never finished)")
                 fmt = int(self.meta("format", str(FORMAT)) or FORMAT)
                 if fmt == 2:
                     self._upgrade(locked, upgrade_format2)

@@ -404,6 +404,20 @@ def test_damaged_segment_found_repaired_and_reindexed(tmp_path):
     assert _content(idx) == expected
 
 
+def test_index_being_created_is_not_called_damaged(tmp_path):
+    """A reader that opens the database between its file's creation and its tables' is told to wait, not
+    that the index is damaged; the schema then appears all at once."""
+    photos = _small_photos(tmp_path / "photos", 1)
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    sqlite3.connect(idx / "oesir.sqlite").close()  # the file a writer has just made
+    r = runner.invoke(app, ["search", str(photos / "p00.jpg"), "--index", str(idx)])
+    assert r.exit_code == 1 and "being created" in r.stderr and "damaged" not in r.stderr
+    assert "Traceback" not in r.output
+    api.index([photos], index_dir=idx)
+    assert len(_content(idx)) == 1
+
+
 def test_truncated_database_reported_and_rebuild_recovers(tmp_path):
     photos, idx, expected = _indexed(tmp_path, 3)
     db_file = idx / "oesir.sqlite"

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from oesir_cli import api
 from oesir_cli.cli import app
+from oesir_cli.errors import StoreError
 from oesir_cli.imageio import DEFAULT_MAX_PIXELS
 from oesir_cli.indexer import local_describer
 from oesir_cli.store import ImageRecord, Store
@@ -101,7 +102,12 @@ def test_ctrl_c_stops_the_workers_and_keeps_every_committed_batch(tmp_path):
 
 
 def _photos_in(idx: Path) -> int:
-    store = Store(idx)
+    """Photos committed so far; 0 while the writer has created the database file but not yet its tables."""
+    try:
+        store = Store(idx)
+    except StoreError as exc:
+        assert "being created" in str(exc), exc
+        return 0
     try:
         return len(store.images())
     finally:
