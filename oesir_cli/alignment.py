@@ -158,6 +158,30 @@ def agreement_over(target: np.ndarray, mask: np.ndarray, original: np.ndarray, a
     return float((agree & inside)[mask].mean())
 
 
+CONFIRM_RADIUS = 0.03  # "near" the inliers: within this share of the target's longer side ...
+CONFIRM_MIN_RADIUS = 6  # ... and at least this many pixels
+
+
+def near_points(points: np.ndarray, shape: tuple[int, int], radius: int | None = None) -> np.ndarray:
+    """bool [H, W]: within `radius` pixels of any of `points` ([N, 2] x, y); by default the confirmation
+    radius of an image of `shape` (CONFIRM_RADIUS of its longer side, at least CONFIRM_MIN_RADIUS)."""
+    if radius is None:
+        radius = max(CONFIRM_MIN_RADIUS, round(CONFIRM_RADIUS * max(shape)))
+    out = np.zeros(shape, np.uint8)
+    for x, y in points:
+        cv2.circle(out, (int(round(x)), int(round(y))), radius, 1, -1)
+    return out > 0
+
+
+def share_inside(points: np.ndarray, mask: np.ndarray) -> float:
+    """Share of `points` ([N, 2] x, y; clipped to the image) that fall on `mask` (bool [H, W]); 0 for none."""
+    if not len(points):
+        return 0.0
+    h, w = mask.shape
+    xy = np.clip(np.round(points).astype(np.int64), 0, [w - 1, h - 1])
+    return float(mask[xy[:, 1], xy[:, 0]].mean())
+
+
 # -- localize's rule for one pair --------------------------------------------------
 
 HOST_EXPLAINED_SHARE = 0.4  # the aligned original agrees with at least this share of the query ...

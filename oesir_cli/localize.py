@@ -34,6 +34,7 @@ from .alignment import (
     fit_homography,
     fit_similarity,
     is_host_relation,
+    near_points,
     ratio_matches,
 )
 from .choices import Relation, parse
@@ -48,8 +49,6 @@ MIN_SIMILARITY_INLIERS = 6  # ... a similarity transform this many
 MIN_MATCHES = 4  # fewer ratio-test matches than this: nothing to fit
 MIN_CONFIRMED_INLIERS = 3  # a similarity fit with fewer inliers (3-5) is accepted only when pixels confirm it ...
 MIN_PIXEL_AGREEMENT = 0.4  # ... by agreeing with the query on at least this share of the pixels near its inliers
-CONFIRM_RADIUS = 0.03  # "near": within this share of the query's longer side (at least CONFIRM_MIN_RADIUS pixels)
-CONFIRM_MIN_RADIUS = 6
 CONFIRM_UPSCALE = 2.0  # the query's keypoints are also taken on it enlarged this much (at most to WORK_SIDE)
 # ... and when that aligns nothing, the original's keypoints on it reduced (alignment.SHRUNK_ORIGINAL_SCALES)
 MAX_FURTHER_PLACEMENTS = 4  # a donor's content found pasted in this many more places at most
@@ -313,8 +312,7 @@ def _confirmed_fit(
     a, inl = fit_similarity(src, dst, LOCALIZE_FIT)
     if a is None or inl.sum() < MIN_CONFIRMED_INLIERS or not is_plausible(np.vstack([a, [0, 0, 1]]), o.shape[1::-1]):
         return None
-    radius = max(CONFIRM_MIN_RADIUS, round(CONFIRM_RADIUS * max(query.shape[:2])))
-    agree = agreement_over(query, _near(dst[inl], query.shape[:2], radius), o, a)
+    agree = agreement_over(query, near_points(dst[inl], query.shape[:2]), o, a)
     if agree < MIN_PIXEL_AGREEMENT:
         return None
     s = np.vstack([a, [0, 0, 1]]) @ features.to_oriented(mirrored, scale)
@@ -370,14 +368,6 @@ def _grown_hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
             cv2.circle(out, (int(round(x)), int(round(y))), 1, 1, -1)
     r = max(3, int(SUPPORT_GROW * max(w, h)))
     return cv2.dilate(out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
-
-
-def _near(points: np.ndarray, shape: tuple[int, int], radius: int) -> np.ndarray:
-    """bool [H, W]: within `radius` pixels of any of `points`."""
-    out = np.zeros(shape, np.uint8)
-    for x, y in points:
-        cv2.circle(out, (int(round(x)), int(round(y))), radius, 1, -1)
-    return out > 0
 
 
 def _alignment_features(rgb: np.ndarray, contrast: float) -> LocalFeatures:

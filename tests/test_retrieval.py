@@ -212,7 +212,7 @@ def test_leading_photos_matched_again_confirm_the_donor_by_its_pixels(photo_dir,
         for p, v in (support_of or {}).items():
             support[p] = v
         agreement = np.full(len(names), np.nan)
-        s._rematch_leaders(np.array(ranked), host, region, support, agreement)
+        s._rematch_leaders(np.array(ranked), host, region, support, agreement, [])
         return agreement
 
     agreement = rematched([host, others[0], coffee, *others[1:]])
@@ -222,6 +222,30 @@ def test_leading_photos_matched_again_confirm_the_donor_by_its_pixels(photo_dir,
     assert np.isnan(late[coffee]), "only the first few after the host are matched again"
     known = rematched([host, coffee, *others], {others[-1]: DEFAULT_PARAMS.donor_min_consistent_votes})
     assert np.isnan(known).all(), "a donor found by its votes: nothing is matched again"
+
+
+def test_a_region_moved_within_the_host_is_a_copy_move_and_no_donor_is_sought(photo_dir, tmp_path, monkeypatch):
+    """A part of the host copied elsewhere in it: the region's own keypoints find the host again, so the host's
+    evidence says so (`moved_region`) and no other photo is matched again as its donor; a paste from
+    another photo is not taken for one."""
+    from oesir_cli.search.searcher import Searcher
+
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx)
+    s = api.open_searcher(idx)
+    rematched: list[int] = []
+    real = Searcher._rematched_agreement
+    monkeypatch.setattr(Searcher, "_rematched_agreement", lambda self, p, v: rematched.append(p) or real(self, p, v))
+    moved = load_rgb(photo_dir / "astronaut.jpg")
+    moved[300:420, 300:420] = moved[40:160, 20:140].copy()
+    result = s.search(moved, top=5)
+    host = result.matches[0]
+    assert Path(host.image).name == "astronaut.jpg" and host.role.value == "host"
+    assert host.evidence["changed_region"] and host.evidence["moved_region"]
+    assert rematched == [] and all(m.role.value != "donor" for m in result.matches)
+    splice = s.search(load_rgb(_splice(photo_dir, tmp_path / "query.jpg")), top=5)
+    assert not splice.matches[0].evidence["moved_region"]
+    assert "coffee.jpg" in [Path(m.image).name for m in splice.matches if m.role.value == "donor"]
 
 
 def test_crop_region_clips_to_the_photo():

@@ -265,3 +265,53 @@ def test_rematch_confirms_a_paste_shrunk_several_times_on_the_reduced_photo(monk
     monkeypatch.setattr(searcher, "SHRUNK_ORIGINAL_SCALES", ())
     as_it_is = s._rematched_agreement(0, views)
     assert not as_it_is >= DEFAULT_PARAMS.donor_min_pixel_agreement, as_it_is
+
+
+def _cup_in_astronaut(side: int, at: tuple[int, int]) -> np.ndarray:
+    """astronaut.jpg with coffee.jpg's cup pasted at `at` (x, y), `side` pixels square, re-encoded."""
+    import cv2
+
+    query = load_rgb(EXAMPLES / "astronaut.jpg")
+    cup = load_rgb(EXAMPLES / "coffee.jpg")[20:250, 175:405]
+    x, y = at
+    query[y : y + side, x : x + side] = cv2.resize(cup, (side, side), interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(query, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _rematcher(path: Path):
+    from types import SimpleNamespace
+
+    import oesir_cli.search.searcher as searcher
+
+    s = searcher.Searcher.__new__(searcher.Searcher)  # only the parts the rematch reads
+    s.params = DEFAULT_PARAMS
+    s.photos = SimpleNamespace(catalogue=SimpleNamespace(paths=[str(path)]))
+    return s
+
+
+def test_rematch_counts_the_pixels_near_its_fit_within_the_change():
+    """The whole query's keypoints fit the cup's photo: its pixels confirm the change near the fit's inliers
+    even when the changed blob also holds a large part the photo has nothing to do with (another paste), and
+    a fit whose inliers lie outside the changed pixels confirms nothing."""
+    from oesir_cli.alignment import SEARCH_FIT, agreement_over, fit_similarity, ratio_matches
+    from oesir_cli.keypoints import extract
+
+    query = _cup_in_astronaut(120, (300, 280))
+    features = extract(query)
+    cup = np.zeros(query.shape[:2], bool)
+    cup[280:400, 300:420] = True
+    other = np.zeros_like(cup)
+    other[20:260, 20:260] = True  # 4x the cup's area, changed by something else
+    s = _rematcher(EXAMPLES / "coffee.jpg")
+    need = DEFAULT_PARAMS.donor_min_pixel_agreement
+    found = s._rematched_agreement(0, [(features, (query, cup | other))])
+    assert found >= need, found
+    original = load_rgb(EXAMPLES / "coffee.jpg")
+    stored = extract(original)
+    pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
+    a, _ = fit_similarity(stored.keypoints[pairs[:, 1], :2], features.keypoints[pairs[:, 0], :2], SEARCH_FIT)
+    assert agreement_over(query, cup, original, a) >= need  # the same fit, over the cup alone ...
+    assert agreement_over(query, cup | other, original, a) < need  # ... and diluted over the whole blob
+    elsewhere = s._rematched_agreement(0, [(features, (query, other))])
+    assert not elsewhere >= need, elsewhere

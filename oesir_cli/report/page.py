@@ -265,8 +265,10 @@ SEARCH_EVIDENCE = {
     "frame_share": "the same share over the suspect's outer band",
     "whole_distance": "distance between the two whole-image embeddings (0 same, about 2 unrelated)",
     "changed_region": "a part of the suspect differs from this photo",
+    "moved_region": "that part is found again elsewhere in this photo: a part of it copied and moved",
     "residual_votes": "suspect keypoints the host does not explain that point to this photo",
     "consistent_votes": "how many of those agree on one transform onto this photo",
+    "pixel_agreement": "share of the changed pixels this photo's own pixels confirm once aligned",
     "region_distance": "Eq. 7 distance between the unexplained region and this photo's objects",
 }
 LOCALIZATION_EVIDENCE = {

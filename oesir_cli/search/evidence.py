@@ -181,15 +181,24 @@ def consistent_fit(
     a pasted object that came from `photo` map onto it by one transform. Votes
     of the query keypoints in `skip_queries` (those the host explains) are left out.
     """
+    a, inliers = consistent_inliers(photos, features, votes, photo, skip_queries)
+    return len(inliers), a
+
+
+def consistent_inliers(
+    photos: IndexedPhotos, features: LocalFeatures, votes: Votes, photo: int, skip_queries: np.ndarray | None = None
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """`consistent_fit`'s transform (None when there is none) and its inliers' points in the frame of
+    `features` ([N, 2] x, y; none below MIN_FIT_PAIRS votes)."""
     pick = votes.photos == photo
     if skip_queries is not None:
         pick &= ~np.isin(votes.q_idx, skip_queries)
     if pick.sum() < MIN_FIT_PAIRS:
-        return 0, None
+        return None, np.zeros((0, 2))
     src = votes.db_xy[pick]
     dst = features.keypoints[votes.q_idx[pick], :2].astype(np.float64)
     a, inliers = fit_similarity(src, dst, SEARCH_FIT)
-    return int(inliers.sum()), a
+    return a, dst[inliers]
 
 
 def consistent_votes(

@@ -83,9 +83,17 @@ class RankingParams:
     aligned by their transform and its pixels compared with the changed pixels (`alignment.agreement_over`) ..."""
     donor_min_pixel_agreement: float = 0.4
     """... and labelled donor when its pixels confirm at least this share of them."""
-    donor_rematch_candidates: int = 2
-    """With a verified host and a region, this many of the first ranked photos that are not yet donors are
-    matched again on their own keypoints (from the file) and their pixels compared the same way."""
+    donor_rematch_candidates: int = 4
+    """With a verified host and a region that is not moved from the host, this many of the first ranked photos
+    that are not yet donors are matched again on their own keypoints (from the file), against the region's and
+    the whole query's, and labelled donor when their pixels near the fit's inliers, within the changed pixels,
+    agree on `donor_min_pixel_agreement` of them."""
+    min_inliers_in_change: float = 0.5
+    """A rematch's fit, or the host's fit to the region (`moved_min_votes`), counts only when at least this share
+    of its inliers lie in the changed pixels (RESULTS "Session 17")."""
+    moved_min_votes: int = 5
+    """The region is a part of the host moved (a copy-move; no donor is looked for again) when this many of the
+    region's own keypoints agree with the host on one transform (`region.moved_from_host`)."""
 
 
 DEFAULT_PARAMS = RankingParams()

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..alignment import share_inside
 from ..engine import REGION_MARGIN, Engine, crop_region
 from ..keypoints import LocalFeatures, extract, mirrored
 from ..pixels import clean_mask
-from .evidence import IndexedPhotos, Votes, has_consistent_leader
+from .evidence import IndexedPhotos, Votes, consistent_inliers, has_consistent_leader
 from .params import RankingParams
 
 MIN_REGION_SIDE = 8  # pixels: a resized region is never smaller than this
@@ -184,3 +185,20 @@ def region_evidence(
             continue
         break
     return Region(box, objects.distance, objects.db_row, counts.astype(np.float64), tuple(views), frames=tuple(frames))
+
+
+def moved_from_host(photos: IndexedPhotos, region: Region, host: int, params: RankingParams) -> bool:
+    """Whether the region is a part of the host itself, moved (a copy-move): the region's own keypoints from
+    inside the changed pixels agree with the host on one transform (`moved_min_votes` inliers, at least
+    `min_inliers_in_change` of them in the changed blob).
+
+    A pasted region from another photo does not match the host there (only the host around it, at the
+    margin of the blob); its donor, not the host, is what the region's keypoints find.
+    """
+    for (features, votes), (_, blob) in zip(region.views, region.frames):
+        if blob is None:
+            continue
+        _, points = consistent_inliers(photos, features, votes, host)
+        if len(points) >= params.moved_min_votes and share_inside(points, blob) >= params.min_inliers_in_change:
+            return True
+    return False

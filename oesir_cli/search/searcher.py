@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from ..alignment import SEARCH_FIT, SHRUNK_ORIGINAL_SCALES, agreement_over, fit_similarity, ratio_matches
+from ..alignment import (
+    SEARCH_FIT,
+    SHRUNK_ORIGINAL_SCALES,
+    agreement_over,
+    fit_similarity,
+    near_points,
+    ratio_matches,
+    share_inside,
+)
 from ..choices import Mode, Role, Verdict, parse
 from ..engine import Engine
 from ..graphs import open_graphs_for_reading
@@ -35,7 +43,7 @@ from .evidence import MIN_FIT_PAIRS, IndexedPhotos, QueryEvidence, consistent_fi
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
-from .region import Region, changed_blobs, merge_regions, region_evidence
+from .region import Region, changed_blobs, merge_regions, moved_from_host, region_evidence
 from .verdict import HostFinding, is_verified_host, roles_and_verdict
 
 _POOL = ThreadPoolExecutor(max_workers=1)  # keypoints on the other core while the networks run (both release the GIL)
@@ -193,13 +201,14 @@ class Searcher:
             frame_share=explained.frame,
             whole_distance=float(whole[host]),
             changed_region=bool(blobs),
+            moved_region=region is not None and moved_from_host(self.photos, region, host, self.params),
         )
         ranking = fused_ranking(donors, self.params)
         residual_for_roles = residual.copy()
         residual_for_roles[host] = 0
         changed = np.any(blobs, axis=0) if blobs else None
         support, agreement = self._donor_support(
-            rgb, ranking.order[:top], host, ev, region, changed, is_verified_host(finding, self.params)
+            rgb, ranking.order[:top], host, ev, region, changed, is_verified_host(finding, self.params), finding.moved_region
         )
         return Fused(ranking, finding, region, residual_for_roles, support, agreement)
 
@@ -212,6 +221,7 @@ class Searcher:
         region: Region | None,
         changed: np.ndarray | None,
         host_verified: bool,
+        moved: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """[P] geometrically consistent votes per ranked photo (0 elsewhere): the region's own keypoints',
         and the query's keypoints the host does not explain; the larger of the two. For a host that is
@@ -245,18 +255,27 @@ class Searcher:
             weak = max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes) <= support[p] < self.params.donor_min_consistent_votes
             if host_verified and weak and frames[best] is not None and transform is not None:
                 agreement[p] = self._pixel_agreement(int(p), frames[best], transform)
-        if host_verified and region is not None:
-            self._rematch_leaders(ranked, host, region, support, agreement)
+        if host_verified and region is not None and not moved:
+            whole = [] if changed is None else [(f, frame) for f, frame in zip(ev.features[:1], frames[len(views) :])]
+            if whole:  # the whole query's own keypoints, as is and mirrored, on its changed pixels
+                whole.append((mirrored(whole[0][0], rgb.shape[1]), (rgb[:, ::-1], changed[:, ::-1])))
+            self._rematch_leaders(ranked, host, region, support, agreement, whole)
         return support, agreement
 
     def _rematch_leaders(
-        self, ranked: np.ndarray, host: int, region: Region, support: np.ndarray, agreement: np.ndarray
+        self,
+        ranked: np.ndarray,
+        host: int,
+        region: Region,
+        support: np.ndarray,
+        agreement: np.ndarray,
+        whole: list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]],
     ) -> None:
         """When neither votes nor pixels have made any ranked photo a donor, the first `donor_rematch_candidates`
         ranked photos after the host are matched again on their own keypoints (extracted from the file as
         indexed; the lists' coded distances lose many of a small paste's matches) against the region's, as is
-        and mirrored; the best similarity fit's pixel agreement is kept in `agreement` (in place) when it beats
-        what was measured."""
+        and mirrored, and the `whole` query's; the best fit's pixel agreement is kept in `agreement` (in place)
+        when it beats what was measured."""
         need, confirm = self.params.donor_min_consistent_votes, self.params.donor_min_pixel_agreement
         if any(support[p] >= need or agreement[p] >= confirm for p in ranked if p != host):
             return  # a donor is found: the rest are matched again only when none is (one SIFT pass per photo)
@@ -267,14 +286,19 @@ class Searcher:
         ][: self.params.donor_rematch_candidates]
         if not todo:
             return
-        views = _region_views(region)
+        views = _region_views(region) + whole
         for p, found in zip(todo, _REMATCH.map(lambda p: self._rematched_agreement(p, views), todo)):
             if np.isfinite(found) and not (np.isfinite(agreement[p]) and agreement[p] >= found):
                 agreement[p] = found
 
     def _rematched_agreement(self, photo: int, views: list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]]) -> float:
-        """The best pixel agreement of `photo` over the region's views, aligned by its own keypoints (nan: none);
-        failing that, by those of the photo reduced (alignment.SHRUNK_ORIGINAL_SCALES: a paste shrunk several times)."""
+        """The best pixel agreement of `photo` over `views`, aligned by its own keypoints (nan: none); failing
+        that, by those of the photo reduced (alignment.SHRUNK_ORIGINAL_SCALES: a paste shrunk several times).
+
+        A fit counts when most of its inliers (`min_inliers_in_change`) lie in the view's changed pixels; its
+        agreement is measured on the changed pixels near them. Over the whole changed blob it would be diluted
+        by what the blob holds besides this photo's part (the changed pixels of other pastes, of the edges);
+        near the inliers of a chance fit, the pixels still disagree (bench/RESULTS.md, "Session 17")."""
         try:
             original = load_rgb(self.photos.catalogue.paths[photo])
         except ImageError:
@@ -291,10 +315,13 @@ class Searcher:
                 if len(pairs) < MIN_FIT_PAIRS:
                     continue
                 src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
-                a, inliers = fit_similarity(src, features.keypoints[pairs[:, 0], :2].astype(np.float64), SEARCH_FIT)
+                dst = features.keypoints[pairs[:, 0], :2].astype(np.float64)
+                a, inliers = fit_similarity(src, dst, SEARCH_FIT)
                 if a is None or inliers.sum() < max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes):
                     continue
-                found = agreement_over(target, mask, view, a)
+                if share_inside(dst[inliers], mask) < self.params.min_inliers_in_change:
+                    continue
+                found = agreement_over(target, near_points(dst[inliers], mask.shape) & mask, view, a)
                 best = found if not np.isfinite(best) else max(best, found)
         return best
 
@@ -367,6 +394,7 @@ def _evidence(p: int, fused: Fused) -> dict:
             frame_share=round(h.frame_share, 4),
             whole_distance=round(h.whole_distance, 4),
             changed_region=h.changed_region,
+            moved_region=h.moved_region,
         )
     else:
         out["residual_votes"] = int(fused.residual_votes[p])

@@ -30,6 +30,7 @@ class HostFinding:
     frame_share: float  # the same over the query's outer band
     whole_distance: float  # squared L2 between the two whole-image embeddings
     changed_region: bool  # a part of the query differs from the aligned photo (a pasted region)
+    moved_region: bool = False  # that part matches the host elsewhere: a part of the host copied and moved
 
     @property
     def host_score(self) -> float:
