@@ -25,6 +25,7 @@ demo: install
 
 lint: install-test
 	$(BIN)/ruff check oesir_cli tests bench tools
+	$(BIN)/ruff format --check oesir_cli tests bench tools
 
 test: install-test lint
 	$(BIN)/python -m pytest

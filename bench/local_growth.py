@@ -254,8 +254,11 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=8, help="augmented views per training photo")
     ap.add_argument("--per-set", type=int, default=50, help="queries per dev set")
     ap.add_argument("--skip-base", action="store_true", help="do not search the standard database itself (a second run)")
-    ap.add_argument("--keep-mapped-too", action="store_true",
-                    help="search each size a second time with every list a query read kept mapped (the earlier behaviour)")
+    ap.add_argument(
+        "--keep-mapped-too",
+        action="store_true",
+        help="search each size a second time with every list a query read kept mapped (the earlier behaviour)",
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     idx = args.work / "idx"

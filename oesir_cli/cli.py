@@ -38,7 +38,6 @@ from .workers import POOL_MIN_PHOTOS, WorkerError, check_workers
 EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
 
-
 def _examples(*lines: str) -> str:
     """An --help epilog of example command lines, shown as written (click's \\b stops re-wrapping; rich markup escaped)."""
     return "\b\nExamples:\n" + "\n".join(f"  {escape(line)}" for line in lines)
@@ -481,7 +480,7 @@ def _show_localized(
 
 
 def _further(result: LocalizeResult) -> str:
-    """", also pasted in 2 more places" when a donor's content was found more than once."""
+    """ ", also pasted in 2 more places" when a donor's content was found more than once."""
     n = len(result.further_placements)
     return f", also pasted in {n} more place{'s' if n > 1 else ''}" if n else ""
 

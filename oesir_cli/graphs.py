@@ -138,4 +138,3 @@ def open_graphs_for_reading(store: Store, catalogue: Catalogue) -> ObjectStructu
 def refresh_graphs(store: Store) -> None:
     """Rebuild the structures that are missing or stale, and save them (the caller holds the writer lock)."""
     load_graphs(store, store.load_all(), writable=True)
-

@@ -1,8 +1,8 @@
 """Where an index lives, from `--index` or `$OESIR_INDEX`: a folder (the embedded default) or Milvus.
 
-    .oesir, /cases/42.oesir            a folder: SQLite + hnswlib + segment files (store.py)
-    milvus-lite:/cases/42.db           an embedded Milvus Lite file (milvus_store.py)
-    milvus://HOST:PORT/NAME            a Milvus server or cluster; NAME prefixes the collections
+.oesir, /cases/42.oesir            a folder: SQLite + hnswlib + segment files (store.py)
+milvus-lite:/cases/42.db           an embedded Milvus Lite file (milvus_store.py)
+milvus://HOST:PORT/NAME            a Milvus server or cluster; NAME prefixes the collections
 """
 
 from __future__ import annotations

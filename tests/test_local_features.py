@@ -288,6 +288,7 @@ def test_segments_merge_by_level_and_a_search_finds_each_photo(tmp_path):
 def test_a_replaced_photo_s_old_entries_are_never_live(tmp_path):
     store, ids = _store_with_photos(tmp_path / "idx", [_photo(1), _photo(2)])
     try:
+
         def votes_of_photo_1() -> np.ndarray:
             found = store.local_index(store.load_all()).probe(extract(_photo(1), 300).descriptors, k=5)
             return np.bincount(found.photo[found.ratio_votes(0.7)], minlength=2)

@@ -42,7 +42,10 @@ def _constant_values(model: onnx.ModelProto, names: list[str]) -> dict[str, np.n
     nodes = sorted({id(n): n for n in nodes}.values(), key=lambda n: order[id(n)])
     used = {i for n in nodes for i in n.input}
     graph = helper.make_graph(
-        nodes, "constants", [], [helper.make_empty_tensor_value_info(n) for n in wanted],
+        nodes,
+        "constants",
+        [],
+        [helper.make_empty_tensor_value_info(n) for n in wanted],
         initializer=[i for i in model.graph.initializer if i.name in used],
     )
     part = helper.make_model(graph, opset_imports=model.opset_import)
