@@ -64,8 +64,8 @@ def test_workers_option_is_checked_as_usage(tmp_path):
 
 def test_ctrl_c_stops_the_workers_and_keeps_every_committed_batch(tmp_path):
     """Ctrl-C in a terminal reaches the whole process group: the parent stops, the workers with it."""
-    n = POOL_MIN_PHOTOS + 16
-    photos = _small_photos(tmp_path / "photos", n)
+    n = POOL_MIN_PHOTOS + 48  # photos large enough, and enough of them, that the run outlasts the interrupt
+    photos = _small_photos(tmp_path / "photos", n, (480, 360))
     idx = tmp_path / "idx"
     proc = subprocess.Popen(
         [*OESIR, "index", str(photos), "--index", str(idx), "--workers", "2"],
