@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -38,3 +39,31 @@ def photo_dir(tmp_path: Path) -> Path:
     for i in range(3):
         cv2.imwrite(str(d / f"synthetic_{i}.png"), synthetic_photo(i))
     return d
+
+
+def replaced_model_is_used_then_restamped(where: str, stamp: Callable[[str | None], str | None]) -> None:
+    """Index coffee.jpg at `where` (either back end); a model-version stamp the shipped teacher replaces must be
+    searched as is and restamped by the next writer, any other must be refused. `stamp(v)` writes `v` (unless
+    None) into the index's meta and returns the stamp there."""
+    from oesir_cli import api
+    from oesir_cli.errors import StoreError
+
+    photos = Path(str(where).split(":")[-1]).parent / "photos"
+    photos.mkdir()
+    shutil.copy(EXAMPLES / "coffee.jpg", photos / "coffee.jpg")
+    api.index([photos], index_dir=where)
+    searcher = api.open_searcher(where)
+    engine = searcher.engine
+    searcher.close()
+    assert engine.equivalent_versions, "the shipped teacher lists the file it replaces"
+    older = sorted(engine.equivalent_versions)[0]
+    stamp(older)  # what the replaced teacher file wrote
+    searcher = api.open_searcher(where)
+    assert api.search_file(searcher, EXAMPLES / "coffee.jpg", top=1).matches  # searched as is
+    searcher.close()
+    assert stamp(None) == older
+    api.index([photos], index_dir=where)
+    assert stamp(None) == engine.version  # a writer restamps it
+    stamp(older.replace(older.split("@")[1][:12], "0" * 12))  # another network altogether
+    with pytest.raises(StoreError, match="was built with"):
+        api.open_searcher(where)

@@ -21,7 +21,7 @@ from oesir_cli.localize import AlignmentError
 from oesir_cli.registry import read_manifest, weights_dir
 from oesir_cli.search import Match, SearchResult
 
-from .conftest import EXAMPLES, synthetic_photo
+from .conftest import replaced_model_is_used_then_restamped, synthetic_photo
 
 runner = CliRunner()
 
@@ -221,33 +221,16 @@ def test_index_error_lines():
 def test_an_index_made_with_a_replaced_model_file_is_used_then_restamped_and_others_are_refused(tmp_path):
     from oesir_cli.store import Store
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    shutil.copy(EXAMPLES / "coffee.jpg", photos / "coffee.jpg")
     where = tmp_path / "idx"
-    api.index([photos], index_dir=where)
-    engine = api.open_searcher(where).engine
-    assert engine.equivalent_versions, "the shipped teacher lists the file it replaces"
 
-    def stamp(version: str) -> None:
-        store = Store(where)
-        with store.transaction():
-            store.set_meta("model_version", version)
-        store.close()
-
-    def stamped() -> str | None:
+    def stamp(version: str | None) -> str | None:
         store = Store(where)
         try:
+            if version is not None:
+                with store.transaction():
+                    store.set_meta("model_version", version)
             return store.meta("model_version")
         finally:
             store.close()
 
-    older = sorted(engine.equivalent_versions)[0]
-    stamp(older)  # what the replaced teacher file wrote
-    assert api.search_file(api.open_searcher(where), EXAMPLES / "coffee.jpg", top=1).matches  # searched as is
-    assert stamped() == older
-    api.index([photos], index_dir=where)
-    assert stamped() == engine.version  # a writer restamps it
-    stamp(older.replace(older.split("@")[1][:12], "0" * 12))  # another network altogether
-    with pytest.raises(StoreError, match="was built with"):
-        api.open_searcher(where)
+    replaced_model_is_used_then_restamped(str(where), stamp)

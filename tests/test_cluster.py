@@ -28,7 +28,7 @@ from oesir_cli import api
 from oesir_cli.cli import app
 from oesir_cli.location import parse_location
 
-from .conftest import EXAMPLES, synthetic_photo
+from .conftest import EXAMPLES, replaced_model_is_used_then_restamped, synthetic_photo
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("ray")
@@ -247,22 +247,12 @@ def test_an_index_of_the_older_layout_is_refused_until_rebuilt(tmp_path):
 
 
 def test_a_milvus_index_made_with_a_replaced_model_file_is_used_then_restamped_and_others_are_refused(tmp_path):
-    """As for the embedded index: a stamp the shipped teacher replaces is searched as is and restamped by the
-    next writer; any other model version is refused."""
-    from oesir_cli.errors import StoreError
+    """As for the embedded index (tests/test_api.py)."""
     from oesir_cli.milvus_store import MilvusStore
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    shutil.copy(EXAMPLES / "coffee.jpg", photos / "coffee.jpg")
     where = f"milvus-lite:{tmp_path / 'm.db'}"
-    api.index([photos], index_dir=where)
-    searcher = api.open_searcher(where)
-    engine = searcher.engine
-    searcher.close()
-    assert engine.equivalent_versions, "the shipped teacher lists the file it replaces"
 
-    def stamp(version: str | None = None) -> str | None:
+    def stamp(version: str | None) -> str | None:
         store = MilvusStore(parse_location(where))
         try:
             if version is not None:
@@ -271,17 +261,7 @@ def test_a_milvus_index_made_with_a_replaced_model_file_is_used_then_restamped_a
         finally:
             store.close()
 
-    older = sorted(engine.equivalent_versions)[0]
-    stamp(older)  # what the replaced teacher file wrote
-    searcher = api.open_searcher(where)
-    assert api.search_file(searcher, EXAMPLES / "coffee.jpg", top=1).matches  # searched as is
-    searcher.close()
-    assert stamp() == older
-    api.index([photos], index_dir=where)
-    assert stamp() == engine.version  # a writer restamps it
-    stamp(older.replace(older.split("@")[1][:12], "0" * 12))  # another network altogether
-    with pytest.raises(StoreError, match="was built with"):
-        api.open_searcher(where)
+    replaced_model_is_used_then_restamped(where, stamp)
 
 
 def test_a_run_killed_while_creating_the_collections_is_finished_by_a_rerun(tmp_path, monkeypatch):
