@@ -328,13 +328,16 @@ def _verdict_line(result: SearchResult) -> str:
     """One sentence for the table's title: what the evidence supports."""
     if result.verdict is None:
         return "ranking only (roles and a verdict come from the default fused mode)"
-    host = next((m.image for m in result.matches if m.role is Role.HOST), None)
+    host_match = next((m for m in result.matches if m.role is Role.HOST), None)
+    host = host_match.image if host_match else None
     donors = sum(m.role is Role.DONOR for m in result.matches)
     if result.verdict is Verdict.COPY:
         return f"copy of {host} (no local change found)"
     if result.verdict is Verdict.NONE:
         return "no source in the collection (the rows below are the nearest photos, not findings)"
     parts = ([f"host {host}"] if host else []) + ([f"{donors} donor{'s' * (donors != 1)}"] if donors else [])
+    if host_match and host_match.evidence.get("moved_region"):
+        parts.append("a part of the host copied and moved within it (copy-move)")
     return "sources found: " + ", ".join(parts)
 
 

@@ -243,6 +243,9 @@ def test_a_region_moved_within_the_host_is_a_copy_move_and_no_donor_is_sought(ph
     assert Path(host.image).name == "astronaut.jpg" and host.role.value == "host"
     assert host.evidence["changed_region"] and host.evidence["moved_region"]
     assert rematched == [] and all(m.role.value != "donor" for m in result.matches)
+    cv2.imwrite(str(tmp_path / "moved.png"), cv2.cvtColor(moved, cv2.COLOR_RGB2BGR))
+    r = runner.invoke(app, ["search", str(tmp_path / "moved.png"), "--index", str(idx), "--top", "3"])
+    assert r.exit_code == 0 and "copied and moved within it (copy-move)" in r.output
     splice = s.search(load_rgb(_splice(photo_dir, tmp_path / "query.jpg")), top=5)
     assert not splice.matches[0].evidence["moved_region"]
     assert "coffee.jpg" in [Path(m.image).name for m in splice.matches if m.role.value == "donor"]
