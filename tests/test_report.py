@@ -147,6 +147,19 @@ def test_a_suspect_with_no_source_says_so(example_report):
     assert len(pypdf.PdfReader(str(entry.pdf)).pages) == entry.sheets == 3
 
 
+def test_a_copy_move_is_named_as_such(index_dir, tmp_path):
+    """A part of the host copied elsewhere in it: the verdict says where the changed region came from, not that
+    its donor is missing."""
+    moved = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
+    moved[300:420, 300:420] = moved[40:160, 20:140].copy()
+    suspect = tmp_path / "moved.png"
+    cv2.imwrite(str(suspect), moved)
+    summary = api.report([suspect], tmp_path / "out", index_dir=index_dir, command="oesir report (test)")
+    html = summary.suspects[0].page.read_text()
+    assert "a part of astronaut.jpg copied and moved within it (copy-move)" in html
+    assert "no donor of the changed region" not in html
+
+
 def test_report_folder_is_checksummed_and_machine_readable(example_report):
     out = example_report.out
     lines = (out / "SHA256SUMS").read_text().splitlines()

@@ -100,7 +100,13 @@ def verdict_sentence(case: SuspectCase) -> tuple[str, str]:
     if donors:
         names = ", ".join(d.name for d in donors)
         parts.append(f"pasted material comes from {names} (donor{'s' * (len(donors) > 1)})")
-    tail = "" if donors else "; no donor of the changed region was found in the collection"
+    moved = host is not None and host.match.evidence.get("moved_region")
+    if donors:
+        tail = ""
+    elif moved:
+        tail = f"; the changed region is a part of {host.name} copied and moved within it (copy-move)"
+    else:
+        tail = "; no donor of the changed region was found in the collection"
     head = "" if host else "no host in the collection; "
     return "verdict-sources", "Sources found: " + head + "; ".join(parts) + tail + "."
 
