@@ -173,13 +173,16 @@ def near_points(points: np.ndarray, shape: tuple[int, int], radius: int | None =
     return out > 0
 
 
-def share_inside(points: np.ndarray, mask: np.ndarray) -> float:
-    """Share of `points` ([N, 2] x, y; clipped to the image) that fall on `mask` (bool [H, W]); 0 for none."""
-    if not len(points):
-        return 0.0
+def on_mask(points: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """bool [N]: which of `points` ([N, 2] x, y; clipped to the image) fall on `mask` (bool [H, W])."""
     h, w = mask.shape
-    xy = np.clip(np.round(points).astype(np.int64), 0, [w - 1, h - 1])
-    return float(mask[xy[:, 1], xy[:, 0]].mean())
+    xy = np.clip(np.round(points[:, :2]).astype(np.int64), 0, [w - 1, h - 1])
+    return mask[xy[:, 1], xy[:, 0]]
+
+
+def share_inside(points: np.ndarray, mask: np.ndarray) -> float:
+    """Share of `points` ([N, 2] x, y) that fall on `mask` (bool [H, W]); 0 for none."""
+    return float(on_mask(points, mask).mean()) if len(points) else 0.0
 
 
 # -- localize's rule for one pair --------------------------------------------------

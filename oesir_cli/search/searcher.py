@@ -26,6 +26,7 @@ from ..alignment import (
     agreement_over,
     fit_similarity,
     near_points,
+    on_mask,
     ratio_matches,
     share_inside,
 )
@@ -377,9 +378,7 @@ class Searcher:
 def _keypoints_on(features: LocalFeatures, mask: np.ndarray) -> LocalFeatures:
     """The keypoints of `features` that lie on `mask` (bool [H, W] of their image): a rematch fit must lie mostly
     in the changed pixels, and matching only those keeps it cheap (a tenth of the query's, typically)."""
-    h, w = mask.shape
-    xy = np.clip(np.round(features.keypoints[:, :2]).astype(np.int64), 0, [w - 1, h - 1])
-    keep = mask[xy[:, 1], xy[:, 0]]
+    keep = on_mask(features.keypoints, mask)
     return LocalFeatures(features.keypoints[keep], features.descriptors[keep])
 
 
