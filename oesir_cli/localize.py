@@ -2,7 +2,8 @@
 
 1. Align: RootSIFT matches (ratio test) between query and original, and
    between query and the mirrored original; RANSAC homography on the better
-   one. Too few inliers: a similarity fit from as few as three inliers (the
+   one, or a similarity fit whose original's pixels agree near its inliers.
+   Too few inliers: a similarity fit from as few as three inliers (the
    query's keypoints also taken on it enlarged, as a small paste needs) that
    the original's pixels confirm around those inliers once aligned, the
    original's keypoints also taken on it reduced (a paste shrunk several times).
@@ -31,6 +32,7 @@ from .alignment import (
     LOCALIZE_FIT,
     SHRUNK_ORIGINAL_SCALES,
     agreement_over,
+    edge_agreement_over,
     fit_homography,
     fit_similarity,
     is_host_relation,
@@ -45,7 +47,9 @@ from .pixels import clean_mask, colour_difference, feature_difference, shrink_to
 from .teacher import Teacher
 
 MIN_INLIERS = 12  # a homography needs this many consistent matches ...
-MIN_SIMILARITY_INLIERS = 6  # ... a similarity transform this many
+MIN_SIMILARITY_INLIERS = 6  # ... a similarity transform this many, when its pixels agree on at least
+MIN_SIMILARITY_AGREEMENT = 0.3  # this share near its inliers (true donors 0.39-0.96, chance fits 0.15-0.16: RESULTS)
+MIN_EDGE_AGREEMENT = 0.3  # every similarity fit: its edges agree on this share there (true 0.40-1.0, chance 0.05-0.23)
 MIN_MATCHES = 4  # fewer ratio-test matches than this: nothing to fit
 MIN_CONFIRMED_INLIERS = 3  # a similarity fit with fewer inliers (3-5) is accepted only when pixels confirm it ...
 MIN_PIXEL_AGREEMENT = 0.4  # ... by agreeing with the query on at least this share of the pixels near its inliers
@@ -94,9 +98,10 @@ class Alignment:
     mirrored: bool
     method: str  # "keypoints" | "keypoints-similarity" | "keypoints-pixels" | "objects"
     query_points: np.ndarray  # inlier positions in the query
-    pixel_agreement: float | None = None  # "keypoints-pixels": share of the pixels near the inliers that agree
+    pixel_agreement: float | None = None  # similarity fits: share of the pixels near the inliers that agree ...
     contrast: float | None = None  # SIFT contrast threshold of the keypoints that aligned (None: objects)
     original_scale: float = 1.0  # the original's keypoints that aligned were taken on it reduced to this scale
+    edge_agreement: float | None = None  # ... and share of the edge pixels there whose edges agree
 
     def as_dict(self) -> dict:
         return {
@@ -106,6 +111,7 @@ class Alignment:
             "mirrored": self.mirrored,
             "alignment": self.method,
             "pixel_agreement": None if self.pixel_agreement is None else round(self.pixel_agreement, 4),
+            "edge_agreement": None if self.edge_agreement is None else round(self.edge_agreement, 4),
         }
 
 
@@ -157,7 +163,8 @@ def align(
 
     A homography needs MIN_INLIERS consistent matches; a small pasted object
     often yields fewer, so a similarity transform (4 degrees of freedom, far
-    harder to fit by chance) is accepted from MIN_SIMILARITY_INLIERS. Flat
+    harder to fit by chance) is accepted from MIN_SIMILARITY_INLIERS when the
+    original's pixels near them agree (MIN_SIMILARITY_AGREEMENT). Flat
     photos (sea, sky) have few keypoints at SIFT's usual contrast threshold, so
     when nothing aligns the keypoints are taken again at a low threshold.
     """
@@ -265,14 +272,30 @@ def _align_keypoints(features: PairFeatures, contrast: float) -> Alignment | Non
         if a is not None and inl2.sum() >= MIN_SIMILARITY_INLIERS:
             s = np.vstack([a, [0, 0, 1]])
             if is_plausible(s, (ow, oh)):
-                candidates.append(
-                    Alignment(s @ flip, int(inl2.sum()), n, mirrored, "keypoints-similarity", dst[inl2], contrast=contrast)
-                )
+                colour, edges = _agreement_near(features, a, dst[inl2], mirrored)
+                if colour >= MIN_SIMILARITY_AGREEMENT and edges >= MIN_EDGE_AGREEMENT:
+                    fit = Alignment(s @ flip, int(inl2.sum()), n, mirrored, "keypoints-similarity", dst[inl2], colour, contrast)
+                    candidates.append(replace(fit, edge_agreement=edges))
     if not candidates:
         return None
     # prefer a homography when it is well supported, else the best-supported fit
     homs = [c for c in candidates if c.method == "keypoints"]
     return max(homs, key=lambda c: c.inliers) if homs else max(candidates, key=lambda c: c.inliers)
+
+
+def _agreement_near(
+    features: PairFeatures, a: np.ndarray, points: np.ndarray, mirrored: bool, scale: float = 1.0
+) -> tuple[float, float]:
+    """Shares of the query's pixels near `points` (a fit's inliers, query pixels) that the original's view
+    `features.oriented(mirrored, scale)`, warped by the 2x3 fit `a`, agrees with: in colour
+    (`alignment.agreement_over`), and of their edge pixels, in edges (`alignment.edge_agreement_over`).
+
+    Three to six keypoint pairs can agree on a similarity transform by chance between unrelated photos
+    (about one pair in 75, bench/RESULTS.md "Session 18"); the pixels around them then disagree, or agree
+    only in a shared flat colour, where a true fit's colours and edges agree."""
+    query, view = features.query_image, features.oriented(mirrored, scale)
+    near = near_points(points, query.shape[:2])
+    return agreement_over(query, near, view, a), edge_agreement_over(query, near, view, a)
 
 
 def _align_confirmed_by_pixels(
@@ -304,19 +327,20 @@ def _confirmed_fit(
     features: PairFeatures, src: np.ndarray, dst: np.ndarray, n: int, mirrored: bool, contrast: float, scale: float = 1.0
 ) -> Alignment | None:
     """The similarity fit of src -> dst if it has MIN_CONFIRMED_INLIERS inliers and the original's pixels,
-    so aligned, agree with the query's near them on MIN_PIXEL_AGREEMENT of the pixels; else None.
+    so aligned, agree with the query's near them on MIN_PIXEL_AGREEMENT of the pixels and MIN_EDGE_AGREEMENT of the
+    edges; else None.
     `src` is in the pixels of the original's view `features.oriented(mirrored, scale)`."""
-    query, o = features.query_image, features.oriented(mirrored, scale)
+    o = features.oriented(mirrored, scale)
     if len(src) < MIN_MATCHES:
         return None
     a, inl = fit_similarity(src, dst, LOCALIZE_FIT)
     if a is None or inl.sum() < MIN_CONFIRMED_INLIERS or not is_plausible(np.vstack([a, [0, 0, 1]]), o.shape[1::-1]):
         return None
-    agree = agreement_over(query, near_points(dst[inl], query.shape[:2]), o, a)
-    if agree < MIN_PIXEL_AGREEMENT:
+    agree, edges = _agreement_near(features, a, dst[inl], mirrored, scale)
+    if agree < MIN_PIXEL_AGREEMENT or edges < MIN_EDGE_AGREEMENT:
         return None
     s = np.vstack([a, [0, 0, 1]]) @ features.to_oriented(mirrored, scale)
-    return Alignment(s, int(inl.sum()), n, mirrored, "keypoints-pixels", dst[inl], agree, contrast, scale)
+    return Alignment(s, int(inl.sum()), n, mirrored, "keypoints-pixels", dst[inl], agree, contrast, scale, edges)
 
 
 def further_placements(features: PairFeatures, first: Alignment, limit: int = MAX_FURTHER_PLACEMENTS) -> list[Alignment]:

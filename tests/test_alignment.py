@@ -11,6 +11,7 @@ from oesir_cli.alignment import (
     HOST_INLIER_HULL_SHARE,
     SEARCH_FIT,
     agreement_over,
+    edge_agreement_over,
     explained_by,
     fit_similarity,
     is_host_relation,
@@ -81,3 +82,24 @@ def test_pixels_confirm_a_pasted_part_only_under_its_own_transform():
     assert agreement_over(query, np.zeros((300, 400), bool), donor, a) == 0.0
     with pytest.raises(ValueError, match="not the size"):
         agreement_over(query, mask[:100], donor, a)
+
+
+def test_edges_confirm_a_paste_where_a_shared_flat_colour_does_not():
+    """An unrelated photo of the same colours agrees with a paste in colour where both are flat, never in edges;
+    the paste's own source agrees in both. A flat mask has no edges to confirm."""
+    donor = _texture(5)
+    a = cv2.getRotationMatrix2D((200.0, 150.0), 10.0, 0.8)
+    query = _texture(7)
+    mask = np.zeros((300, 400), bool)
+    mask[120:200, 150:260] = True
+    query[mask] = cv2.warpAffine(donor, a, (400, 300))[mask]
+    assert edge_agreement_over(query, mask, donor, a) > 0.9
+    # independent edges agree by chance on about a fifth of the pixels (a cosine over 0.8 spans 74 of 360 degrees)
+    assert edge_agreement_over(query, mask, _texture(6), a) < 0.25
+    flat_query = np.full_like(query, 120)
+    assert edge_agreement_over(flat_query, mask, np.full_like(donor, 120), a) == 0.0  # no edges: nothing confirmed
+    # same colours, other edges: the query's paste blurred into a smooth wash of its own colours
+    washed = cv2.GaussianBlur(donor, (0, 0), 12)
+    assert edge_agreement_over(query, mask, washed, a) < 0.25
+    with pytest.raises(ValueError, match="not the size"):
+        edge_agreement_over(query, mask[:100], donor, a)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from oesir_cli import api
 from oesir_cli.cli import app
 from oesir_cli.geometry import box_similarity, transform_points
-from oesir_cli.localize import AlignmentError, localize
+from oesir_cli.localize import CONTRAST_THRESHOLDS, AlignmentError, PairFeatures, _align_keypoints, localize
 from oesir_cli.pixels import clean_mask
 
 from .conftest import EXAMPLES, synthetic_photo
@@ -282,3 +282,31 @@ def test_a_shrunk_paste_aligns_on_the_reduced_original(tmp_path, mirrored):
     assert np.allclose(centre, [356, 336], atol=5), centre
     corner = transform_points(al.homography, np.array([[175.0, 20.0]]))[0]  # the crop's top left lands top left
     assert np.allclose(corner, [392, 300] if mirrored else [320, 300], atol=6), corner
+
+
+class _GivenMatches(PairFeatures):
+    """A pair's features whose keypoint matches are given: `src` (original) -> `dst` (query), none mirrored."""
+
+    def __init__(self, query: np.ndarray, original: np.ndarray, src: np.ndarray, dst: np.ndarray) -> None:
+        super().__init__(query, original)
+        self.given = src, dst
+
+    def matches(self, query, contrast, mirrored, scale=1.0):
+        src, dst = self.given if not mirrored else (np.zeros((0, 2)), np.zeros((0, 2)))
+        return src, dst, len(src)
+
+
+def test_a_similarity_fit_counts_only_where_the_pixels_near_its_inliers_agree():
+    """Eight matches that agree on one shift: taken when the original is the query shifted, refused when the
+    original is another photo (six chance matches agreeing on a similarity is what aligned unrelated pairs)."""
+    from oesir_cli.imageio import load_rgb
+
+    query = load_rgb(EXAMPLES / "astronaut.jpg")
+    src = np.random.default_rng(0).uniform([40, 40], [400, 400], size=(8, 2))
+    dst = src + [20.0, 10.0]
+    shifted = np.ascontiguousarray(query[10:, 20:])  # its (x, y) is the query's (x + 20, y + 10)
+    found = _align_keypoints(_GivenMatches(query, shifted, src, dst), CONTRAST_THRESHOLDS[0])
+    assert found is not None and found.method == "keypoints-similarity" and found.inliers == 8
+    assert found.pixel_agreement >= 0.9 and np.allclose(found.homography[:2, 2], [20, 10], atol=0.5)
+    other = load_rgb(EXAMPLES / "coffee.jpg")[: shifted.shape[0], : shifted.shape[1]]
+    assert _align_keypoints(_GivenMatches(query, other, src, dst), CONTRAST_THRESHOLDS[0]) is None

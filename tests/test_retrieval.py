@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -24,7 +25,7 @@ from oesir_cli.keypoints import extract, mirrored
 from oesir_cli.search import DEFAULT_PARAMS
 from oesir_cli.search.host import pick_host
 from oesir_cli.search.region import blob_box, changed_blob, changed_region, region_evidence
-from oesir_cli.search.searcher import _POOL
+from oesir_cli.search.searcher import _POOL, REMATCH_WIDTH, PixelChecks
 from oesir_cli.store import Store
 
 runner = CliRunner()
@@ -204,24 +205,28 @@ def test_leading_photos_matched_again_confirm_the_donor_by_its_pixels(photo_dir,
     s, names, _, host, region = _splice_region(photo_dir, tmp_path)
     coffee = names.index("coffee.jpg")
     others = [p for p in range(len(names)) if p not in (host, coffee)]
-    need = DEFAULT_PARAMS.donor_min_pixel_agreement
-    first = DEFAULT_PARAMS.donor_rematch_candidates
+    first = 3  # fewer than the photos here: the test set's few photos would all be "the first few"
+    s.params = replace(s.params, donor_rematch_candidates=first)
+    assert len(others) > first
 
-    def rematched(ranked: list[int], support_of: dict[int, int] | None = None) -> np.ndarray:
+    def rematched(ranked: list[int], support_of: dict[int, int] | None = None) -> PixelChecks:
         support = np.zeros(len(names), np.int64)
         for p, v in (support_of or {}).items():
             support[p] = v
-        agreement = np.full(len(names), np.nan)
-        s._rematch_leaders(np.array(ranked), host, region, support, agreement, [])
-        return agreement
+        pixels = PixelChecks.none(len(names))
+        s._rematch_leaders(np.array(ranked), host, region, support, pixels, [])
+        return pixels
 
-    agreement = rematched([host, others[0], coffee, *others[1:]])
-    assert agreement[coffee] >= need
-    assert all(not agreement[p] >= need for p in others)
+    found = rematched([host, others[0], coffee, *others[1:]])
+    assert found.confirmed[coffee] and found.colour[coffee] >= DEFAULT_PARAMS.rematch_min_pixel_agreement
+    assert found.edges[coffee] >= DEFAULT_PARAMS.donor_min_edge_agreement
+    assert not found.confirmed[others].any()
     late = rematched([host, *others[:first], coffee])
-    assert np.isnan(late[coffee]), "only the first few after the host are matched again"
+    assert np.isnan(late.colour[coffee]), "only the first few after the host are matched again"
     known = rematched([host, coffee, *others], {others[-1]: DEFAULT_PARAMS.donor_min_consistent_votes})
-    assert np.isnan(known).all(), "a donor found by its votes: nothing is matched again"
+    assert np.isnan(known.colour).all(), "a donor found by its votes: nothing is matched again"
+    early = rematched([host, coffee, *others])  # matched REMATCH_WIDTH at a time: coffee in the first batch
+    assert early.confirmed[coffee] and np.isnan(early.colour[others[REMATCH_WIDTH - 1 :]]).all(), "the rest are not"
 
 
 def test_a_region_moved_within_the_host_is_a_copy_move_and_no_donor_is_sought(photo_dir, tmp_path, monkeypatch):

@@ -181,7 +181,7 @@ def test_roles_host_verified_donors_by_consistent_votes():
 def test_a_weakly_supported_donor_is_labelled_when_its_pixels_confirm_the_change():
     few = P.donor_pixel_check_votes
     support = np.array([0, few, few, few])
-    agree = np.array([np.nan, P.donor_min_pixel_agreement, P.donor_min_pixel_agreement - 0.01, np.nan])
+    agree = np.array([False, True, False, False])
     roles, verdict = roles_and_verdict(np.array([0, 1, 2, 3]), _host(), support, P, agree)
     assert [r.value for r in roles] == ["host", "donor", "candidate", "candidate"] and verdict is Verdict.SOURCES
     weak = _host(aligned=False, explained_share=0.0, frame_share=0.0, whole_distance=P.host_verified_whole_distance + 0.3)
@@ -240,13 +240,15 @@ def test_merge_regions_takes_the_closest_region_per_photo_and_sums_votes():
 
 
 def test_rematch_confirms_a_paste_shrunk_several_times_on_the_reduced_photo(monkeypatch):
-    """The cup of coffee.jpg shrunk ~4x (56 px) into astronaut.jpg: the photo's own keypoints as it is give no
-    fit its pixels confirm; taken on it reduced (SHRUNK_ORIGINAL_SCALES), they do."""
+    """The cup of coffee.jpg shrunk ~4x (56 px) into astronaut.jpg: by Lowe's ratio test the photo's own keypoints
+    as it is give no fit its pixels confirm; taken on it reduced (SHRUNK_ORIGINAL_SCALES), they do; and so do the
+    matches of the looser ratio test on the photo as it is."""
     from types import SimpleNamespace
 
     import cv2
 
     import oesir_cli.search.searcher as searcher
+    from oesir_cli.alignment import RATIO
     from oesir_cli.keypoints import extract
 
     query = load_rgb(EXAMPLES / "astronaut.jpg")
@@ -258,13 +260,15 @@ def test_rematch_confirms_a_paste_shrunk_several_times_on_the_reduced_photo(monk
     changed[300:356, 320:376] = True
     view, blob = query[280:396, 300:416].copy(), changed[280:396, 300:416]
     s = searcher.Searcher.__new__(searcher.Searcher)  # only the parts the rematch reads
-    s.params = DEFAULT_PARAMS
+    s.params = replace(DEFAULT_PARAMS, rematch_loose_ratio=RATIO)  # Lowe's ratio test alone
     s.photos = SimpleNamespace(catalogue=SimpleNamespace(paths=[str(EXAMPLES / "coffee.jpg")]))
     views = [(extract(view), (view, blob))]
-    assert s._rematched_agreement(0, views) >= DEFAULT_PARAMS.donor_min_pixel_agreement
+    assert s._rematched_agreement(0, views)[2]
     monkeypatch.setattr(searcher, "SHRUNK_ORIGINAL_SCALES", ())
     as_it_is = s._rematched_agreement(0, views)
-    assert not as_it_is >= DEFAULT_PARAMS.donor_min_pixel_agreement, as_it_is
+    assert not as_it_is[2], as_it_is
+    s.params = DEFAULT_PARAMS  # the looser ratio test's matches (edges checked harder) fit it as it is
+    assert s._rematched_agreement(0, views)[2]
 
 
 def _cup_in_astronaut(side: int, at: tuple[int, int]) -> np.ndarray:
@@ -305,8 +309,8 @@ def test_rematch_counts_the_pixels_near_its_fit_within_the_change():
     other[20:260, 20:260] = True  # 4x the cup's area, changed by something else
     s = _rematcher(EXAMPLES / "coffee.jpg")
     need = DEFAULT_PARAMS.donor_min_pixel_agreement
-    found = s._rematched_agreement(0, [(features, (query, cup | other))])
-    assert found >= need, found
+    colour, edges, confirmed = s._rematched_agreement(0, [(features, (query, cup | other))])
+    assert confirmed and colour >= need and edges >= DEFAULT_PARAMS.donor_min_edge_agreement, (colour, edges)
     original = load_rgb(EXAMPLES / "coffee.jpg")
     stored = extract(original)
     pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
@@ -314,4 +318,4 @@ def test_rematch_counts_the_pixels_near_its_fit_within_the_change():
     assert agreement_over(query, cup, original, a) >= need  # the same fit, over the cup alone ...
     assert agreement_over(query, cup | other, original, a) < need  # ... and diluted over the whole blob
     elsewhere = s._rematched_agreement(0, [(features, (query, other))])
-    assert not elsewhere >= need, elsewhere
+    assert not elsewhere[2], elsewhere

@@ -275,12 +275,15 @@ SEARCH_EVIDENCE = {
     "residual_votes": "suspect keypoints the host does not explain that point to this photo",
     "consistent_votes": "how many of those agree on one transform onto this photo",
     "pixel_agreement": "share of the changed pixels this photo's own pixels confirm once aligned",
+    "edge_agreement": "share of the edges there that lie on this photo's own edges",
     "region_distance": "Eq. 7 distance between the unexplained region and this photo's objects",
 }
 LOCALIZATION_EVIDENCE = {
     "alignment": "how the two were aligned (keypoint homography or similarity)",
     "inliers": "keypoint matches consistent with that transform",
     "matches": "keypoint matches passing the ratio test",
+    "pixel_agreement": "similarity fits: share of the pixels near those matches that agree in colour once aligned",
+    "edge_agreement": "... and share of their edges that lie on this photo's edges",
     "mirrored": "the photo appears mirrored in the suspect",
     "explained_share": "share of the suspect agreeing with the aligned photo",
     "changed_share": "share of the suspect inside the outlined region",
@@ -330,7 +333,7 @@ def source_sheet(s: Source) -> str:
     rows += [("distance", _fmt(s.match.distance), "Eq. 7: the closest object pair"), ("votes", s.match.votes, "keypoint votes")]
     if r is not None:
         loc = r.as_dict()
-        rows += [(f"localize: {k}", loc[k], meaning) for k, meaning in LOCALIZATION_EVIDENCE.items() if k in loc]
+        rows += [(f"localize: {k}", loc[k], meaning) for k, meaning in LOCALIZATION_EVIDENCE.items() if loc.get(k) is not None]
         if r.further_placements:
             rows.append(("localize: further placements", len(r.further_placements), FURTHER_PLACEMENTS_MEANING))
     body = "".join(f"<tr><th>{esc(k)}</th><td class='num'>{esc(_fmt(v))}</td><td>{esc(m)}</td></tr>" for k, v, m in rows)

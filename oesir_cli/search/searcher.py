@@ -21,9 +21,11 @@ import cv2
 import numpy as np
 
 from ..alignment import (
+    RATIO,
     SEARCH_FIT,
     SHRUNK_ORIGINAL_SCALES,
     agreement_over,
+    edge_agreement_over,
     fit_similarity,
     near_points,
     on_mask,
@@ -48,7 +50,8 @@ from .region import Region, changed_blobs, merge_regions, moved_from_host, regio
 from .verdict import HostFinding, is_verified_host, roles_and_verdict
 
 _POOL = ThreadPoolExecutor(max_workers=1)  # keypoints on the other core while the networks run (both release the GIL)
-_REMATCH = ThreadPoolExecutor(max_workers=2)  # leading candidates matched again two at a time (SIFT releases the GIL)
+REMATCH_WIDTH = 2  # leading candidates matched again this many at a time, one per core (SIFT releases the GIL)
+_REMATCH = ThreadPoolExecutor(max_workers=REMATCH_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,26 @@ class SearchResult:
         }
 
 
+@dataclass
+class PixelChecks:
+    """[P] each, per photo, what its own pixels said of the query's changed part once aligned (nan / False where
+    not measured): the share of those pixels agreeing in colour, the share of their edges lying on its edges, and
+    whether that confirms it as a donor (the thresholds depend on how the fit was found)."""
+
+    colour: np.ndarray
+    edges: np.ndarray
+    confirmed: np.ndarray
+
+    @classmethod
+    def none(cls, count: int) -> PixelChecks:
+        return cls(np.full(count, np.nan), np.full(count, np.nan), np.zeros(count, bool))
+
+    def keep(self, p: int, colour: float, edges: float, confirmed: bool) -> None:
+        """Record a measurement of photo `p` unless one already recorded is better (confirmed first, then colour)."""
+        if (confirmed, colour) > (bool(self.confirmed[p]), np.nan_to_num(self.colour[p], nan=-1.0)):
+            self.colour[p], self.edges[p], self.confirmed[p] = colour, edges, confirmed
+
+
 @dataclass(frozen=True)
 class Fused:
     """What the fused stages found: the ranking, the host, the region and the donor evidence."""
@@ -108,7 +131,7 @@ class Fused:
     region: Region | None
     residual_votes: np.ndarray  # [P]
     support: np.ndarray  # [P] geometrically consistent residual votes (ranked photos only)
-    agreement: np.ndarray | None = None  # [P] share of the changed pixels the photo's pixels confirm (nan: not measured)
+    pixels: PixelChecks | None = None  # what the photos' own pixels said of the changed part, where measured
 
 
 class Searcher:
@@ -175,7 +198,8 @@ class Searcher:
             return SearchResult(self._matches(ev, vote_ranking(counts, ev.objects.distance), counts, None, top), None)
         fused = self.fuse(rgb, ev, counts, top)
         order = fused.ranking.order[:top]
-        roles, verdict = roles_and_verdict(order, fused.host, fused.support, self.params, fused.agreement)
+        confirmed = None if fused.pixels is None else fused.pixels.confirmed
+        roles, verdict = roles_and_verdict(order, fused.host, fused.support, self.params, confirmed)
         matches = self._matches(ev, fused.ranking, counts, fused.region, top, fused, roles)
         region_box = None if fused.region is None else [round(float(v), 1) for v in fused.region.box]
         return SearchResult(matches, verdict, region_box)
@@ -208,10 +232,10 @@ class Searcher:
         residual_for_roles = residual.copy()
         residual_for_roles[host] = 0
         changed = np.any(blobs, axis=0) if blobs else None
-        support, agreement = self._donor_support(
+        support, pixels = self._donor_support(
             rgb, ranking.order[:top], host, ev, region, changed, is_verified_host(finding, self.params), finding.moved_region
         )
-        return Fused(ranking, finding, region, residual_for_roles, support, agreement)
+        return Fused(ranking, finding, region, residual_for_roles, support, pixels)
 
     def _donor_support(
         self,
@@ -223,17 +247,18 @@ class Searcher:
         changed: np.ndarray | None,
         host_verified: bool,
         moved: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, PixelChecks]:
         """[P] geometrically consistent votes per ranked photo (0 elsewhere): the region's own keypoints',
         and the query's keypoints the host does not explain; the larger of the two. For a host that is
         not verified, all the query's votes for it.
 
-        And [P] the pixel agreement of a photo whose support is short of a donor's but enough for a transform
-        (`donor_pixel_check_votes` or more, nan elsewhere): the share of the changed pixels (of the view that
-        gave that support) its pixels confirm once aligned by that transform (`alignment.agreement_over`).
+        And what the pixels say (`PixelChecks`) of a photo whose support is short of a donor's but enough for a
+        transform (`donor_pixel_check_votes` or more): the changed pixels (of the view that gave that support)
+        compared with its own, aligned by that transform (`alignment.agreement_over`, `edge_agreement_over`);
+        and, when no photo is a donor so far, of the leading photos matched again (`_rematch_leaders`).
         """
         support = np.zeros(self.photos.count, np.int64)
-        agreement = np.full(self.photos.count, np.nan)
+        pixels = PixelChecks.none(self.photos.count)
         views = [] if region is None else list(region.views)
         frames: list = [] if region is None else list(region.frames)
         frames += [None] * (len(views) - len(frames))  # a region made without its pixels: no pixel test
@@ -255,14 +280,16 @@ class Searcher:
             support[p], transform = fits[best]
             weak = max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes) <= support[p] < self.params.donor_min_consistent_votes
             if host_verified and weak and frames[best] is not None and transform is not None:
-                agreement[p] = self._pixel_agreement(int(p), frames[best], transform)
+                colour, edges = self._pixel_agreement(int(p), frames[best], transform)
+                ok = colour >= self.params.donor_min_pixel_agreement and edges >= self.params.donor_min_edge_agreement
+                pixels.keep(int(p), colour, edges, ok)
         if host_verified and region is not None and not moved:
             whole = []
             if changed is not None and ev.features:  # the query's own keypoints in its changed pixels, as is and mirrored
                 inside = _keypoints_on(ev.features[0], changed)
                 whole = [(inside, (rgb, changed)), (mirrored(inside, rgb.shape[1]), (rgb[:, ::-1], changed[:, ::-1]))]
-            self._rematch_leaders(ranked, host, region, support, agreement, whole)
-        return support, agreement
+            self._rematch_leaders(ranked, host, region, support, pixels, whole)
+        return support, pixels
 
     def _rematch_leaders(
         self,
@@ -270,71 +297,79 @@ class Searcher:
         host: int,
         region: Region,
         support: np.ndarray,
-        agreement: np.ndarray,
+        pixels: PixelChecks,
         whole: list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]],
     ) -> None:
         """When neither votes nor pixels have made any ranked photo a donor, the first `donor_rematch_candidates`
         ranked photos after the host are matched again on their own keypoints (extracted from the file as
         indexed; the lists' coded distances lose many of a small paste's matches) against the region's, as is
-        and mirrored, and the `whole` query's; the best fit's pixel agreement is kept in `agreement` (in place)
-        when it beats what was measured."""
-        need, confirm = self.params.donor_min_consistent_votes, self.params.donor_min_pixel_agreement
-        if any(support[p] >= need or agreement[p] >= confirm for p in ranked if p != host):
-            return  # a donor is found: the rest are matched again only when none is (one SIFT pass per photo)
-        todo = [
-            int(p)
-            for p in ranked
-            if p != host and support[p] < need and not (np.isfinite(agreement[p]) and agreement[p] >= confirm)
-        ][: self.params.donor_rematch_candidates]
-        if not todo:
-            return
+        and mirrored, and the `whole` query's, two at a time (one SIFT pass per photo, one per core) until one
+        is confirmed; what their pixels say is kept in `pixels` (in place)."""
+        if any(support[p] >= self.params.donor_min_consistent_votes or pixels.confirmed[p] for p in ranked if p != host):
+            return  # a donor is found
+        todo = [int(p) for p in ranked if p != host][: self.params.donor_rematch_candidates]
         views = _region_views(region) + whole
-        for p, found in zip(todo, _REMATCH.map(lambda p: self._rematched_agreement(p, views), todo)):
-            if np.isfinite(found) and not (np.isfinite(agreement[p]) and agreement[p] >= found):
-                agreement[p] = found
+        for first in range(0, len(todo), REMATCH_WIDTH):
+            batch = todo[first : first + REMATCH_WIDTH]
+            for p, found in zip(batch, _REMATCH.map(lambda p: self._rematched_agreement(p, views), batch)):
+                pixels.keep(p, *found)
+            if pixels.confirmed[batch].any():
+                return
 
-    def _rematched_agreement(self, photo: int, views: list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]]) -> float:
-        """The best pixel agreement of `photo` over `views`, aligned by its own keypoints (nan: none); failing
-        that, by those of the photo reduced (alignment.SHRUNK_ORIGINAL_SCALES: a paste shrunk several times).
+    def _rematched_agreement(
+        self, photo: int, views: list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]]
+    ) -> tuple[float, float, bool]:
+        """(colour, edges, confirmed) of the best fit of `photo` over `views`, aligned by its own keypoints (nan,
+        nan, False: none); failing that, by those of the photo reduced (alignment.SHRUNK_ORIGINAL_SCALES: a paste
+        shrunk several times). Matches of Lowe's ratio test, and of the looser `rematch_loose_ratio` (with a
+        stricter edge test).
 
         A fit counts when most of its inliers (`min_inliers_in_change`) lie in the view's changed pixels; its
         agreement is measured on the changed pixels near them. Over the whole changed blob it would be diluted
         by what the blob holds besides this photo's part (the changed pixels of other pastes, of the edges);
-        near the inliers of a chance fit, the pixels still disagree (bench/RESULTS.md, "Session 17")."""
+        near the inliers of a chance fit, the pixels still disagree, and their edges do not lie on its edges
+        (bench/RESULTS.md, "Session 17", "Session 18")."""
         try:
             original = load_rgb(self.photos.catalogue.paths[photo])
         except ImageError:
-            return float("nan")
-        best = float("nan")
+            return float("nan"), float("nan"), False
+        P = self.params
+        best = PixelChecks.none(1)
+        tests = ((RATIO, P.donor_min_edge_agreement), (P.rematch_loose_ratio, P.rematch_loose_min_edge_agreement))
         as_indexed = shrink_to_side(original, MAX_SIDE)[0]  # reduced from the size SIFT runs at, not the file's
         for scale in (1.0, *SHRUNK_ORIGINAL_SCALES):  # reduced only when the photo as it is confirms nothing
-            if np.isfinite(best) and best >= self.params.donor_min_pixel_agreement:
+            if best.confirmed[0]:
                 break
             view = original if scale == 1.0 else cv2.resize(as_indexed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             stored = extract(view, STORED_KEYPOINTS)
+            ours = stored.descriptors.astype(np.float32)
             for features, (target, mask) in views:
-                pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))
-                if len(pairs) < MIN_FIT_PAIRS:
-                    continue
-                src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
-                dst = features.keypoints[pairs[:, 0], :2].astype(np.float64)
-                a, inliers = fit_similarity(src, dst, SEARCH_FIT)
-                if a is None or inliers.sum() < max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes):
-                    continue
-                if share_inside(dst[inliers], mask) < self.params.min_inliers_in_change:
-                    continue
-                found = agreement_over(target, near_points(dst[inliers], mask.shape) & mask, view, a)
-                best = found if not np.isfinite(best) else max(best, found)
-        return best
+                theirs = features.descriptors.astype(np.float32)
+                for ratio, min_edges in tests:
+                    pairs = ratio_matches(theirs, ours, ratio)
+                    if len(pairs) < MIN_FIT_PAIRS:
+                        continue
+                    src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
+                    dst = features.keypoints[pairs[:, 0], :2].astype(np.float64)
+                    a, inliers = fit_similarity(src, dst, SEARCH_FIT)
+                    if a is None or inliers.sum() < max(MIN_FIT_PAIRS, P.donor_pixel_check_votes):
+                        continue
+                    if share_inside(dst[inliers], mask) < P.min_inliers_in_change:
+                        continue
+                    near = near_points(dst[inliers], mask.shape) & mask
+                    colour, edges = agreement_over(target, near, view, a), edge_agreement_over(target, near, view, a)
+                    best.keep(0, colour, edges, colour >= P.rematch_min_pixel_agreement and edges >= min_edges)
+        return float(best.colour[0]), float(best.edges[0]), bool(best.confirmed[0])
 
-    def _pixel_agreement(self, photo: int, frame: tuple[np.ndarray, np.ndarray], transform: np.ndarray) -> float:
-        """`alignment.agreement_over` of stored photo `photo` on a view's changed pixels (nan: unreadable photo)."""
+    def _pixel_agreement(self, photo: int, frame: tuple[np.ndarray, np.ndarray], transform: np.ndarray) -> tuple[float, float]:
+        """`alignment.agreement_over` and `edge_agreement_over` of stored photo `photo` on a view's changed pixels
+        (nan, nan: unreadable photo)."""
         try:
             original = load_rgb(self.photos.catalogue.paths[photo])
         except ImageError:
-            return float("nan")
+            return float("nan"), float("nan")
         target, mask = frame
-        return agreement_over(target, mask, original, transform)
+        return agreement_over(target, mask, original, transform), edge_agreement_over(target, mask, original, transform)
 
     def _matches(
         self,
@@ -408,8 +443,9 @@ def _evidence(p: int, fused: Fused) -> dict:
     else:
         out["residual_votes"] = int(fused.residual_votes[p])
         out["consistent_votes"] = int(fused.support[p])
-        if fused.agreement is not None and np.isfinite(fused.agreement[p]):
-            out["pixel_agreement"] = round(float(fused.agreement[p]), 4)
+        if fused.pixels is not None and np.isfinite(fused.pixels.colour[p]):
+            out["pixel_agreement"] = round(float(fused.pixels.colour[p]), 4)
+            out["edge_agreement"] = round(float(fused.pixels.edges[p]), 4)
     if fused.region is not None and np.isfinite(fused.region.distance[p]):
         out["region_distance"] = round(float(fused.region.distance[p]), 4)
     return out

@@ -49,16 +49,12 @@ def is_copy(h: HostFinding, params: RankingParams) -> bool:
     return h.aligned and not h.changed_region and h.explained_share >= params.copy_min_share
 
 
-def _pixels_confirm(p: int, pixel_agreement: np.ndarray | None, params: RankingParams) -> bool:
-    return pixel_agreement is not None and bool(pixel_agreement[p] >= params.donor_min_pixel_agreement)
-
-
 def roles_and_verdict(
     order: np.ndarray,
     host: HostFinding | None,
     consistent_votes: np.ndarray,
     params: RankingParams,
-    pixel_agreement: np.ndarray | None = None,
+    pixels_confirmed: np.ndarray | None = None,
 ) -> tuple[list[Role], Verdict]:
     """The role of each ranked photo and the query's verdict.
 
@@ -67,8 +63,8 @@ def roles_and_verdict(
     not a verified host it can still be a donor, as in a composite of copies). Without a verified host a donor needs more of them:
     photos that are not in the collection at all draw a few consistent chance
     votes, and a splice almost always has its host in the collection. With a verified host, fewer consistent
-    votes suffice when the photo's own pixels, aligned by their transform, confirm the changed part of the
-    query (`pixel_agreement` [P], nan where not measured).
+    votes suffice when the photo's own pixels, aligned by their transform (or by its own keypoints matched
+    again), confirm the changed part of the query (`pixels_confirmed` [P] bool: colours and edges agree).
     """
     host_ok = host is not None and is_verified_host(host, params)
     need = params.donor_min_consistent_votes if host_ok else params.donor_min_consistent_votes_without_host
@@ -76,7 +72,7 @@ def roles_and_verdict(
     for p in order:
         if host is not None and p == host.photo and host_ok:
             roles.append(Role.HOST)
-        elif consistent_votes[p] >= need or (host_ok and _pixels_confirm(p, pixel_agreement, params)):
+        elif consistent_votes[p] >= need or (host_ok and pixels_confirmed is not None and pixels_confirmed[p]):
             roles.append(Role.DONOR)
         else:
             roles.append(Role.CANDIDATE)
