@@ -319,3 +319,27 @@ def test_rematch_counts_the_pixels_near_its_fit_within_the_change():
     assert agreement_over(query, cup | other, original, a) < need  # ... and diluted over the whole blob
     elsewhere = s._rematched_agreement(0, [(features, (query, other))])
     assert not elsewhere[2], elsewhere
+
+
+def test_the_whole_querys_keypoints_in_the_change_that_find_the_host_again_make_a_copy_move():
+    """A copy-move: query keypoints inside the changed pixels vote for the host at the place they were copied
+    from, all by one shift; the same votes from keypoints outside the change (the host where it is unchanged)
+    say nothing of the change."""
+    from oesir_cli.keypoints import LocalFeatures
+    from oesir_cli.search.region import Region, moved_from_host
+
+    rng = np.random.default_rng(3)
+    inside = rng.uniform([200, 200], [260, 260], size=(8, 2))  # in the changed square
+    outside = rng.uniform([20, 20], [120, 120], size=(8, 2))
+    changed = np.zeros((300, 300), bool)
+    changed[190:270, 190:270] = True
+    region = Region(np.array([190, 190, 270, 270]), np.zeros(2), np.zeros(2, np.int64), np.zeros(2))
+
+    def copied(points: np.ndarray) -> tuple[LocalFeatures, Votes, np.ndarray]:
+        features = LocalFeatures(np.hstack([points, np.ones((len(points), 2))]).astype(np.float32), np.zeros((8, 128), np.uint8))
+        votes = Votes(np.arange(8), points - [150.0, 100.0], np.zeros(8, np.int64), np.array([8, 0]))
+        return features, votes, changed
+
+    assert moved_from_host(None, region, 0, P, [copied(inside)])
+    assert not moved_from_host(None, region, 0, P, [copied(outside)])
+    assert not moved_from_host(None, region, 0, P)

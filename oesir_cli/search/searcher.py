@@ -42,7 +42,7 @@ from ..store import Catalogue, Store
 
 if TYPE_CHECKING:
     from ..milvus_store import MilvusStore
-from .evidence import MIN_FIT_PAIRS, IndexedPhotos, QueryEvidence, consistent_fit, has_consistent_leader
+from .evidence import MIN_FIT_PAIRS, IndexedPhotos, QueryEvidence, Votes, consistent_fit, has_consistent_leader
 from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
@@ -226,7 +226,7 @@ class Searcher:
             frame_share=explained.frame,
             whole_distance=float(whole[host]),
             changed_region=bool(blobs),
-            moved_region=region is not None and moved_from_host(self.photos, region, host, self.params),
+            moved_region=region is not None and moved_from_host(self.photos, region, host, self.params, _whole_views(ev, blobs)),
         )
         ranking = fused_ranking(donors, self.params)
         residual_for_roles = residual.copy()
@@ -415,6 +415,16 @@ def _keypoints_on(features: LocalFeatures, mask: np.ndarray) -> LocalFeatures:
     in the changed pixels, and matching only those keeps it cheap (a tenth of the query's, typically)."""
     keep = on_mask(features.keypoints, mask)
     return LocalFeatures(features.keypoints[keep], features.descriptors[keep])
+
+
+def _whole_views(ev: QueryEvidence, blobs: list[np.ndarray]) -> list[tuple[LocalFeatures, Votes, np.ndarray]]:
+    """The whole query's keypoints and votes, as is (and mirrored when it was searched so), each with the changed
+    pixels in its frame."""
+    if not blobs:
+        return []
+    changed = np.any(blobs, axis=0)
+    frames = [changed, changed[:, ::-1]]
+    return [(f, v, m) for f, v, m in zip(ev.features, ev.votes, frames)]
 
 
 def _region_views(region: Region) -> list[tuple[LocalFeatures, tuple[np.ndarray, np.ndarray]]]:
