@@ -17,6 +17,7 @@ Two host rules, for two questions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -53,8 +54,13 @@ def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> np.ndar
     norm is an exact integer in float32, so the distances equal a brute-force
     matcher's.
     """
+    return ratio_matches_at(a, b, (ratio,))[0]
+
+
+def ratio_matches_at(a: np.ndarray, b: np.ndarray, ratios: Sequence[float]) -> list[np.ndarray]:
+    """`ratio_matches` at each of `ratios`, from one matrix product (the product is most of the cost)."""
     if len(a) < 2 or len(b) < 2:
-        return np.zeros((0, 2), np.int64)
+        return [np.zeros((0, 2), np.int64) for _ in ratios]
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     d2 = (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)  # squared distance minus |a|^2, which ranks alike per row
     rows = np.arange(len(a))
@@ -64,8 +70,11 @@ def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> np.ndar
     second = d2.min(1)
     norm_a = (a * a).sum(1)
     first, second = np.sqrt(np.maximum(first + norm_a, 0)), np.sqrt(np.maximum(second + norm_a, 0))
-    good = np.flatnonzero(first < ratio * second)
-    return np.stack([good, nearest[good]], 1).astype(np.int64)
+    out = []
+    for ratio in ratios:
+        good = np.flatnonzero(first < ratio * second)
+        out.append(np.stack([good, nearest[good]], 1).astype(np.int64))
+    return out
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray, params: FitParams) -> tuple[np.ndarray | None, np.ndarray]:
@@ -149,7 +158,7 @@ def agreement_over(target: np.ndarray, mask: np.ndarray, original: np.ndarray, a
     _check_mask(target, mask)
     if not mask.any():
         return 0.0
-    warped, inside = _warped(original, a, mask.shape)
+    target, mask, warped, inside = _aligned_around(target, mask, original, a)
     agree = colour_difference(target, warped, sigma=AGREE_BLUR) < AGREE_LAB
     return float((agree & inside)[mask].mean())
 
@@ -168,7 +177,9 @@ def edge_agreement_over(target: np.ndarray, mask: np.ndarray, original: np.ndarr
     chance keypoint matches; the edges of a pasted part lie exactly on its source's once aligned, and chance
     fits' do not (bench/RESULTS.md, "Session 18": true fits 0.40-1.0, unrelated pairs' 0.05-0.23)."""
     _check_mask(target, mask)
-    warped, inside = _warped(original, a, mask.shape)
+    if not mask.any():
+        return 0.0
+    target, mask, warped, inside = _aligned_around(target, mask, original, a)
     gx, gy = _gradients(target)
     ox, oy = _gradients(warped)
     strength, other = np.hypot(gx, gy), np.hypot(ox, oy)
@@ -183,6 +194,25 @@ def edge_agreement_over(target: np.ndarray, mask: np.ndarray, original: np.ndarr
 def _check_mask(target: np.ndarray, mask: np.ndarray) -> None:
     if target.shape[:2] != mask.shape:
         raise ValueError(f"mask {mask.shape} is not the size of the target {target.shape[:2]}")
+
+
+AROUND_MARGIN = 10  # pixels kept around a mask: its pixels' blur and Sobel see what they would in the whole image
+
+
+def _aligned_around(
+    target: np.ndarray, mask: np.ndarray, original: np.ndarray, a: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`target` and `mask` cut to the mask's box (grown by AROUND_MARGIN), and `original` warped by the 2x3
+    transform `a` into that box with where it lands: a paste's pixels are a small part of the query, and
+    comparing only there is what makes checking many fits cheap."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    y0, y1 = max(0, ys.min() - AROUND_MARGIN), min(h, ys.max() + 1 + AROUND_MARGIN)
+    x0, x1 = max(0, xs.min() - AROUND_MARGIN), min(w, xs.max() + 1 + AROUND_MARGIN)
+    shifted = np.asarray(a, np.float64).copy()
+    shifted[:, 2] -= [x0, y0]
+    warped, inside = _warped(original, shifted, (y1 - y0, x1 - x0))
+    return target[y0:y1, x0:x1], mask[y0:y1, x0:x1], warped, inside
 
 
 def _warped(original: np.ndarray, a: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -103,3 +103,19 @@ def test_edges_confirm_a_paste_where_a_shared_flat_colour_does_not():
     assert edge_agreement_over(query, mask, washed, a) < 0.25
     with pytest.raises(ValueError, match="not the size"):
         edge_agreement_over(query, mask[:100], donor, a)
+
+
+def test_agreement_measured_around_the_mask_equals_the_whole_frames():
+    """Colour agreement is computed only around the mask (for speed): the same as over the whole frame."""
+    from oesir_cli.alignment import AGREE_BLUR, AGREE_LAB
+    from oesir_cli.pixels import colour_difference
+
+    donor, query = _texture(5), _texture(7)
+    a = cv2.getRotationMatrix2D((200.0, 150.0), 10.0, 0.8)
+    mask = np.zeros((300, 400), bool)
+    mask[120:200, 150:260] = True
+    query[100:170, 130:220] = cv2.warpAffine(donor, a, (400, 300))[100:170, 130:220]  # part of the mask agrees
+    warped = cv2.warpAffine(donor, a, (400, 300), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.full(donor.shape[:2], 255, np.uint8), a, (400, 300), flags=cv2.INTER_NEAREST) > 0
+    whole = ((colour_difference(query, warped, sigma=AGREE_BLUR) < AGREE_LAB) & inside)[mask].mean()
+    assert 0.3 < whole < 0.7 and agreement_over(query, mask, donor, a) == pytest.approx(whole, abs=1e-9)

@@ -29,7 +29,7 @@ from ..alignment import (
     fit_similarity,
     near_points,
     on_mask,
-    ratio_matches,
+    ratio_matches_at,
     share_inside,
 )
 from ..choices import Mode, Role, Verdict, parse
@@ -344,9 +344,8 @@ class Searcher:
             stored = extract(view, STORED_KEYPOINTS)
             ours = stored.descriptors.astype(np.float32)
             for features, (target, mask) in views:
-                theirs = features.descriptors.astype(np.float32)
-                for ratio, min_edges in tests:
-                    pairs = ratio_matches(theirs, ours, ratio)
+                matched = ratio_matches_at(features.descriptors.astype(np.float32), ours, [r for r, _ in tests])
+                for pairs, (_, min_edges) in zip(matched, tests):
                     if len(pairs) < MIN_FIT_PAIRS:
                         continue
                     src = stored.keypoints[pairs[:, 1], :2].astype(np.float64)
