@@ -182,7 +182,7 @@ def align(
         q_box, o_box = object_pair
         return Alignment(box_similarity(o_box, q_box), 0, 0, False, "objects", np.zeros((0, 2), np.float32))
     raise AlignmentError(
-        f"could not align the photos: fewer than {MIN_SIMILARITY_INLIERS} consistent keypoint matches; are they related?"
+        "could not align the photos: no transform that their keypoints agree on and their pixels confirm; are they related?"
     )
 
 

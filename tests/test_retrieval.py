@@ -219,7 +219,7 @@ def test_leading_photos_matched_again_confirm_the_donor_by_its_pixels(photo_dir,
 
     found = rematched([host, others[0], coffee, *others[1:]])
     assert found.confirmed[coffee] and found.colour[coffee] >= DEFAULT_PARAMS.rematch_min_pixel_agreement
-    assert found.edges[coffee] >= DEFAULT_PARAMS.donor_min_edge_agreement
+    assert found.edges[coffee] >= DEFAULT_PARAMS.rematch_min_edge_agreement
     assert not found.confirmed[others].any()
     late = rematched([host, *others[:first], coffee])
     assert np.isnan(late.colour[coffee]), "only the first few after the host are matched again"

@@ -310,7 +310,7 @@ def test_rematch_counts_the_pixels_near_its_fit_within_the_change():
     s = _rematcher(EXAMPLES / "coffee.jpg")
     need = DEFAULT_PARAMS.donor_min_pixel_agreement
     colour, edges, confirmed = s._rematched_agreement(0, [(features, (query, cup | other))])
-    assert confirmed and colour >= need and edges >= DEFAULT_PARAMS.donor_min_edge_agreement, (colour, edges)
+    assert confirmed and colour >= need and edges >= DEFAULT_PARAMS.rematch_min_edge_agreement, (colour, edges)
     original = load_rgb(EXAMPLES / "coffee.jpg")
     stored = extract(original)
     pairs = ratio_matches(features.descriptors.astype(np.float32), stored.descriptors.astype(np.float32))

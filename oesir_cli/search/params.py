@@ -82,18 +82,20 @@ class RankingParams:
     """With a verified host, a photo with fewer consistent votes than a donor needs but at least this many is
     aligned by their transform and its pixels compared with the changed pixels (`alignment.agreement_over`) ..."""
     donor_min_pixel_agreement: float = 0.4
-    """... and labelled donor when its pixels confirm at least this share of them ..."""
-    donor_min_edge_agreement: float = 0.3
-    """... and the edges there lie on its own edges on at least this share of the edge pixels
-    (`alignment.edge_agreement_over`: a shared flat colour agrees by chance, edges do not; RESULTS "Session 18")."""
+    """... and labelled donor when its pixels confirm at least this share of them (in colour: over the whole
+    changed blob, edges are not required; a 3-vote transform is often a pixel or two off, which edges do not
+    forgive: a true composite donor had colour 0.42, edges 0.08; RESULTS "Session 18")."""
     donor_rematch_candidates: int = 6
     """With a verified host and a region that is not moved from the host, up to this many of the first ranked
     photos that are not yet donors are matched again on their own keypoints (from the file), against the region's
     and the whole query's, two at a time until one is confirmed: labelled donor when their pixels near the fit's
     inliers, within the changed pixels, agree on `rematch_min_pixel_agreement` of them and their edges on
-    `donor_min_edge_agreement`."""
+    `rematch_min_edge_agreement`."""
     rematch_min_pixel_agreement: float = 0.3
-    """Colour agreement a rematch fit needs near its inliers (a local measure: undiluted by the rest of the change)."""
+    """Colour agreement a rematch fit needs near its inliers (a local measure: undiluted by the rest of the change) ..."""
+    rematch_min_edge_agreement: float = 0.3
+    """... and the share of the edge pixels there that lie on its own edges (`alignment.edge_agreement_over`: a
+    shared flat colour agrees by chance, edges do not; RESULTS "Session 18")."""
     rematch_loose_ratio: float = 0.9
     """A paste re-shared small keeps few distinctive keypoints: the rematch also fits the matches of this looser
     ratio test ..."""

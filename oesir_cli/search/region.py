@@ -202,8 +202,8 @@ def moved_from_host(
 
     A pasted region from another photo does not match the host there (only the host around it, at the
     margin of the blob); its donor, not the host, is what the region's keypoints find. The whole query's
-    keypoints in the changed pixels gave no splice of the CASIA sets a single consistent vote for the host,
-    and found 18 more of 238 copy-moves than the region's alone (bench/RESULTS.md, "Session 18").
+    keypoints in the changed pixels gave none of the 418 CASIA splices a single consistent vote for the host,
+    and found 25 more of the 453 copy-moves than the region's alone (290; bench/RESULTS.md, "Session 18").
     """
     for (features, votes), (_, blob) in zip(region.views, region.frames):
         if blob is None:

@@ -281,8 +281,7 @@ class Searcher:
             weak = max(MIN_FIT_PAIRS, self.params.donor_pixel_check_votes) <= support[p] < self.params.donor_min_consistent_votes
             if host_verified and weak and frames[best] is not None and transform is not None:
                 colour, edges = self._pixel_agreement(int(p), frames[best], transform)
-                ok = colour >= self.params.donor_min_pixel_agreement and edges >= self.params.donor_min_edge_agreement
-                pixels.keep(int(p), colour, edges, ok)
+                pixels.keep(int(p), colour, edges, colour >= self.params.donor_min_pixel_agreement)
         if host_verified and region is not None and not moved:
             whole = []
             if changed is not None and ev.features:  # the query's own keypoints in its changed pixels, as is and mirrored
@@ -335,7 +334,7 @@ class Searcher:
             return float("nan"), float("nan"), False
         P = self.params
         best = PixelChecks.none(1)
-        tests = ((RATIO, P.donor_min_edge_agreement), (P.rematch_loose_ratio, P.rematch_loose_min_edge_agreement))
+        tests = ((RATIO, P.rematch_min_edge_agreement), (P.rematch_loose_ratio, P.rematch_loose_min_edge_agreement))
         as_indexed = shrink_to_side(original, MAX_SIDE)[0]  # reduced from the size SIFT runs at, not the file's
         for scale in (1.0, *SHRUNK_ORIGINAL_SCALES):  # reduced only when the photo as it is confirms nothing
             if best.confirmed[0]:
