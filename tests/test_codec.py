@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +158,29 @@ def test_a_new_index_stores_float16_by_default(photo_dir, tmp_path):
 
     api.index([photo_dir], index_dir=tmp_path / "idx", local_features=False)
     assert DEFAULT_CODEC == "float16" and api.info(tmp_path / "idx")["codec"] == "float16"
+
+
+_WHITEN_IN_A_FRESH_PROCESS = """
+import hashlib, sys
+import numpy as np  # first, so OPENBLAS_NUM_THREADS of the environment decides BLAS's threads
+from oesir_cli.embed import Whitening
+rng = np.random.default_rng(7)
+w = Whitening(rng.standard_normal(1392).astype(np.float32), rng.standard_normal((1392, 256)).astype(np.float32))
+print(hashlib.sha256(w.apply(rng.standard_normal((9, 1392)).astype(np.float32)).tobytes()).hexdigest())
+"""
+
+
+def test_whitened_embeddings_do_not_depend_on_how_many_threads_blas_uses():
+    # a library user's process may have numpy's BLAS on every core, `oesir index` on one: the stored bytes of a
+    # photo must not depend on it (a resumed or re-run index must equal an uninterrupted one)
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", _WHITEN_IN_A_FRESH_PROCESS],
+            env={**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for threads in (1, 2, 4)
+    }
+    assert len(digests) == 1
