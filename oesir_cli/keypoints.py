@@ -76,13 +76,35 @@ def extract(
         size = (int(round(w * s)), int(round(h * s)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         mask = None if mask is None else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-    kps, desc = _sift(max_keypoints, contrast).detectAndCompute(grey, mask)
+    if mask is None:
+        kps, desc = _sift(max_keypoints, contrast).detectAndCompute(grey, None)
+    else:
+        # OpenCV keeps its `nfeatures` strongest keypoints of the whole image *before* it applies the mask, so a
+        # mask over a small part would keep only the few of those that fall there: detect them all, keep the
+        # strongest inside
+        kps, desc = _sift(0, contrast).detectAndCompute(grey, mask)
+        kps, desc = _strongest(kps, desc, max_keypoints, keep_ties)
     if desc is None or not kps:
         return empty()
     kp = np.array([(k.pt[0] / s, k.pt[1] / s, k.size / s, k.angle) for k in kps], np.float32)
     if not keep_ties:
         desc, kp = desc[:max_keypoints], kp[:max_keypoints]
     return LocalFeatures(kp, rootsift(desc))
+
+
+def _strongest(
+    kps: tuple[cv2.KeyPoint, ...], desc: np.ndarray | None, n: int, keep_ties: bool
+) -> tuple[list[cv2.KeyPoint], np.ndarray | None]:
+    """The `n` keypoints of highest response (with `keep_ties`, also those tying with the n-th), strongest first."""
+    if desc is None or len(kps) <= n:
+        return list(kps), desc
+    response = np.array([k.response for k in kps], np.float32)
+    order = np.argsort(-response, kind="stable")
+    if keep_ties:
+        order = order[response[order] >= response[order[n - 1]]]
+    else:
+        order = order[:n]
+    return [kps[i] for i in order], desc[order]
 
 
 # descriptor layout [row 4][column 4][orientation 8] in the keypoint's rotated frame

@@ -66,3 +66,22 @@ def test_extract_where_keeps_keypoints_inside_the_mask():
     x, y = f.keypoints[:, 0], f.keypoints[:, 1]
     assert ((x >= 149) & (x <= 351) & (y >= 99) & (y <= 301)).all()
     assert len(extract(rgb, 300, np.zeros_like(where))) == 0
+
+
+def test_extract_where_spends_its_budget_inside_the_mask():
+    # a faint patch beside strong texture: the budget must go to the patch's own keypoints, not to the texture's
+    # strongest ones that the mask then throws away (OpenCV's SIFT cuts to `nfeatures` before it masks)
+    rng = np.random.default_rng(3)
+    grey = cv2.resize(rng.integers(0, 255, (40, 80), dtype=np.uint8), (640, 320), interpolation=cv2.INTER_CUBIC)
+    faint = cv2.resize(rng.integers(100, 156, (20, 20), dtype=np.uint8), (160, 160), interpolation=cv2.INTER_CUBIC)
+    grey[80:240, 440:600] = faint
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    where = np.zeros(grey.shape, bool)
+    where[80:240, 440:600] = True
+    inside = extract(rgb, 10_000, where, max_side=None)
+    assert len(inside) > 60
+    f = extract(rgb, 50, where, max_side=None)
+    assert len(f) == 50
+    x, y = f.keypoints[:, 0], f.keypoints[:, 1]
+    assert ((x >= 439) & (x <= 601) & (y >= 79) & (y <= 241)).all()
+    assert len(extract(rgb, 50, None, max_side=None)) == 50  # the whole photo: its own 50 strongest
