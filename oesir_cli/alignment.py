@@ -155,12 +155,8 @@ def agreement_over(target: np.ndarray, mask: np.ndarray, original: np.ndarray, a
     A few keypoints that agree on one transform may still be chance; the pixels they bring along are not:
     a pasted part matches its source pixel for pixel once aligned, an unrelated photo does not.
     """
-    _check_mask(target, mask)
-    if not mask.any():
-        return 0.0
-    target, mask, warped, inside = _aligned_around(target, mask, original, a)
-    agree = colour_difference(target, warped, sigma=AGREE_BLUR) < AGREE_LAB
-    return float((agree & inside)[mask].mean())
+    aligned = _aligned_around(target, mask, original, a)
+    return 0.0 if aligned is None else _colour_share(*aligned)
 
 
 EDGE_MIN_GRADIENT = 8.0  # Sobel magnitude (grey levels blurred by AGREE_BLUR) from which a target pixel has an edge
@@ -176,10 +172,22 @@ def edge_agreement_over(target: np.ndarray, mask: np.ndarray, original: np.ndarr
     Colour alone can agree by chance where two photos share a flat hue (sky, skin, a wall) next to a few
     chance keypoint matches; the edges of a pasted part lie exactly on its source's once aligned, and chance
     fits' do not (bench/RESULTS.md, "Session 18": true fits 0.40-1.0, unrelated pairs' 0.05-0.23)."""
-    _check_mask(target, mask)
-    if not mask.any():
-        return 0.0
-    target, mask, warped, inside = _aligned_around(target, mask, original, a)
+    aligned = _aligned_around(target, mask, original, a)
+    return 0.0 if aligned is None else _edge_share(*aligned)
+
+
+def pixel_agreements(target: np.ndarray, mask: np.ndarray, original: np.ndarray, a: np.ndarray) -> tuple[float, float]:
+    """(`agreement_over`, `edge_agreement_over`) from one warp of `original`: what a fit's pixels are checked by."""
+    aligned = _aligned_around(target, mask, original, a)
+    return (0.0, 0.0) if aligned is None else (_colour_share(*aligned), _edge_share(*aligned))
+
+
+def _colour_share(target: np.ndarray, mask: np.ndarray, warped: np.ndarray, inside: np.ndarray) -> float:
+    agree = colour_difference(target, warped, sigma=AGREE_BLUR) < AGREE_LAB
+    return float((agree & inside)[mask].mean())
+
+
+def _edge_share(target: np.ndarray, mask: np.ndarray, warped: np.ndarray, inside: np.ndarray) -> float:
     gx, gy = _gradients(target)
     ox, oy = _gradients(warped)
     strength, other = np.hypot(gx, gy), np.hypot(ox, oy)
@@ -201,10 +209,13 @@ AROUND_MARGIN = 10  # pixels kept around a mask: its pixels' blur and Sobel see 
 
 def _aligned_around(
     target: np.ndarray, mask: np.ndarray, original: np.ndarray, a: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """`target` and `mask` cut to the mask's box (grown by AROUND_MARGIN), and `original` warped by the 2x3
-    transform `a` into that box with where it lands: a paste's pixels are a small part of the query, and
-    comparing only there is what makes checking many fits cheap."""
+    transform `a` into that box with where it lands (None: an empty mask): a paste's pixels are a small part of
+    the query, and comparing only there is what makes checking many fits cheap."""
+    _check_mask(target, mask)
+    if not mask.any():
+        return None
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
     y0, y1 = max(0, ys.min() - AROUND_MARGIN), min(h, ys.max() + 1 + AROUND_MARGIN)

@@ -96,7 +96,7 @@ def _strongest(
     kps: tuple[cv2.KeyPoint, ...], desc: np.ndarray | None, n: int, keep_ties: bool
 ) -> tuple[list[cv2.KeyPoint], np.ndarray | None]:
     """The `n` keypoints of highest response (with `keep_ties`, also those tying with the n-th), strongest first."""
-    if desc is None or len(kps) <= n:
+    if desc is None or n <= 0 or len(kps) <= n:  # 0: all, as OpenCV's `nfeatures`
         return list(kps), desc
     response = np.array([k.response for k in kps], np.float32)
     order = np.argsort(-response, kind="stable")

@@ -31,12 +31,11 @@ import numpy as np
 from .alignment import (
     LOCALIZE_FIT,
     SHRUNK_ORIGINAL_SCALES,
-    agreement_over,
-    edge_agreement_over,
     fit_homography,
     fit_similarity,
     is_host_relation,
     near_points,
+    pixel_agreements,
     ratio_matches,
 )
 from .choices import Relation, parse
@@ -295,7 +294,7 @@ def _agreement_near(
     only in a shared flat colour, where a true fit's colours and edges agree."""
     query, view = features.query_image, features.oriented(mirrored, scale)
     near = near_points(points, query.shape[:2])
-    return agreement_over(query, near, view, a), edge_agreement_over(query, near, view, a)
+    return pixel_agreements(query, near, view, a)
 
 
 def _align_confirmed_by_pixels(

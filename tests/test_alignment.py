@@ -15,6 +15,7 @@ from oesir_cli.alignment import (
     explained_by,
     fit_similarity,
     is_host_relation,
+    pixel_agreements,
 )
 from oesir_cli.search import DEFAULT_PARAMS
 from oesir_cli.search.region import changed_region
@@ -103,6 +104,10 @@ def test_edges_confirm_a_paste_where_a_shared_flat_colour_does_not():
     assert edge_agreement_over(query, mask, washed, a) < 0.25
     with pytest.raises(ValueError, match="not the size"):
         edge_agreement_over(query, mask[:100], donor, a)
+    for original in (donor, _texture(6), washed):  # both measures from one warp: the same numbers
+        both = pixel_agreements(query, mask, original, a)
+        assert both == (agreement_over(query, mask, original, a), edge_agreement_over(query, mask, original, a))
+    assert pixel_agreements(query, np.zeros_like(mask), donor, a) == (0.0, 0.0)
 
 
 def test_agreement_measured_around_the_mask_equals_the_whole_frames():

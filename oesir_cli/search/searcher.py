@@ -24,11 +24,10 @@ from ..alignment import (
     RATIO,
     SEARCH_FIT,
     SHRUNK_ORIGINAL_SCALES,
-    agreement_over,
-    edge_agreement_over,
     fit_similarity,
     near_points,
     on_mask,
+    pixel_agreements,
     ratio_matches_at,
     share_inside,
 )
@@ -355,7 +354,7 @@ class Searcher:
                     if share_inside(dst[inliers], mask) < P.min_inliers_in_change:
                         continue
                     near = near_points(dst[inliers], mask.shape) & mask
-                    colour, edges = agreement_over(target, near, view, a), edge_agreement_over(target, near, view, a)
+                    colour, edges = pixel_agreements(target, near, view, a)
                     best.keep(0, colour, edges, colour >= P.rematch_min_pixel_agreement and edges >= min_edges)
         return float(best.colour[0]), float(best.edges[0]), bool(best.confirmed[0])
 
@@ -367,7 +366,7 @@ class Searcher:
         except ImageError:
             return float("nan"), float("nan")
         target, mask = frame
-        return agreement_over(target, mask, original, transform), edge_agreement_over(target, mask, original, transform)
+        return pixel_agreements(target, mask, original, transform)
 
     def _matches(
         self,
