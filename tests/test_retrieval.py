@@ -371,16 +371,21 @@ def test_search_runs_each_network_once_per_query(photo_dir, tmp_path, monkeypatc
     assert calls == {"teacher": 1, "detector": 1}
 
 
-def test_composite_reports_every_donor_with_its_part(photo_dir, tmp_path):
-    """Two pastes from two photos (one mirrored) in one host: both donors found, each with the part it explains."""
+def _composite(photo_dir: Path, path: Path) -> None:
+    """The astronaut with a cup (coffee.jpg) and a mirrored cat (chelsea.jpg) pasted in, 90 px each."""
     host = cv2.imread(str(photo_dir / "astronaut.jpg"))
     cup = cv2.resize(cv2.imread(str(photo_dir / "coffee.jpg"))[20:250, 175:405], (90, 90), interpolation=cv2.INTER_AREA)
     cat = cv2.resize(cv2.imread(str(photo_dir / "chelsea.jpg"))[30:280, 120:370][:, ::-1], (90, 90), interpolation=cv2.INTER_AREA)
     query = host.copy()
     query[360:450, 360:450] = cup
     query[40:130, 380:470] = cat
-    path = tmp_path / "composite.jpg"
     cv2.imwrite(str(path), query, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def test_composite_reports_every_donor_with_its_part(photo_dir, tmp_path):
+    """Two pastes from two photos (one mirrored) in one host: both donors found, each with the part it explains."""
+    path = tmp_path / "composite.jpg"
+    _composite(photo_dir, path)
     idx = tmp_path / "idx"
     api.index([photo_dir], index_dir=idx)
     result = api.search_file(api.open_searcher(idx), path, top=4)
@@ -390,6 +395,36 @@ def test_composite_reports_every_donor_with_its_part(photo_dir, tmp_path):
     for name, pasted in (("coffee.jpg", (360, 360, 450, 450)), ("chelsea.jpg", (380, 40, 470, 130))):
         box = roles[name].query_box
         assert _iou(np.array(box), pasted) > 0.5, (name, box)
+
+
+def test_donors_found_below_other_photos_move_up_to_follow_the_host(photo_dir, tmp_path, monkeypatch):
+    """Roles are decided over a window of the ranking however few photos are asked for, and the donors move up
+    to follow the host: with fusion made to rank both donors last, a top 3 is still host and donors."""
+    import oesir_cli.search.searcher as searcher_module
+    from oesir_cli.search.fusion import fused_ranking
+
+    path = tmp_path / "composite.jpg"
+    _composite(photo_dir, path)
+    idx = tmp_path / "idx"
+    api.index([photo_dir], index_dir=idx)
+    s = api.open_searcher(idx)
+    names = [Path(p).name for p in s.catalogue.paths]
+    donors = {names.index("coffee.jpg"), names.index("chelsea.jpg")}
+
+    def donors_last(ev, params):
+        r = fused_ranking(ev, params)
+        order = [p for p in r.order if p not in donors] + [p for p in r.order if p in donors]
+        return replace(r, order=np.array(order), score=np.where(np.isin(np.arange(len(r.score)), list(donors)), -1.0, r.score))
+
+    monkeypatch.setattr(searcher_module, "fused_ranking", donors_last)
+    assert len(names) > 3 and DEFAULT_PARAMS.donor_check_window >= len(names)
+    result = api.search_file(s, path, top=3)
+    assert [m.role.value for m in result.matches] == ["host", "donor", "donor"], result.as_dict()
+    assert set(_names(result.matches)) == {"astronaut.jpg", "coffee.jpg", "chelsea.jpg"}
+    scores = [m.score for m in api.search_file(s, path, top=len(names)).matches]
+    assert scores == sorted(scores, reverse=True)
+    for top in range(1, len(names)):  # a shorter list is the head of a longer one
+        assert _names(api.search_file(s, path, top=top).matches) == _names(api.search_file(s, path, top=len(names)).matches)[:top]
 
 
 def test_composite_of_copies_without_a_host_still_reports_its_donors(photo_dir, tmp_path):

@@ -11,7 +11,7 @@ from oesir_cli.choices import Role, Verdict
 from oesir_cli.imageio import load_rgb
 from oesir_cli.local_index import Neighbours
 from oesir_cli.search import DEFAULT_PARAMS, DonorEvidence, Votes, fused_ranking, object_ranking, vote_ranking
-from oesir_cli.search.fusion import reciprocal_ranks
+from oesir_cli.search.fusion import Ranking, reciprocal_ranks, with_first
 from oesir_cli.search.host import HostCandidates, choose_host, host_candidates
 from oesir_cli.search.region import Region, changed_blob, changed_blobs, changed_region, merge_regions, region_keypoints
 from oesir_cli.search.verdict import HostFinding, is_verified_host, roles_and_verdict
@@ -81,6 +81,26 @@ def test_unreached_photos_earn_no_rrf_credit():
 def test_ties_keep_the_lower_photo_number_first():
     ev = _donors(object_distance=np.full(6, 1.0))
     assert fused_ranking(ev, P).order.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_with_first_moves_photos_after_the_host_keeping_their_order_and_scores_monotone():
+    ev = _donors(residual_votes=np.array([0, 6, 5, 0, 0, 0.0]), object_distance=np.array([0.0, 1.0, 1.1, 0.2, 0.3, 0.4]))
+    r = fused_ranking(ev, P)
+    assert r.order.tolist() == [0, 1, 2, 3, 4, 5]
+    moved = with_first(r, [5, 3], keep=1)
+    assert moved.order.tolist() == [0, 3, 5, 1, 2, 4]  # in their order in the ranking, not as given
+    assert np.all(np.diff(moved.score[moved.order]) <= 0)
+    assert moved.score[0] == r.score[0] and moved.score[1] == r.score[1]  # the host and the rest keep their scores
+    assert with_first(r, [], keep=1).order.tolist() == r.order.tolist()
+    assert with_first(r, [4], keep=0).order.tolist() == [4, 0, 1, 2, 3, 5]
+    for bad, keep in (([0], 1), ([9], 1), ([1], 7)):
+        try:
+            with_first(r, bad, keep)
+        except ValueError:
+            continue
+        raise AssertionError((bad, keep))
+    flat = Ranking(np.array([2, 1, 0]), np.array([0.1, 0.5, 0.9]))
+    assert with_first(flat, [0], keep=1).score[0] == 0.5  # as much as photo 1, which it now precedes
 
 
 def test_object_and_vote_rankings():

@@ -10,6 +10,10 @@ The default ("fused") order is an explicit sort key, best first:
    Eq. 7 over the query's objects, Eq. 7 of the region's embeddings.
    A photo a list never reached (distance inf) earns nothing from that list.
 
+Once roles are known, the photos labelled donor move up to follow the host
+(`with_first`): a photo whose pixels confirm the paste outranks a lead that
+only ranks well (search decides the roles, over a window of the ranking).
+
 Ties keep the lower photo number first. Each ranking also returns a display
 score that is non-increasing along the order (host > gated > the rest); its
 value is only meaningful within one query.
@@ -17,6 +21,7 @@ value is only meaningful within one query.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +76,26 @@ def fused_ranking(ev: DonorEvidence, params: RankingParams) -> Ranking:
     score = rrf + np.where(gated, 1.0 + residual, 0.0)
     score[ev.host] = score.max() + 1.0
     return Ranking(order, score)
+
+
+def with_first(ranking: Ranking, photos: Sequence[int], keep: int = 0) -> Ranking:
+    """`ranking` with `photos` (in their order there) moved to follow its first `keep` photos (the host).
+
+    Display scores stay non-increasing along the order: a moved photo scores at
+    least as much as the best photo it now precedes.
+    """
+    order = ranking.order
+    if keep < 0 or keep > len(order):
+        raise ValueError(f"keep must be within 0..{len(order)}, not {keep}")
+    wanted = {int(p) for p in photos}
+    moved = np.asarray([p for p in order[keep:] if int(p) in wanted], dtype=order.dtype)
+    if len(moved) < len(wanted):
+        raise ValueError("every photo moved must be in the ranking, after its first `keep`")
+    rest = order[keep:][~np.isin(order[keep:], moved)]
+    score = ranking.score.copy()
+    if len(rest) and len(moved):
+        score[moved] = np.maximum(score[moved], score[rest].max())
+    return Ranking(np.concatenate([order[:keep], moved, rest]), score)
 
 
 def object_ranking(distance: np.ndarray) -> Ranking:

@@ -86,6 +86,10 @@ class RankingParams:
     """... and labelled donor when its pixels confirm at least this share of them (in colour: over the whole
     changed blob, edges are not required; a 3-vote transform is often a pixel or two off, which edges do not
     forgive: a true composite donor had colour 0.42, edges 0.08; RESULTS "Session 18")."""
+    donor_check_window: int = 20
+    """Roles are decided for at least this many leading photos, however few are asked for, and those labelled donor
+    move up to follow the host: a donor confirmed at rank 12 is shown in a top 10, and a top 10 is the head of a
+    top 100 (RESULTS "Session 20")."""
     donor_rematch_candidates: int = 6
     """With a verified host and a region that is not moved from the host, up to this many of the first ranked
     photos that are not yet donors are matched again on their own keypoints (from the file), against the region's

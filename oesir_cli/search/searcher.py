@@ -14,7 +14,7 @@ Stages, in order (each in its own module):
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import cv2
@@ -42,7 +42,7 @@ from ..store import Catalogue, Store
 if TYPE_CHECKING:
     from ..milvus_store import MilvusStore
 from .evidence import MIN_FIT_PAIRS, IndexedPhotos, QueryEvidence, Votes, consistent_fit, has_consistent_leader
-from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking
+from .fusion import DonorEvidence, Ranking, fused_ranking, object_ranking, vote_ranking, with_first
 from .host import pick_host
 from .params import DEFAULT_PARAMS, RankingParams
 from .region import Region, changed_blobs, merge_regions, moved_from_host, region_evidence
@@ -189,22 +189,30 @@ class Searcher:
             raise ValueError(f"top must be at least 1, not {top}")
         if mode != Mode.OBJECTS and not self.photos.has_local_features:  # an index without local features (--no-local)
             mode = Mode.OBJECTS
-        ev = self.gather(rgb, top, mode)
+        window = top if mode != Mode.FUSED else max(top, self.params.donor_check_window)
+        ev = self.gather(rgb, window, mode)
         counts = ev.counts if ev.votes else np.zeros(self.photos.count, np.float64)
         if mode == Mode.OBJECTS:
             return SearchResult(self._matches(ev, object_ranking(ev.objects.distance), counts, None, top), None)
         if mode == Mode.LOCAL:
             return SearchResult(self._matches(ev, vote_ranking(counts, ev.objects.distance), counts, None, top), None)
-        fused = self.fuse(rgb, ev, counts, top)
-        order = fused.ranking.order[:top]
+        fused = self.fuse(rgb, ev, counts, window)
         confirmed = None if fused.pixels is None else fused.pixels.confirmed
+        order = fused.ranking.order[:window]
         roles, verdict = roles_and_verdict(order, fused.host, fused.support, self.params, confirmed)
+        keep = int(fused.host is not None and len(order) > 0 and order[0] == fused.host.photo)  # the host stays first
+        donors = [int(p) for p, r in list(zip(order, roles))[keep:] if r == Role.DONOR]
+        if donors:
+            fused = replace(fused, ranking=with_first(fused.ranking, donors, keep))
+            order = fused.ranking.order[:window]
+            roles, verdict = roles_and_verdict(order, fused.host, fused.support, self.params, confirmed)
         matches = self._matches(ev, fused.ranking, counts, fused.region, top, fused, roles)
         region_box = None if fused.region is None else [round(float(v), 1) for v in fused.region.box]
         return SearchResult(matches, verdict, region_box)
 
     def fuse(self, rgb: np.ndarray, ev: QueryEvidence, counts: np.ndarray, top: int) -> Fused:
-        """Stages 2-4: the host, the region it leaves unexplained, and the fused ranking of donors."""
+        """Stages 2-4: the host, the region it leaves unexplained, and the fused ranking of donors, with the donor
+        evidence of its first `top` photos."""
         whole = self.photos.whole_image_distances(ev.embeddings[:1])
         if not ev.votes or counts.max() <= 0:  # no keypoint evidence: Eq. 7 alone, no host
             none = np.zeros(self.photos.count, np.int64)
