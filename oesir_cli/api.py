@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .check import CheckReport, check_index
-from .choices import Mode, ModelKind, Relation, Role, Verdict, parse
+from .choices import Mode, ModelKind, Precision, Relation, Role, Verdict, parse
 from .codec import CODECS, DEFAULT_CODEC, make_codec
 from .engine import Engine, EngineConfig
 from .errors import DiskFullError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, load_rgb
 from .indexer import Describer, IndexSummary, StoreWriter, index_paths, walk
+from .learn import LEARNING_CONFIG as LEARNING_CONFIG
 from .learn import learn_codebook_file as learn_codebook_file  # the API of `oesir weights whiten/pq`
 from .learn import learn_vocabulary_file as learn_vocabulary_file  # `oesir weights vocabulary`
 from .learn import learn_whitening_file as learn_whitening_file
@@ -85,7 +86,7 @@ def index_location(index_dir: str | os.PathLike | None) -> Path:
 
 def _config_of(store: Store) -> EngineConfig:
     raw = store.meta("engine_config")
-    return EngineConfig(**json.loads(raw)) if raw else EngineConfig()
+    return EngineConfig.stored(raw)
 
 
 def index(
@@ -103,6 +104,7 @@ def index(
     ray: str | None = None,
     milvus_index: str | None = None,
     workers: int | None = None,
+    precision: Precision | str | None = None,
 ) -> IndexSummary:
     """Create or update the index at `index_dir` with the photos under `paths`.
 
@@ -113,8 +115,10 @@ def index(
     driver still writes every batch. Otherwise `workers` processes describe them
     (default: one per core, workers.py; 1 describes them in this process).
 
-    `max_objects`, `model` ("teacher" or "student") and `local_features` set up a
-    new index; an existing one keeps them (asking for others is an error).
+    `max_objects`, `model` ("teacher" or "student"), `precision` ("int8", the
+    default, or "float": the numbers of the teacher path's networks) and
+    `local_features` set up a new index; an existing one keeps them (asking for
+    others is an error).
     `codec` ("float32", "float16", "pq"; default `codec.DEFAULT_CODEC`, float16) sets how embeddings are
     stored; asking an existing index for a smaller codec re-encodes it in place
     (float32 > float16 > pq), a larger one needs `rebuild`. An unknown `model` is a
@@ -123,11 +127,13 @@ def index(
     _check_codec(codec)
     check_workers(workers, ray)
     model = parse(ModelKind, model, "model").value if model is not None else None
+    precision = parse(Precision, precision, "precision").value if precision is not None else None
+    EngineConfig.new(model or ModelKind.TEACHER, precision)  # a conflicting pair is an error before anything is made
     where = parse_location(index_dir)
     if where.is_milvus:
         return _index_milvus(
             where, paths, max_objects, keep_missing, rebuild, max_pixels, model, codec, local_features, progress, on_error,
-            ray, milvus_index, workers,
+            ray, milvus_index, workers, precision,
         )  # fmt: skip
     if milvus_index is not None:
         raise StoreError(f"--milvus-index applies to a Milvus index, not to the folder {where.text}")
@@ -140,7 +146,7 @@ def index(
         try:
             store.prepare_for_writing()
             have = store.meta("engine_config")
-            config = _engine_config(have, str(directory), max_objects, model, local_features)
+            config = _engine_config(have, str(directory), max_objects, model, local_features, precision)
             eng = engine(config)
             store.check_model(eng.version, create=True, equivalent=eng.equivalent_versions)
             if have is None:
@@ -163,16 +169,23 @@ def index(
 
 
 def _engine_config(
-    have: str | None, where: str, max_objects: int, model: str | None, local_features: bool | None
+    have: str | None,
+    where: str,
+    max_objects: int,
+    model: str | None,
+    local_features: bool | None,
+    precision: str | None = None,
 ) -> EngineConfig:
     """The engine configuration of an index: the one it has (`have`, JSON), else a new one; a conflicting request is
     a StoreError."""
     keypoints = EngineConfig.local_keypoints if local_features is not False else 0
     config = (
-        EngineConfig(**json.loads(have))
+        EngineConfig.stored(have)
         if have
-        else EngineConfig(max_objects=max_objects, model=model or "teacher", local_keypoints=keypoints)
+        else EngineConfig.new(model or "teacher", precision, max_objects=max_objects, local_keypoints=keypoints)
     )
+    if precision and config.precision().value != precision:
+        raise StoreError(f"index at {where} computes in {config.precision().value}; use --rebuild to switch to {precision}")
     if model and config.model != model:
         raise StoreError(f"index at {where} uses the {config.model} model; use --rebuild to switch to {model}")
     if local_features is not None and (config.local_keypoints > 0) != local_features:
@@ -205,6 +218,7 @@ def _index_milvus(
     ray: str | None,
     milvus_index: str | None,
     workers: int | None,
+    precision: str | None = None,
 ) -> IndexSummary:
     """`index` into Milvus: the same stages, written through `MilvusStore` (one writer at a time)."""
     if codec not in (None, "float32"):
@@ -226,7 +240,7 @@ def _index_milvus(
             elif store.outdated():
                 raise StoreError(store.outdated_message())
             have = store.meta("engine_config")
-            config = _engine_config(have, where.text, max_objects, model, local_features)
+            config = _engine_config(have, where.text, max_objects, model, local_features, precision)
             eng = engine(config)
             if have is None:
                 store.create(eng.embedding_dim, milvus_index or DEFAULT_INDEX_TYPE)
@@ -312,7 +326,7 @@ def open_searcher(index_dir: str | os.PathLike | None = None) -> Searcher:
         remote = MilvusStore(where)
         try:
             have = remote.meta("engine_config")
-            eng = engine(EngineConfig(**json.loads(have)) if have else EngineConfig())
+            eng = engine(EngineConfig.stored(have))
             remote.check_model(eng.version, create=False, equivalent=eng.equivalent_versions)
             return Searcher(remote, eng, photos=MilvusPhotos(remote))
         except BaseException:

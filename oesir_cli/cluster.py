@@ -46,7 +46,7 @@ class _DescribeActor:
         os.environ["OESIR_THREADS"] = str(threads)  # read when the onnxruntime sessions are made
         from .engine import Engine
 
-        self.engine = Engine(EngineConfig(**config))
+        self.engine = Engine(EngineConfig.stored(config))
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

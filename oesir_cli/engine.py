@@ -13,15 +13,16 @@ provide what `Backend` lists; the engine adds whitening and local features.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .choices import ModelKind, parse
+from .choices import ModelKind, Precision, parse
 from .detector import Detections, Detector
 from .embed import Whitening, region_descriptors
 from .keypoints import extract
@@ -29,6 +30,8 @@ from .registry import (
     DEFAULT_DETECTOR,
     DEFAULT_STUDENT,
     DEFAULT_TEACHER,
+    INT8_DETECTOR,
+    INT8_TEACHER,
     MODEL_SPECS,
     VIEW_SIDE,
     Model,
@@ -65,27 +68,54 @@ TRAINING_REGIONS = RegionRule(min_score=0.02, limit=30)
 class EngineConfig:
     """Settings that change what is stored for a photo.
 
-    An index stores `as_dict()` and re-reads it with `EngineConfig(**stored)`, so
-    every field has a default. `detector` and `student` are stored only when they
-    differ from theirs, so an index using the shipped models stores the same bytes
-    whether or not it predates those fields.
+    An index stores `as_dict()` and re-reads it with `EngineConfig.stored`. A
+    new index describes photos with the int8 detector and teacher; an index
+    whose stored settings predate a field, or omit it, means what indexes were
+    built with then (`STORED_DEFAULTS`: the float networks), so every index
+    keeps its models and the bytes of its stored settings.
     """
 
-    teacher: str = DEFAULT_TEACHER
+    teacher: str = INT8_TEACHER
     long_side: int = MODEL_SPECS[DEFAULT_TEACHER].photo_input().side
     max_objects: int = MAX_OBJECTS
     min_score: float = MIN_SCORE
     local_keypoints: int = 1000  # 0: no local features (an objects-only index, `--no-local`)
     model: str = ModelKind.TEACHER.value  # teacher: detector then teacher (two passes); student: the single pass
-    detector: str = DEFAULT_DETECTOR  # the two-pass detector (the single pass contains its own: the same one)
+    detector: str = INT8_DETECTOR  # the two-pass detector (the single pass contains its own, the float one)
     student: str = DEFAULT_STUDENT  # the student variant of the single pass
 
+    @classmethod
+    def new(
+        cls, model: ModelKind | str = ModelKind.TEACHER, precision: Precision | str | None = None, **settings: Any
+    ) -> EngineConfig:
+        """A new index's configuration: the two-pass detector and teacher at `precision` (default int8); the single
+        pass (`model` student) holds the float detector and computes in float only."""
+        kind = ModelKind(parse(ModelKind, model, "model"))
+        if kind is ModelKind.STUDENT:
+            if precision is not None and parse(Precision, precision, "precision") is not Precision.FLOAT:
+                raise ValueError("the single-pass student computes in float only: use --precision float or leave it out")
+            detector, teacher = NETWORKS[Precision.FLOAT]
+        else:
+            detector, teacher = NETWORKS[Precision(parse(Precision, precision or Precision.INT8, "precision"))]
+        return cls(teacher=teacher, detector=detector, model=kind.value, **settings)
+
+    def precision(self) -> Precision:
+        """int8 when the two-pass networks are the int8 copies, else float (the single pass is float)."""
+        int8 = self.kind() is ModelKind.TEACHER and (self.detector, self.teacher) == NETWORKS[Precision.INT8]
+        return Precision.INT8 if int8 else Precision.FLOAT
+
+    @classmethod
+    def stored(cls, settings: str | dict[str, Any] | None) -> EngineConfig:
+        """The configuration an index stored (JSON text or its dict; None: an index that stored none)."""
+        raw = json.loads(settings) if isinstance(settings, str) else dict(settings or {})
+        return cls(**{**STORED_DEFAULTS, **raw})
+
     def as_dict(self) -> dict[str, Any]:
-        """What an index stores: every field, except `detector` and `student` at their defaults (see the class)."""
+        """What an index stores: every field, except those in `OMITTED_WHEN_DEFAULT` at their `STORED_DEFAULTS`."""
         d = asdict(self)
-        for f in fields(self):
-            if f.name in _STORED_WHEN_CHANGED and d[f.name] == f.default:
-                del d[f.name]
+        for name in OMITTED_WHEN_DEFAULT:
+            if d[name] == STORED_DEFAULTS[name]:
+                del d[name]
         return d
 
     def kind(self) -> ModelKind:
@@ -117,7 +147,12 @@ class EngineConfig:
         return learned_file("pq", self.describing_spec(), self.descriptor_side())
 
 
-_STORED_WHEN_CHANGED = ("detector", "student")
+# What an index's stored settings mean where they name no model: the models of the indexes made before
+# these fields (or these defaults) existed. `detector` and `student` are stored only when they differ.
+STORED_DEFAULTS = {"teacher": DEFAULT_TEACHER, "detector": DEFAULT_DETECTOR, "student": DEFAULT_STUDENT}
+OMITTED_WHEN_DEFAULT = ("detector", "student")
+# (detector, teacher) of the two-pass path at each precision
+NETWORKS = {Precision.INT8: (INT8_DETECTOR, INT8_TEACHER), Precision.FLOAT: (DEFAULT_DETECTOR, DEFAULT_TEACHER)}
 
 
 class Backend(Protocol):

@@ -15,10 +15,14 @@ import numpy as np
 
 from .codec import save_codebook, train_codebook
 from .embed import Whitening, learn_whitening
-from .engine import Engine, EngineConfig
+from .engine import STORED_DEFAULTS, Engine, EngineConfig
 from .imageio import load_rgb
 from .indexer import walk
 from .registry import add_manifest_entry, verified_file, weights_dir
+
+# The whitening and the PQ codebook are learned on the float networks' descriptors; their int8 copies share them
+# (`registry.QUANTISED_SPECS`), as their descriptors differ only by int8 rounding.
+LEARNING_CONFIG = EngineConfig(teacher=STORED_DEFAULTS["teacher"], detector=STORED_DEFAULTS["detector"])
 
 
 def _training_regions(
@@ -54,7 +58,7 @@ def learn_whitening_file(
     Regions: the whole photo and the class-agnostic detections of `engine.TRAINING_REGIONS`,
     described by the engine's feature maps (teacher, or the distilled student).
     """
-    config = config or EngineConfig()
+    config = config or LEARNING_CONFIG
     regions = Engine.region_describer(config, weights)
     descs, count = _training_regions(images, lambda rgb: [regions(rgb)], progress)
     whitening = learn_whitening(descs, dim)
@@ -84,7 +88,7 @@ def learn_codebook_file(
     Regions as for the whitening (`engine.TRAINING_REGIONS`),
     of each photo and of its mirror image, whitened with the configuration's whitening.
     """
-    config = config or EngineConfig()
+    config = config or LEARNING_CONFIG
     regions = Engine.region_describer(config, weights)
     whitening = Whitening.load(verified_file(config.whitening_file(), weights)[0])
     embs, count = _training_regions(

@@ -103,7 +103,7 @@ def _start_worker(config: dict, max_pixels: int) -> None:
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     os.environ["OESIR_THREADS"] = str(WORKER_THREADS)  # read when the onnxruntime sessions are made
     global _worker_engine, _worker_max_pixels
-    _worker_engine = Engine(EngineConfig(**config), overlap_keypoints=False)  # one core per worker
+    _worker_engine = Engine(EngineConfig.stored(config), overlap_keypoints=False)  # one core per worker
     _worker_max_pixels = max_pixels
 
 

@@ -51,7 +51,7 @@ def replaced_model_is_used_then_restamped(where: str, stamp: Callable[[str | Non
     photos = Path(str(where).split(":")[-1]).parent / "photos"
     photos.mkdir()
     shutil.copy(EXAMPLES / "coffee.jpg", photos / "coffee.jpg")
-    api.index([photos], index_dir=where)
+    api.index([photos], index_dir=where, precision="float")  # the float teacher is the one rebuilt files replace
     searcher = api.open_searcher(where)
     engine = searcher.engine
     searcher.close()

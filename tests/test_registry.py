@@ -30,22 +30,32 @@ OLD_STORED = '{"teacher": "efficientnet-lite0", "long_side": 512, "max_objects":
 @pytest.mark.parametrize("model", ["teacher", "student"])
 def test_stored_config_keeps_its_bytes(model):
     stored = OLD_STORED + f'"model": "{model}"}}'
-    config = EngineConfig(**json.loads(stored))
+    config = EngineConfig.stored(stored)
     assert json.dumps(config.as_dict()) == stored
-    assert config.detector == "ssd-mobilenet-v2-coco" and config.student == "s3"
+    assert config.detector == "ssd-mobilenet-v2-coco" and config.student == "s3"  # the float detector it was made with
+    assert EngineConfig.stored(None).teacher == "efficientnet-lite0"  # an index that stored no settings at all
+
+
+def test_a_new_index_uses_the_int8_networks_and_says_so():
+    config = EngineConfig()
+    assert (config.teacher, config.detector) == ("efficientnet-lite0-int8", "ssd-mobilenet-v2-coco-int8")
+    stored = config.as_dict()
+    assert stored["detector"] == "ssd-mobilenet-v2-coco-int8" and "student" not in stored
+    assert EngineConfig.stored(json.dumps(stored)) == config
+    assert config.whitening_file() == EngineConfig.stored(None).whitening_file()  # learned once, on the float teacher
 
 
 def test_non_default_models_are_stored_and_read_back():
-    config = EngineConfig(model="student", student="s2")
-    assert config.as_dict()["student"] == "s2" and "detector" not in config.as_dict()
-    assert EngineConfig(**json.loads(json.dumps(config.as_dict()))) == config
+    config = EngineConfig.new("student", student="s2")
+    assert config.as_dict()["student"] == "s2"
+    assert EngineConfig.stored(json.dumps(config.as_dict())) == config
     assert config.whitening_file() == "whitening_student_s2_320.npz"
 
 
 def test_learned_file_names():
     teacher = EngineConfig()
     assert (teacher.whitening_file(), teacher.codebook_file()) == ("whitening_lite0_512.npz", "pq_lite0_512_m32.npz")
-    student = EngineConfig(model="student")
+    student = EngineConfig.new("student")
     assert (student.whitening_file(), student.codebook_file()) == ("whitening_student_s3_320.npz", "pq_student_s3_320_m32.npz")
     assert learned_file("pq", MODEL_SPECS["efficientnet-lite2"], 384) == "pq_lite2_384_m32.npz"
     with pytest.raises(ValueError):

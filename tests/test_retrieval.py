@@ -302,6 +302,26 @@ def test_refuses_index_from_other_model_version(photo_dir, tmp_path):
     assert r.exit_code == 1 and "--rebuild" in r.output
 
 
+def test_an_index_made_with_the_float_networks_keeps_them(photo_dir, tmp_path):
+    """New indexes describe photos with the int8 networks unless asked for the float ones; a float index stores
+    exactly what indexes made before the int8 default stored (no detector named), and is searched, and added to,
+    with the float networks; asking it for another precision is refused."""
+    new = tmp_path / "new"
+    api.index([photo_dir / "rocket.jpg"], index_dir=new)
+    assert "int8" in api.open_searcher(new).engine.version
+    legacy = tmp_path / "legacy"
+    api.index([photo_dir / "rocket.jpg"], index_dir=legacy, precision="float")
+    stored = json.loads(Store(legacy).meta("engine_config"))
+    assert "detector" not in stored and stored["teacher"] == "efficientnet-lite0", stored
+    assert "int8" not in api.open_searcher(legacy).engine.version
+    api.index([photo_dir], index_dir=legacy)  # adds with the index's own networks (else: refused, another version)
+    assert _names(api.search_path(api.open_searcher(legacy), photo_dir / "coffee.jpg", top=1)) == ["coffee.jpg"]
+    with pytest.raises(StoreError, match="--rebuild"):
+        api.index([photo_dir], index_dir=legacy, precision="int8")
+    r = runner.invoke(app, ["index", str(photo_dir), "--index", str(tmp_path / "s"), "--model", "student", "--precision", "int8"])
+    assert r.exit_code == 2 and "float only" in r.output and not (tmp_path / "s").exists()
+
+
 def test_corrupt_jpeg_skipped_with_warning(photo_dir, tmp_path):
     data = (photo_dir / "rocket.jpg").read_bytes()
     (photo_dir / "broken.jpg").write_bytes(data[: len(data) // 3])

@@ -232,5 +232,5 @@ def distill(
         from ..engine import EngineConfig
         from ..learn import learn_whitening_file
 
-        whitening = learn_whitening_file(images, config=EngineConfig(model="student"), weights=out, progress=step("whitening"))
+        whitening = learn_whitening_file(images, config=EngineConfig.new("student"), weights=out, progress=step("whitening"))
     return DistillResult(student_onnx, single, whitening, final, parity)
