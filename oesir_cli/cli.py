@@ -31,6 +31,7 @@ from .engine import EngineConfig
 from .errors import DiskFullError, OesirError, StoreError
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
 from .localize import LocalizeResult
+from .memory import keep_freed_memory
 from .registry import WeightsError
 from .search import Match, SearchResult
 from .store import default_index_dir
@@ -834,6 +835,7 @@ def distill(
 
 def main() -> None:
     """Console entry point."""
+    keep_freed_memory()  # photo after photo, the same buffers: reuse them (memory.py)
     try:
         app()
     except KeyboardInterrupt:

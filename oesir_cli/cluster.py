@@ -45,6 +45,9 @@ class _DescribeActor:
     def __init__(self, config: dict[str, Any], max_pixels: int, threads: int):
         os.environ["OESIR_THREADS"] = str(threads)  # read when the onnxruntime sessions are made
         from .engine import Engine
+        from .memory import keep_freed_memory
+
+        keep_freed_memory()  # an actor's photos reuse the same buffers (memory.py)
 
         self.engine = Engine(EngineConfig.stored(config))
         self.max_pixels = max_pixels

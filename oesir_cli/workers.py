@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from .engine import Engine, EngineConfig
 from .errors import OesirError
 from .indexer import Described, Describer, describe_file, local_describer
+from .memory import keep_freed_memory
 from .store import ImageRecord
 
 WORKER_CHUNK = 4  # photos per task: results stream back as they are made
@@ -102,6 +103,7 @@ def _start_worker(config: dict, max_pixels: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     os.environ["OESIR_THREADS"] = str(WORKER_THREADS)  # read when the onnxruntime sessions are made
+    keep_freed_memory()  # a worker's photos reuse the same buffers (memory.py)
     global _worker_engine, _worker_max_pixels
     _worker_engine = Engine(EngineConfig.stored(config), overlap_keypoints=False)  # one core per worker
     _worker_max_pixels = max_pixels
