@@ -239,7 +239,7 @@ SINGLE_PASS_SPECS = {
 
 # Int8 copies of the detector and of the teacher the index uses by default: the same inputs, outputs and learned files
 # (a quantised network's descriptors are its float source's within int8 rounding: whitened object descriptors at
-# cosine 0.99, bench/RESULTS.md "Session 20"), 2.4x faster on CPUs with int8 dot products.
+# cosine 0.99, bench/RESULTS.md "Session 20"), ~2.5x faster on CPUs with int8 dot products.
 INT8_DETECTOR = "ssd-mobilenet-v2-coco-int8"
 INT8_TEACHER = "efficientnet-lite0-int8"
 QUANTISED_SPECS = (

@@ -87,11 +87,12 @@ def with_first(ranking: Ranking, photos: Sequence[int], keep: int = 0) -> Rankin
     order = ranking.order
     if keep < 0 or keep > len(order):
         raise ValueError(f"keep must be within 0..{len(order)}, not {keep}")
-    wanted = {int(p) for p in photos}
-    moved = np.asarray([p for p in order[keep:] if int(p) in wanted], dtype=order.dtype)
+    wanted = np.unique(np.asarray(photos, dtype=np.int64))
+    tail = order[keep:]
+    is_moved = np.isin(tail, wanted)  # vectorised: the order holds every photo of the index
+    moved, rest = tail[is_moved], tail[~is_moved]
     if len(moved) < len(wanted):
         raise ValueError("every photo moved must be in the ranking, after its first `keep`")
-    rest = order[keep:][~np.isin(order[keep:], moved)]
     score = ranking.score.copy()
     if len(rest) and len(moved):
         score[moved] = np.maximum(score[moved], score[rest].max())
