@@ -25,7 +25,7 @@ def roi_align_max(fmap: np.ndarray, boxes: np.ndarray, stride: float, max_sample
     """
     c, h, w = fmap.shape
     out = np.empty((len(boxes), c), np.float32)
-    flat = fmap.reshape(c, -1)
+    cells = np.ascontiguousarray(fmap.reshape(c, -1).T)  # [H x W, C]: a sample's channels are one contiguous row
     for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64) / stride):
         nx = int(np.clip(np.ceil(x2 - x1), 2, max_samples))
         ny = int(np.clip(np.ceil(y2 - y1), 2, max_samples))
@@ -34,14 +34,14 @@ def roi_align_max(fmap: np.ndarray, boxes: np.ndarray, stride: float, max_sample
         gx, gy = np.meshgrid(xs, ys)
         x0, y0 = np.floor(gx).astype(int), np.floor(gy).astype(int)
         x1i, y1i = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-        fx, fy = (gx - x0).ravel(), (gy - y0).ravel()
+        fx, fy = (gx - x0).reshape(-1, 1), (gy - y0).reshape(-1, 1)
         v = (
-            flat[:, (y0 * w + x0).ravel()] * ((1 - fx) * (1 - fy))
-            + flat[:, (y0 * w + x1i).ravel()] * (fx * (1 - fy))
-            + flat[:, (y1i * w + x0).ravel()] * ((1 - fx) * fy)
-            + flat[:, (y1i * w + x1i).ravel()] * (fx * fy)
+            cells[(y0 * w + x0).ravel()] * ((1 - fx) * (1 - fy))
+            + cells[(y0 * w + x1i).ravel()] * (fx * (1 - fy))
+            + cells[(y1i * w + x0).ravel()] * ((1 - fx) * fy)
+            + cells[(y1i * w + x1i).ravel()] * (fx * fy)
         )
-        out[i] = v.max(1)
+        out[i] = v.max(0)
     return out
 
 

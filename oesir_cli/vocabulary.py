@@ -29,6 +29,7 @@ PQ_SUBSPACES = 16  # one-byte codes per descriptor residual (8 dimensions each)
 PQ_CENTROIDS = 256
 COARSE_PROBES = 3  # coarse cells a descriptor (stored or query) looks in for its nearest words
 _CHUNK = 65_536  # rows decoded at a time
+_ASSIGN_ROWS = 4_096  # rows assigned or coded at a time: their scores stay in the CPU caches
 NORM_LOW, NORM_STEP = 0.5, 1.0 / 255.0  # stored squared norms: 0.5 .. 1.5 (RootSIFT has unit norm)
 VOCABULARY_FILE = "rootsift_vocabulary_16k_pq16.npz"
 
@@ -83,44 +84,74 @@ class Vocabulary:
         Stored descriptors and queries must look as widely: a stored descriptor sits in the word a
         query next to it finds first (with one coarse cell, a fifth of them would not)."""
         x = np.ascontiguousarray(x, np.float32)
-        if len(x) == 0:
-            return np.zeros((0, probes), np.int64)
-        cells = _smallest(squared_l2(x, self.coarse), coarse_probes)  # [N, a]
-        n_fine = self.fine.shape[1]
-        d = np.concatenate([self._fine_distances(x, cells[:, i]) for i in range(coarse_probes)], axis=1)
-        best = _smallest(d, probes)
-        return cells[np.arange(len(x))[:, None], best // n_fine] * n_fine + best % n_fine
-
-    def _fine_distances(self, x: np.ndarray, cell: np.ndarray) -> np.ndarray:
-        """[N, F] squared distances (less |x|^2, which ranks alike per row) of each row to the fine centroids of
-        its `cell`: rows grouped by cell, padded, and all cells in one batched matrix product."""
-        n_cells = len(self.coarse)
-        order = np.argsort(cell, kind="stable")
-        c = cell[order]
-        counts = np.bincount(c, minlength=n_cells)
-        pos = np.arange(len(x)) - (np.cumsum(counts) - counts)[c]
-        used = np.flatnonzero(counts)
-        slot = np.full(n_cells, -1)
-        slot[used] = np.arange(len(used))
-        padded = np.zeros((len(used), int(counts.max()), x.shape[1]), np.float32)
-        padded[slot[c], pos] = x[order]
-        d = self._fine_norms[used][:, None, :] - 2.0 * (padded @ self.fine[used].transpose(0, 2, 1))
-        out = np.empty((len(x), self.fine.shape[1]), np.float32)
-        out[order] = d[slot[c], pos]
+        out = np.empty((len(x), probes), np.int64)
+        for lo in range(0, len(x), _ASSIGN_ROWS):
+            out[lo : lo + _ASSIGN_ROWS] = self._nearest_words(x[lo : lo + _ASSIGN_ROWS], probes, coarse_probes)
         return out
+
+    def _nearest_words(self, x: np.ndarray, probes: int, coarse_probes: int) -> np.ndarray:
+        """`nearest_words` of a block of rows. Distances drop |x|^2 (the same for every centroid of a row) and
+        are scored cell by cell over the (row, probed cell) pairs that fall in it, so each product is a plain
+        [pairs, 128] x [128, FINE] one and nothing is padded or scattered."""
+        n, a, n_fine = len(x), coarse_probes, self.fine.shape[1]
+        cells = _smallest(x @ self._minus_2_coarse_t + self._coarse_norms, a)  # [n, a], nearest cell first
+        pair_cell = cells.ravel()  # pair p = row p // a, its (p % a)-th cell
+        order = np.argsort(pair_cell, kind="stable")
+        bounds = np.searchsorted(pair_cell[order], np.arange(len(self.coarse) + 1))
+        dist = np.empty((n * a, probes), np.float32)
+        word = np.empty((n * a, probes), np.int64)
+        for c in np.flatnonzero(np.diff(bounds)):
+            pairs = order[bounds[c] : bounds[c + 1]]
+            d = x[pairs // a] @ self._minus_2_fine_t[c]
+            d += self._fine_norms[c]
+            best = _smallest(d, probes)
+            dist[pairs] = np.take_along_axis(d, best, 1)
+            word[pairs] = c * n_fine + best
+        pick = _smallest(dist.reshape(n, a * probes), probes)  # ties: the nearer cell's word first
+        return np.take_along_axis(word.reshape(n, a * probes), pick, 1)
+
+    @cached_property
+    def _minus_2_coarse_t(self) -> np.ndarray:
+        return np.ascontiguousarray(-2.0 * self.coarse.T)
+
+    @cached_property
+    def _coarse_norms(self) -> np.ndarray:
+        return (self.coarse * self.coarse).sum(-1)
+
+    @cached_property
+    def _minus_2_fine_t(self) -> np.ndarray:
+        return np.ascontiguousarray(-2.0 * self.fine.transpose(0, 2, 1))
 
     @cached_property
     def _fine_norms(self) -> np.ndarray:
         return (self.fine * self.fine).sum(-1)
 
     def encode(self, x: np.ndarray, words: np.ndarray) -> np.ndarray:
-        """[N, M] uint8 PQ codes of the residuals of float rows `x` to their `words`' centroids."""
+        """[N, M] uint8 PQ codes of the residuals of float rows `x` to their `words`' centroids.
+
+        Scored a block of rows and one sub-space at a time into one reused buffer, without |r|^2 (the same
+        for every centroid): the [rows, 256] distances of all 16 sub-spaces would otherwise be written,
+        re-read and thrown away several times over, which made coding cost more than the assignment."""
         r = np.asarray(x, np.float32) - self.centroids[words]
         m, k, sub = self.pq.shape
         codes = np.empty((len(r), m), np.uint8)
-        for j in range(m):
-            codes[:, j] = squared_l2(r[:, j * sub : (j + 1) * sub], self.pq[j]).argmin(1)
+        scores = np.empty((min(len(r), _ASSIGN_ROWS), k), np.float32)
+        for lo in range(0, len(r), _ASSIGN_ROWS):
+            block = r[lo : lo + _ASSIGN_ROWS]
+            d = scores[: len(block)]
+            for j in range(m):
+                np.matmul(block[:, j * sub : (j + 1) * sub], self._minus_2_pq_t[j], out=d)
+                d += self._pq_norms[j]
+                codes[lo : lo + len(block), j] = d.argmin(1)
         return codes
+
+    @cached_property
+    def _minus_2_pq_t(self) -> np.ndarray:
+        return np.ascontiguousarray(-2.0 * self.pq.transpose(0, 2, 1))  # [M, sub, 256]
+
+    @cached_property
+    def _pq_norms(self) -> np.ndarray:
+        return (self.pq * self.pq).sum(-1)  # [M, 256]
 
     def decode(self, words: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """[N, 128] float approximations of the descriptors stored as (`words`, `codes`)."""

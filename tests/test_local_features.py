@@ -54,6 +54,19 @@ def test_nearest_word_is_the_nearest_centroid_within_the_probed_cells(vocabulary
     assert np.array_equal(vocabulary.nearest_words(x)[:, 0], vocabulary.nearest_words(x, probes=3)[:, 0])
 
 
+def test_codes_are_the_nearest_pq_centroid_of_each_residual_sub_vector(vocabulary):
+    x = as_float(np.concatenate([extract(_photo(s), 1000).descriptors for s in range(4)]))
+    x = np.concatenate([x, x[::-1] * 0.9, x * 1.1, x[::-1]] * 2)  # more rows than one coding block
+    words = vocabulary.nearest_words(x)[:, 0]
+    codes = vocabulary.encode(x, words)
+    m, k, sub = vocabulary.pq.shape
+    r = (x - vocabulary.centroids[words]).reshape(len(x), m, sub)
+    d = ((r[:, :, None, :] - vocabulary.pq[None]) ** 2).sum(-1)  # [N, M, 256] brute force
+    got = np.take_along_axis(d, codes[:, :, None].astype(np.int64), 2)[..., 0]
+    assert len(x) > 4096
+    assert np.allclose(got, d.min(2), atol=1e-6)
+
+
 def test_codes_are_compact_and_their_distances_track_true_ones(vocabulary):
     a = extract(_photo(1), 400).descriptors
     b = extract(cv2.resize(_photo(1), None, fx=0.8, fy=0.8), 400).descriptors
