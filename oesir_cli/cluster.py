@@ -44,9 +44,11 @@ class _DescribeActor:
 
     def __init__(self, config: dict[str, Any], max_pixels: int, threads: int):
         os.environ["OESIR_THREADS"] = str(threads)  # read when the onnxruntime sessions are made
+        from . import keypoints
         from .engine import Engine
         from .memory import keep_freed_memory
 
+        keypoints.use_threads(threads)
         keep_freed_memory()  # an actor's photos reuse the same buffers (memory.py)
 
         self.engine = Engine(EngineConfig.stored(config))

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from . import keypoints
 from .engine import Engine, EngineConfig
 from .errors import OesirError
 from .indexer import Described, Describer, describe_file, local_describer
@@ -30,7 +31,7 @@ WORKER_CHUNK = 4  # photos per task: results stream back as they are made
 TASKS_PER_WORKER = 2  # tasks queued per worker, so none waits for the parent
 # Below this many photos, starting the workers (each loads the models, ~2 s) costs more than it saves.
 POOL_MIN_PHOTOS = 48
-WORKER_THREADS = 1  # onnxruntime threads per worker; SIFT runs after the networks, on the same core
+WORKER_THREADS = 1  # onnxruntime and SIFT threads per worker: SIFT runs after the networks, on the same core
 
 _worker_engine: Engine | None = None
 _worker_max_pixels = 0
@@ -103,6 +104,7 @@ def _start_worker(config: dict, max_pixels: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     os.environ["OESIR_THREADS"] = str(WORKER_THREADS)  # read when the onnxruntime sessions are made
+    keypoints.use_threads(WORKER_THREADS)
     keep_freed_memory()  # a worker's photos reuse the same buffers (memory.py)
     global _worker_engine, _worker_max_pixels
     _worker_engine = Engine(EngineConfig.stored(config), overlap_keypoints=False)  # one core per worker
