@@ -162,22 +162,29 @@ class LocalIndex:
             pair, entry = seg.ranges(words.reshape(-1))
             if len(entry) == 0:
                 continue
+            release = seg.release if self._release_blocks else _keep_mapped
             photo = self._numbers[seg_id][np.asarray(seg.local[entry], np.int64)]
+            release()  # after each field: the pages mapped at once are one field's, not all four's
             live = photo >= 0
             if not live.all():
                 pair, entry, photo = pair[live], entry[live], photo[live]
             q = pair // probes
             codes = np.ascontiguousarray(np.asarray(seg.code[entry]).T)  # [M, E]: one contiguous row per sub-space
+            release()
             norm = np.asarray(seg.norm[entry], np.float32)
+            release()
             xy = np.asarray(seg.geometry[entry]["xy"])
-            if self._release_blocks:
-                seg.release()
+            release()
             dist = pair_terms[pair] + (NORM_LOW + NORM_STEP * norm)
             base = (q * (m * 256)).astype(np.int32 if len(flat) < 2**31 else np.int64)
             for j in range(m):
                 dist += flat[(base + j * 256) + codes[j]]
             hits.append((q, photo, np.maximum(dist, 0.0).astype(np.float32), xy))
         return hits
+
+
+def _keep_mapped() -> None:
+    """`Segment.release` for an index small enough to stay mapped."""
 
 
 def scan_blocks(entries: np.ndarray, rows: int, budget: int) -> list[tuple[int, int]]:

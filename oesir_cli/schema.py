@@ -85,9 +85,17 @@ def pack_objects(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, wid
 
 
 def unpack_boxes(blob: bytes, width: int, height: int) -> np.ndarray:
-    """[K, 4] float32 boxes in photo pixels from a `pack_objects` blob."""
+    """[K, 4] float32 boxes in photo pixels from one photo's `pack_objects` blob."""
+    return unpack_joined_boxes(blob, np.array([[width, height]], np.float32))
+
+
+def unpack_joined_boxes(blob: bytes, sizes: np.ndarray) -> np.ndarray:
+    """[K, 4] float32 boxes in photo pixels from several photos' `pack_objects` blobs joined, `sizes` [K, 2]
+    giving each box's photo (width, height)."""
     rec = np.frombuffer(blob, OBJECT_RECORD)
-    sides = np.array([width, height, width, height], np.float32)
+    sides = np.tile(np.asarray(sizes, np.float32).reshape(-1, 2), 2)
+    if len(sides) not in (1, len(rec)):
+        raise ValueError(f"{len(rec)} boxes but {len(sides)} photo sizes")
     return (rec["box"].astype(np.float32) * (sides / 65535)).reshape(-1, 4)
 
 

@@ -43,7 +43,7 @@ from .errors import DiskFullError, StoreError
 from .local_index import LocalIndex
 from .postings import FANOUT, SEGMENT_SUFFIX, Entries, Segment, merge_into, pack_geometry, write_segment
 from .registry import WeightsError, sha256_file, verified_file
-from .schema import FORMAT, OBJECT_RECORD, SCHEMA, pack_objects, path_from_db, row_digest, split_path, unpack_boxes
+from .schema import FORMAT, OBJECT_RECORD, SCHEMA, pack_objects, path_from_db, row_digest, split_path, unpack_joined_boxes
 from .upgrade import upgrade_format1, upgrade_format2
 from .vocabulary import VOCABULARY_FILE, Vocabulary, as_float
 
@@ -450,31 +450,33 @@ class Store:
         codec = self.codec()
         size = codec.code_size
         folders = self._folder_paths()
-        ids, paths, sizes, segment_of = [], [], [], []
-        obj_img, obj_idx, boxes, embs = [], [], [], []
+        # one list entry per photo and its blobs joined at the end: small per-photo arrays, a few hundred bytes
+        # each, left a fragmented heap as large as the catalogue itself once they were concatenated
+        ids, paths, sizes, segment_of, objects, embeddings = [], [], [], [], [], []
         q = "SELECT id, folder, name, width, height, objects, embeddings, segment FROM photos ORDER BY id"
         for image_id, folder, name, w, h, o, e, seg in self.db.execute(q):
             ids.append(image_id)
             paths.append(os.path.join(folders[folder], path_from_db(name)))
             sizes.append((w, h))
             segment_of.append(seg or 0)
-            emb = np.frombuffer(e, np.uint8).reshape(-1, size)
-            embs.append(emb)
-            boxes.append(unpack_boxes(o, w, h))
-            obj_img.append(np.full(len(emb), len(ids) - 1, np.int32))
-            obj_idx.append(np.arange(len(emb), dtype=np.int32))
-
-        def stacked(parts: list, shape: tuple, dtype) -> np.ndarray:
-            return np.concatenate(parts) if parts else np.zeros(shape, dtype)
-
+            objects.append(o)
+            embeddings.append(e)
+        sides = np.asarray(sizes, np.int32).reshape(-1, 2)
+        counts = np.fromiter((len(e) // size for e in embeddings), np.int64, len(embeddings))
+        codes = np.frombuffer(b"".join(embeddings), np.uint8).reshape(-1, size)
+        del embeddings
+        boxes = b"".join(objects)
+        if len(boxes) != len(codes) * OBJECT_RECORD.itemsize:
+            raise StoreError(f"index at {self.dir} has photos whose boxes and embeddings disagree; run `oesir check`")
+        first = np.cumsum(counts) - counts
         return Catalogue(
             image_ids=np.asarray(ids, np.int64),
             paths=paths,
-            sizes=np.asarray(sizes, np.int32).reshape(-1, 2),
-            object_image=stacked(obj_img, (0,), np.int32),
-            object_index=stacked(obj_idx, (0,), np.int32),
-            object_boxes=stacked(boxes, (0, 4), np.float32),
-            codes=stacked(embs, (0, size), np.uint8),
+            sizes=sides,
+            object_image=np.repeat(np.arange(len(ids), dtype=np.int32), counts),
+            object_index=(np.arange(len(codes)) - np.repeat(first, counts)).astype(np.int32),
+            object_boxes=unpack_joined_boxes(boxes, np.repeat(sides, counts, axis=0)),
+            codes=codes.copy(),
             codec=codec,
             segment_of=np.asarray(segment_of, np.int64),
             segments=[(i, f, lv, b) for i, f, lv, b in self.segments()],
