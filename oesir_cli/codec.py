@@ -50,9 +50,9 @@ class Codec:
         """Codes [n, code_size] uint8 for embeddings [n, dim]."""
         x = np.asarray(x, np.float32).reshape(-1, self.dim)
         if self.name == "float32":
-            return np.ascontiguousarray(x, "<f4").view(np.uint8).reshape(len(x), -1)
+            return np.ascontiguousarray(x, "<f4").view(np.uint8).reshape(len(x), self.code_size)
         if self.name == "float16":
-            return np.ascontiguousarray(x.astype("<f2")).view(np.uint8).reshape(len(x), -1)
+            return np.ascontiguousarray(x.astype("<f2")).view(np.uint8).reshape(len(x), self.code_size)
         return pq_encode(x, self.centroids)  # type: ignore[arg-type]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
