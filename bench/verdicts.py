@@ -86,6 +86,9 @@ def main() -> None:
     every = (*SPLICE_SETS, "copies", "outside")
     ap.add_argument("--sets", default=",".join(every), help=f"comma-separated, of: {', '.join(every)} (default: all)")
     args = ap.parse_args()
+    unknown = set(args.sets.split(",")) - set(every)
+    if unknown:
+        ap.error(f"unknown set(s) {', '.join(sorted(unknown))}; one of {', '.join(every)}")
     searcher = api.open_searcher(args.index)
     stats: dict[str, Counter] = {}
     sink = args.out.open("w") if args.out else None
