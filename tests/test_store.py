@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from oesir_cli.schema import pack_objects, unpack_boxes, unpack_joined_boxes
-from oesir_cli.store import ImageRecord, PhotoData, Store, StoreError
+from oesir_cli.store import ImageRecord, PhotoData, Store
 
 
 def _photo_data(rng: np.random.Generator, k: int, width: int, height: int, dim: int) -> PhotoData:
@@ -43,18 +43,22 @@ def test_the_catalogue_holds_each_photos_own_objects(tmp_path):
         store.close()
 
 
-def test_a_photo_whose_boxes_and_embeddings_disagree_is_refused(tmp_path):
+def test_a_photo_whose_boxes_and_embeddings_disagree_loses_its_objects_only(tmp_path):
     rng = np.random.default_rng(4)
     store = Store(tmp_path / "idx", create=True)
     try:
         with store.transaction() as db:
             store.set_meta("model_version", "m@1")
             store.set_meta("embedding_dim", "8")
-            store.put(db, ImageRecord(0, "/photos/a.jpg", "0" * 64, 1, 1, 100, 100), _photo_data(rng, 3, 100, 100, 8))
+            for i in range(3):
+                rec = ImageRecord(0, f"/photos/{i}.jpg", f"{i:064x}", 1, 1, 100, 100)
+                store.put(db, rec, _photo_data(rng, 3, 100, 100, 8))
             one_box = pack_objects(np.array([[0, 0, 10, 10]], np.float32), np.ones(1), np.zeros(1, int), 100, 100)
-            db.execute("UPDATE photos SET objects=?", (one_box,))
-        with pytest.raises(StoreError, match="boxes and embeddings disagree"):
-            store.load_all()
+            db.execute("UPDATE photos SET objects=? WHERE name='1.jpg'", (one_box,))
+        c = store.load_all()
+        assert len(c.paths) == 3 and np.array_equal(c.object_image, [0, 0, 0, 2, 2, 2])
+        assert len(c.object_boxes) == len(c.codes) == 6
+        assert [path for _, path, _ in store.damaged_rows()] == ["/photos/1.jpg"]  # `oesir check` names it
     finally:
         store.close()
 
