@@ -130,8 +130,7 @@ class Vocabulary:
         """[N, M] uint8 PQ codes of the residuals of float rows `x` to their `words`' centroids.
 
         Scored a block of rows and one sub-space at a time into one reused buffer, without |r|^2 (the same
-        for every centroid): the [rows, 256] distances of all 16 sub-spaces would otherwise be written,
-        re-read and thrown away several times over, which made coding cost more than the assignment."""
+        for every centroid), so each [rows, 256] score matrix is written once and read once while it is in cache."""
         r = np.asarray(x, np.float32) - self.centroids[words]
         m, k, sub = self.pq.shape
         codes = np.empty((len(r), m), np.uint8)
